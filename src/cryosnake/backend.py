@@ -1,0 +1,153 @@
+"""NumPy/CuPy selection.
+
+Every numerical function in :mod:`cryosnake.ops` accepts NumPy or CuPy arrays and
+returns the same kind. The array decides: ``xp = get_array_module(x)``. CuPy is an
+optional extra (``pip install cryosnake[gpu]``); without it everything runs on NumPy
+and :mod:`scipy.fft` (multi-threaded through ``workers``).
+
+Stages resolve the user's ``--device auto|cpu|gpu`` once with :func:`resolve_device`,
+move their inputs with :func:`to_device` and bring results back with :func:`to_host`.
+Nothing in ``ops`` moves data between host and device behind the caller's back.
+
+Examples
+--------
+>>> import numpy as np
+>>> from cryosnake.backend import get_array_module
+>>> get_array_module(np.zeros(3)).__name__
+'numpy'
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+from cryosnake.errors import CryosnakeError
+
+__all__ = [
+    "Device",
+    "cupy_available",
+    "fft_module",
+    "fft_workers",
+    "get_array_module",
+    "gpu_available",
+    "resolve_device",
+    "to_device",
+    "to_host",
+]
+
+Device = Literal["cpu", "gpu"]
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
+
+
+@functools.cache
+def _cupy() -> ModuleType | None:
+    try:
+        import cupy  # type: ignore[import-not-found]
+    except Exception:  # ImportError, or a CUDA library that fails to load
+        return None
+    return cupy  # type: ignore[no-any-return]
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports (it may still find no device)."""
+    return _cupy() is not None
+
+
+@functools.cache
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    cp = _cupy()
+    if cp is None:
+        return False
+    try:
+        return int(cp.cuda.runtime.getDeviceCount()) > 0
+    except Exception:
+        return False
+
+
+def resolve_device(device: str = "auto") -> Device:
+    """Resolve a user's ``--device`` choice.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "gpu"}
+        ``auto`` picks the GPU when CuPy finds one, else the CPU. ``gpu`` fails with a
+        :class:`CryosnakeError` when no GPU is usable. The environment variable
+        ``CRYOSNAKE_DEVICE`` overrides ``auto`` (useful inside containers).
+    """
+    choice = device.lower().strip()
+    if choice == "auto":
+        choice = os.environ.get("CRYOSNAKE_DEVICE", "auto").lower().strip() or "auto"
+    if choice not in DEVICE_CHOICES:
+        raise CryosnakeError(f"--device: expected one of auto, cpu, gpu, got {device!r}")
+    if choice == "cpu":
+        return "cpu"
+    if choice == "gpu":
+        if not gpu_available():
+            raise CryosnakeError(
+                "--device gpu: no CUDA device usable (install cryosnake[gpu] and check "
+                "nvidia-smi), or run with --device cpu"
+            )
+        return "gpu"
+    return "gpu" if gpu_available() else "cpu"
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """Return :mod:`cupy` if any argument is a CuPy array, else :mod:`numpy`."""
+    cp = _cupy()
+    if cp is not None:
+        for a in arrays:
+            if isinstance(a, cp.ndarray):
+                return cp
+    return np
+
+
+def fft_module(xp: ModuleType) -> ModuleType:
+    """FFT namespace for an array module: :mod:`cupy.fft` or :mod:`scipy.fft`."""
+    if xp is np:
+        import scipy.fft
+
+        return scipy.fft
+    return xp.fft  # type: ignore[no-any-return]
+
+
+def fft_workers() -> int:
+    """Threads for scipy.fft: ``CRYOSNAKE_THREADS``, else the CPUs this process may use."""
+    env = os.environ.get("CRYOSNAKE_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError as err:
+            raise CryosnakeError(f"CRYOSNAKE_THREADS: not an integer: {env!r}") from err
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def fft_kwargs(xp: ModuleType) -> dict[str, Any]:
+    """Keyword arguments for the FFT calls of ``fft_module(xp)`` (workers on CPU)."""
+    return {"workers": fft_workers()} if xp is np else {}
+
+
+def to_device(array: Any, device: Device) -> Any:
+    """Copy a host array to ``device`` (no copy when it is already there)."""
+    if device == "cpu":
+        return to_host(array)
+    cp = _cupy()
+    if cp is None:
+        raise CryosnakeError("--device gpu: CuPy is not installed (pip install cryosnake[gpu])")
+    return cp.asarray(array)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """Return a NumPy array (copying from the GPU when needed)."""
+    cp = _cupy()
+    if cp is not None and isinstance(array, cp.ndarray):
+        return cp.asnumpy(array)  # type: ignore[no-any-return]
+    return np.asarray(array)

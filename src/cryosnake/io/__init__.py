@@ -1,0 +1,28 @@
+"""File input and output: the only package in cryosnake that touches files.
+
+MRC/MRCS through :mod:`mrcfile`, TIFF movies through :mod:`tifffile`, STAR files in
+RELION 3.1+ layout through :mod:`starfile`, atomic writes for everything. A missing,
+truncated or corrupt file raises :class:`cryosnake.errors.FileFormatError` with a
+one-line message that names the file and the problem.
+"""
+
+from cryosnake.io._atomic import atomic_path
+from cryosnake.io._mrc import read_mrc, read_mrc_header, write_mrc
+from cryosnake.io._tiff import write_tiff_movie
+from cryosnake.io.movie import MOVIE_SUFFIXES, Movie, open_movie
+from cryosnake.io.star import optics_table, read_star, read_star_block, write_star
+
+__all__ = [
+    "MOVIE_SUFFIXES",
+    "Movie",
+    "atomic_path",
+    "open_movie",
+    "optics_table",
+    "read_mrc",
+    "read_mrc_header",
+    "read_star",
+    "read_star_block",
+    "write_mrc",
+    "write_star",
+    "write_tiff_movie",
+]

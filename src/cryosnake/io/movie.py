@@ -1,0 +1,104 @@
+"""Uniform, lazy access to movies stored as MRC/MRCS or TIFF.
+
+Examples
+--------
+>>> with open_movie("data/demo/movies/movie_0001.mrc") as movie:  # doctest: +SKIP
+...     total = sum(movie.frame(i).astype("float32") for i in range(movie.n_frames))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from cryosnake.errors import FileFormatError
+from cryosnake.io._mrc import read_mrc
+from cryosnake.io._tiff import TiffMovieReader
+
+__all__ = ["MOVIE_SUFFIXES", "Movie", "open_movie"]
+
+MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff")
+
+
+class Movie:
+    """A movie opened for reading.
+
+    Attributes
+    ----------
+    path : Path
+    n_frames : int
+    frame_shape : (ny, nx)
+    dtype : numpy dtype of the stored frames
+    pixel_size : float
+        Å per pixel as stored in the file, 0.0 when the file does not say.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        self._tiff: TiffMovieReader | None = None
+        self._mmap: np.ndarray | None = None
+        if suffix in (".mrc", ".mrcs"):
+            data, voxel = read_mrc(self.path, mmap=True)
+            if data.ndim == 2:
+                data = data[None]
+            self._mmap = data
+            self.n_frames = int(data.shape[0])
+            self.frame_shape = (int(data.shape[1]), int(data.shape[2]))
+            self.dtype = np.dtype(data.dtype)
+            self.pixel_size = voxel
+        elif suffix in (".tif", ".tiff"):
+            self._tiff = TiffMovieReader(self.path)
+            self.n_frames = self._tiff.n_frames
+            self.frame_shape = self._tiff.frame_shape
+            self.dtype = self._tiff.dtype
+            self.pixel_size = self._tiff.pixel_size
+        else:
+            raise FileFormatError(
+                f"{self.path}: unsupported movie format {suffix!r} "
+                f"(expected one of {', '.join(MOVIE_SUFFIXES)})"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.n_frames, *self.frame_shape)
+
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as stored (2D array, file dtype)."""
+        if not -self.n_frames <= index < self.n_frames:
+            raise IndexError(f"{self.path}: frame {index} out of range 0..{self.n_frames - 1}")
+        if self._mmap is not None:
+            return np.array(self._mmap[index])
+        assert self._tiff is not None
+        return self._tiff.frame(index)
+
+    def read(self, dtype: np.typing.DTypeLike = np.float32) -> np.ndarray:
+        """All frames as one (n, ny, nx) array of ``dtype``."""
+        out = np.empty(self.shape, dtype=dtype)
+        for i in range(self.n_frames):
+            out[i] = self.frame(i)
+        return out
+
+    def close(self) -> None:
+        if self._tiff is not None:
+            self._tiff.close()
+        self._mmap = None
+
+    def __enter__(self) -> Movie:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_movie(path: str | os.PathLike[str]) -> Movie:
+    """Open a movie (MRC/MRCS/TIFF) for lazy frame access; see :class:`Movie`."""
+    return Movie(path)
