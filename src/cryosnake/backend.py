@@ -47,10 +47,10 @@ DEVICE_CHOICES = ("auto", "cpu", "gpu")
 @functools.cache
 def _cupy() -> ModuleType | None:
     try:
-        import cupy  # type: ignore[import-not-found]
+        import cupy
     except Exception:  # ImportError, or a CUDA library that fails to load
         return None
-    return cupy  # type: ignore[no-any-return]
+    return cupy
 
 
 def cupy_available() -> bool:
@@ -113,7 +113,7 @@ def fft_module(xp: ModuleType) -> ModuleType:
         import scipy.fft
 
         return scipy.fft
-    return xp.fft  # type: ignore[no-any-return]
+    return xp.fft
 
 
 def fft_workers() -> int:
@@ -149,5 +149,5 @@ def to_host(array: Any) -> np.ndarray:
     """Return a NumPy array (copying from the GPU when needed)."""
     cp = _cupy()
     if cp is not None and isinstance(array, cp.ndarray):
-        return cp.asnumpy(array)  # type: ignore[no-any-return]
+        return cp.asnumpy(array)
     return np.asarray(array)

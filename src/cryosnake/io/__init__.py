@@ -7,9 +7,10 @@ one-line message that names the file and the problem.
 """
 
 from cryosnake.io._atomic import atomic_path
+from cryosnake.io._misc import read_json, save_figure, write_json
 from cryosnake.io._mrc import read_mrc, read_mrc_header, write_mrc
 from cryosnake.io._tiff import write_tiff_movie
-from cryosnake.io.movie import MOVIE_SUFFIXES, Movie, open_movie
+from cryosnake.io.movie import MOVIE_SUFFIXES, Movie, open_movie, write_movie
 from cryosnake.io.star import optics_table, read_star, read_star_block, write_star
 
 __all__ = [
@@ -18,10 +19,14 @@ __all__ = [
     "atomic_path",
     "open_movie",
     "optics_table",
+    "read_json",
     "read_mrc",
     "read_mrc_header",
     "read_star",
     "read_star_block",
+    "save_figure",
+    "write_json",
+    "write_movie",
     "write_mrc",
     "write_star",
     "write_tiff_movie",

@@ -66,10 +66,10 @@ class TiffMovieReader:
                 self._tif = tifffile.TiffFile(self.path)
                 pages = list(self._tif.pages)
             for page in pages:
-                shapes.add(tuple(page.shape))  # type: ignore[union-attr]
-                dtypes.add(np.dtype(page.dtype))  # type: ignore[union-attr]
-                offsets = page.dataoffsets  # type: ignore[union-attr]
-                counts = page.databytecounts  # type: ignore[union-attr]
+                shapes.add(tuple(page.shape))
+                dtypes.add(np.dtype(page.dtype))
+                offsets = page.dataoffsets
+                counts = page.databytecounts
                 if any(o + c > size for o, c in zip(offsets, counts, strict=True)):
                     raise FileFormatError(
                         f"{self.path}: truncated (frame {pages.index(page)} "
@@ -108,7 +108,7 @@ class TiffMovieReader:
 
     def frame(self, index: int) -> np.ndarray:
         try:
-            return np.asarray(self._tif.pages[index].asarray())  # type: ignore[union-attr]
+            return np.asarray(self._tif.pages[index].asarray())
         except Exception as err:
             raise FileFormatError(
                 f"{self.path}: frame {index} cannot be decoded ({err}); file truncated?"

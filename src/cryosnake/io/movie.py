@@ -9,18 +9,29 @@ Examples
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
+import mrcfile
 import numpy as np
+import tifffile
 
 from cryosnake.errors import FileFormatError
+from cryosnake.io._atomic import atomic_path
 from cryosnake.io._mrc import read_mrc
 from cryosnake.io._tiff import TiffMovieReader
 
-__all__ = ["MOVIE_SUFFIXES", "Movie", "open_movie"]
+__all__ = ["MOVIE_SUFFIXES", "Movie", "open_movie", "write_movie"]
 
 MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff")
+_MRC_MODES = {
+    np.dtype(np.int8): 0,
+    np.dtype(np.int16): 1,
+    np.dtype(np.float32): 2,
+    np.dtype(np.uint16): 6,
+    np.dtype(np.float16): 12,
+}
 
 
 class Movie:
@@ -102,3 +113,67 @@ class Movie:
 def open_movie(path: str | os.PathLike[str]) -> Movie:
     """Open a movie (MRC/MRCS/TIFF) for lazy frame access; see :class:`Movie`."""
     return Movie(path)
+
+
+def write_movie(
+    path: str | os.PathLike[str],
+    frames: Iterable[np.ndarray],
+    *,
+    n_frames: int,
+    frame_shape: tuple[int, int],
+    dtype: np.typing.DTypeLike,
+    pixel_size: float,
+    compression: str | None = "lzw",
+) -> Path:
+    """Write frames one at a time (never holding the movie in memory), atomically.
+
+    ``.mrc``/``.mrcs`` become an MRC image stack with the pixel size in the header;
+    ``.tif``/``.tiff`` a multi-page TIFF (LZW by default, as detectors write them).
+    Fewer or more frames than ``n_frames``, or a frame of another shape, is an error
+    and leaves no file behind.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    dt = np.dtype(dtype)
+    count = 0
+
+    def checked() -> Iterator[np.ndarray]:
+        nonlocal count
+        for frame in frames:
+            if frame.shape != tuple(frame_shape):
+                raise FileFormatError(
+                    f"{p}: frame {count} has shape {frame.shape}, expected {tuple(frame_shape)}"
+                )
+            if count >= n_frames:
+                raise FileFormatError(f"{p}: more than the {n_frames} frames announced")
+            count += 1
+            yield np.asarray(frame, dtype=dt)
+        if count != n_frames:
+            raise FileFormatError(f"{p}: got {count} frames, expected {n_frames}")
+
+    if suffix in (".mrc", ".mrcs"):
+        with atomic_path(p) as tmp:
+            mrc = mrcfile.new_mmap(
+                tmp, shape=(n_frames, *frame_shape), mrc_mode=_MRC_MODES[dt], overwrite=True
+            )
+            try:
+                for i, frame in enumerate(checked()):
+                    mrc.data[i] = frame
+                mrc.set_image_stack()
+                mrc.voxel_size = float(pixel_size)
+                mrc.update_header_stats()
+            finally:
+                mrc.close()
+    elif suffix in (".tif", ".tiff"):
+        with atomic_path(p) as tmp, tifffile.TiffWriter(tmp) as tif:
+            for i, frame in enumerate(checked()):
+                tif.write(
+                    frame,
+                    compression=compression,
+                    photometric="minisblack",
+                    metadata={"pixel_size": float(pixel_size)} if i == 0 else None,
+                    contiguous=False,
+                )
+    else:
+        raise FileFormatError(f"{p}: unsupported movie format {suffix!r}")
+    return p

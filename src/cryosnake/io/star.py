@@ -45,9 +45,7 @@ def read_star(path: PathLike) -> dict[str, pd.DataFrame]:
     return out
 
 
-def read_star_block(
-    path: PathLike, block: str, *, required: tuple[str, ...] = ()
-) -> pd.DataFrame:
+def read_star_block(path: PathLike, block: str, *, required: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read one block and check that it has the ``required`` labels."""
     p = Path(path)
     blocks = read_star(p)

@@ -1,0 +1,62 @@
+"""``cryosnake <stage> ...``: one command per pipeline stage.
+
+Every stage module in :mod:`cryosnake.stages` provides ``add_args(parser)`` and
+``main(argv) -> int``; this dispatcher builds the sub-commands from them. A
+:class:`~cryosnake.errors.CryosnakeError` is printed as one line on stderr, without a
+traceback, and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cryosnake import __version__
+from cryosnake.errors import CryosnakeError
+
+__all__ = ["STAGES", "main"]
+
+# command name -> module in cryosnake.stages
+STAGES: dict[str, str] = {
+    "simulate": "simulate",
+    "inspect": "inspect_movie",
+    "import": "import_movies",
+}
+
+
+def _load(command: str) -> object:
+    return importlib.import_module(f"cryosnake.stages.{STAGES[command]}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="cryosnake",
+        description="cryo-EM single-particle pipeline; each stage is a sub-command.",
+    )
+    parser.add_argument("--version", action="version", version=f"cryosnake {__version__}")
+    parser.add_argument("command", choices=sorted(STAGES), help="stage to run")
+    if not args or args[0] in ("-h", "--help", "--version"):
+        parser.parse_args(args)
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in STAGES:
+        parser.parse_args([command])  # prints the usage error and exits 2
+    module = _load(command)
+    try:
+        return int(module.main(rest))  # type: ignore[attr-defined]
+    except CryosnakeError as err:
+        print(f"cryosnake {command}: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"cryosnake {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Small outputs: JSON reports and figures, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryosnake.errors import FileFormatError
+from cryosnake.io._atomic import atomic_path
+
+__all__ = ["read_json", "save_figure", "write_json"]
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return p
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file; a missing or malformed file raises FileFormatError."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileFormatError(f"{p}: no such file")
+    try:
+        return json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FileFormatError(f"{p}: not valid JSON ({err})") from err
+
+
+def save_figure(path: str | os.PathLike[str], figure: Any, *, dpi: int = 100) -> Path:
+    """Save a Matplotlib figure (format from the suffix), atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return p

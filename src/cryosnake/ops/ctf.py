@@ -1,0 +1,119 @@
+"""Contrast transfer function (RELION/CTFFIND conventions).
+
+Units: Å, kV, mm (Cs), degrees. Defocus is positive for underfocus; ``defocus_u`` is
+the defocus along the axis at ``angle`` degrees counter-clockwise from the image x
+axis (columns), ``defocus_v`` the one perpendicular to it.
+
+    chi(s, a) = pi*lambda*s^2*df(a) - pi/2*Cs*lambda^3*s^4 - phase_shift
+    df(a)     = 0.5*(dfU + dfV + (dfU - dfV)*cos(2*(a - angle)))
+    CTF       = -sqrt(1 - w^2)*sin(chi) - w*cos(chi)
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ctf_2d",
+    "frequency_grid",
+    "interaction_constant",
+    "wavelength",
+]
+
+
+def wavelength(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Å (300 kV -> 0.01969 Å)."""
+    v = voltage_kv * 1e3
+    return 12.2643247 / math.sqrt(v * (1.0 + 0.978466e-6 * v))
+
+
+def interaction_constant(voltage_kv: float) -> float:
+    """Electron interaction constant sigma_e in rad/(V·Å) (300 kV -> ~6.5e-4).
+
+    sigma_e = 2*pi/(lambda*V) * (m0c^2 + eV)/(2*m0c^2 + eV), m0c^2 = 511 keV.
+    """
+    v = voltage_kv * 1e3
+    mc2 = 510998.95  # eV
+    return 2.0 * math.pi / (wavelength(voltage_kv) * v) * (mc2 + v) / (2.0 * mc2 + v)
+
+
+def frequency_grid(
+    shape: tuple[int, int],
+    pixel_size: float,
+    *,
+    rfft: bool = True,
+    xp: ModuleType = np,
+    dtype: Any = np.float32,
+) -> tuple[Any, Any]:
+    """Spatial frequencies (1/Å) of a 2D FFT.
+
+    Returns
+    -------
+    kx, ky : broadcastable arrays, shapes (1, nx or nx//2+1) and (ny, 1).
+        kx runs along columns (image x), ky along rows (image y).
+    """
+    ny, nx = shape
+    fx = (xp.fft.rfftfreq(nx) if rfft else xp.fft.fftfreq(nx)) / pixel_size
+    fy = xp.fft.fftfreq(ny) / pixel_size
+    return fx.astype(dtype)[None, :], fy.astype(dtype)[:, None]
+
+
+def ctf_2d(
+    shape: tuple[int, int],
+    pixel_size: float,
+    defocus_u: float,
+    defocus_v: float,
+    angle: float,
+    *,
+    voltage: float = 300.0,
+    cs: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    phase_shift: float = 0.0,
+    bfactor: float = 0.0,
+    rfft: bool = True,
+    xp: ModuleType = np,
+) -> Any:
+    """The CTF sampled on the FFT grid of an image of ``shape``.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    pixel_size : Å
+    defocus_u, defocus_v : Å, positive = underfocus
+    angle : degrees, U axis from the x axis, counter-clockwise
+    voltage : kV
+    cs : mm
+    amplitude_contrast : fraction w
+    phase_shift : degrees (phase plate)
+    bfactor : Å^2; multiplies by exp(-B s^2 / 4) when > 0
+    rfft : grid of ``rfft2`` (ny, nx//2+1) or of ``fft2`` (ny, nx)
+    xp : array module (numpy or cupy)
+
+    Returns
+    -------
+    ctf : (ny, nx//2+1) or (ny, nx) float32
+    """
+    lam = wavelength(voltage)
+    kx, ky = frequency_grid(shape, pixel_size, rfft=rfft, xp=xp, dtype=np.float64)
+    s2 = kx * kx + ky * ky
+    azimuth = xp.arctan2(ky, kx)
+    df = 0.5 * (
+        defocus_u
+        + defocus_v
+        + (defocus_u - defocus_v) * xp.cos(2.0 * (azimuth - math.radians(angle)))
+    )
+    cs_a = cs * 1e7
+    chi = (
+        math.pi * lam * s2 * df
+        - 0.5 * math.pi * cs_a * lam**3 * s2 * s2
+        - math.radians(phase_shift)
+    )
+    w = amplitude_contrast
+    ctf = -math.sqrt(1.0 - w * w) * xp.sin(chi) - w * xp.cos(chi)
+    if bfactor > 0:
+        ctf = ctf * xp.exp(-0.25 * bfactor * s2)
+    return ctf.astype(xp.float32)

@@ -1,0 +1,138 @@
+"""Fourier-space helpers: sub-pixel shifts, cropping, upsampled registration."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cryosnake.backend import fft_kwargs, fft_module, get_array_module
+
+__all__ = ["fourier_crop", "phase_ramp", "register_translation", "shift_image"]
+
+
+def phase_ramp(shape: tuple[int, int], shift: tuple[float, float], xp: Any = np) -> Any:
+    """Multiplier on the ``rfft2`` grid that shifts an image by ``shift = (dy, dx)`` pixels.
+
+    ``irfft2(rfft2(img) * phase_ramp(...))(r) = img(r - shift)`` (periodic boundary).
+    Returns (ny, nx//2+1) complex64.
+    """
+    ny, nx = shape
+    dy, dx = shift
+    ky = xp.fft.fftfreq(ny)
+    kx = xp.fft.rfftfreq(nx)
+    ry = xp.exp(-2j * math.pi * ky * dy)
+    rx = xp.exp(-2j * math.pi * kx * dx)
+    if nx % 2 == 0:  # the Nyquist column cannot carry a sub-pixel phase; keep it real
+        rx[-1] = rx[-1].real
+    if ny % 2 == 0:
+        ry[ny // 2] = ry[ny // 2].real
+    return (ry[:, None] * rx[None, :]).astype(xp.complex64)
+
+
+def shift_image(image: Any, shift: tuple[float, float]) -> Any:
+    """Shift a 2D image by ``shift = (dy, dx)`` pixels with a Fourier phase ramp.
+
+    Returns ``image(r - shift)`` (periodic boundary), float32, same device as input.
+    """
+    xp = get_array_module(image)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    f = fft.rfft2(xp.asarray(image, dtype=xp.float32), **kw)
+    f *= phase_ramp(image.shape, shift, xp)
+    return fft.irfft2(f, s=image.shape, **kw).astype(xp.float32)
+
+
+def fourier_crop(array: Any, shape: tuple[int, ...]) -> Any:
+    """Band-limit and resample an array to a smaller ``shape`` by cropping its spectrum.
+
+    Works for 2D and 3D real arrays. Point values are preserved (the result samples the
+    band-limited input at the coarser grid, whose sample 0 coincides with input sample
+    0), so an image rendered on a 2x finer grid and cropped is an anti-aliased image at
+    the target sampling. Nyquist planes of the output are zeroed.
+    """
+    xp = get_array_module(array)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    a = xp.asarray(array, dtype=xp.float32)
+    if a.ndim != len(shape):
+        raise ValueError(f"fourier_crop: {a.ndim}D array, {len(shape)}D target shape")
+    if any(t > s for t, s in zip(shape, a.shape, strict=True)):
+        raise ValueError(f"fourier_crop: target {shape} larger than input {a.shape}")
+    f = fft.fftn(a, **kw)
+    index = []
+    for n_out, n_in in zip(shape, a.shape, strict=True):
+        idx = np.concatenate([np.arange(0, (n_out + 1) // 2), np.arange(n_in - n_out // 2, n_in)])
+        index.append(idx)
+    f = f[np.ix_(*index)]
+    for axis, n_out in enumerate(shape):
+        if n_out % 2 == 0:
+            sl = [slice(None)] * a.ndim
+            sl[axis] = slice(n_out // 2, n_out // 2 + 1)
+            f[tuple(sl)] = 0
+    scale = float(np.prod(shape)) / float(np.prod(a.shape))
+    out = fft.ifftn(f, **kw).real * scale
+    return out.astype(xp.float32)
+
+
+def _upsampled_dft(data: Any, region: int, upsample: float, offset: tuple[float, float]) -> Any:
+    """Matrix-multiply DFT of ``data`` (a full 2D spectrum) on a ``region``² grid
+    upsampled by ``upsample`` around ``offset`` (in upsampled pixels)."""
+    xp = get_array_module(data)
+    ny, nx = data.shape
+    kx = xp.fft.ifftshift(xp.arange(nx)) - nx // 2
+    ky = xp.fft.ifftshift(xp.arange(ny)) - ny // 2
+    r = xp.arange(region) - offset[1]
+    col_kernel = xp.exp((-2j * math.pi / (nx * upsample)) * r[:, None] * kx[None, :])
+    r = xp.arange(region) - offset[0]
+    row_kernel = xp.exp((-2j * math.pi / (ny * upsample)) * r[:, None] * ky[None, :])
+    return row_kernel @ data @ col_kernel.T
+
+
+def register_translation(
+    reference: Any, image: Any, *, upsample: int = 20, max_shift: float | None = None
+) -> tuple[float, float]:
+    """Sub-pixel translation between two images by cross-correlation.
+
+    The integer peak of the cross-correlation is refined by a locally upsampled DFT
+    (Guizar-Sicairos, Thurman & Fienup 2008) to 1/``upsample`` pixel.
+
+    Parameters
+    ----------
+    reference, image : (ny, nx)
+    upsample : refinement factor (accuracy 1/upsample pixel)
+    max_shift : search only |shift| <= max_shift pixels (None: anywhere)
+
+    Returns
+    -------
+    (dy, dx) such that ``image(r) ~ reference(r - (dy, dx))``.
+    """
+    xp = get_array_module(reference, image)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    ref = xp.asarray(reference, dtype=xp.float32)
+    img = xp.asarray(image, dtype=xp.float32)
+    cross = fft.fft2(img, **kw) * xp.conj(fft.fft2(ref, **kw))
+    cc = fft.ifft2(cross, **kw).real
+    ny, nx = cc.shape
+    if max_shift is not None:
+        yy = xp.fft.fftfreq(ny) * ny
+        xx = xp.fft.fftfreq(nx) * nx
+        outside = (yy[:, None] ** 2 + xx[None, :] ** 2) > max_shift**2
+        cc = xp.where(outside, -xp.inf, cc)
+    peak = int(xp.argmax(cc))
+    py, px = divmod(peak, nx)
+    shift = np.array([py, px], dtype=np.float64)
+    shift[0] -= ny if py > ny // 2 else 0
+    shift[1] -= nx if px > nx // 2 else 0
+    if upsample > 1:
+        region = int(math.ceil(upsample * 1.5))
+        centre = region // 2
+        offset = (centre - shift[0] * upsample, centre - shift[1] * upsample)
+        up = _upsampled_dft(xp.conj(cross), region, upsample, offset).conj()
+        up = xp.abs(up)
+        upk = int(xp.argmax(up))
+        uy, ux = divmod(upk, region)
+        shift = shift + (np.array([uy, ux], dtype=np.float64) - centre) / upsample
+    return float(shift[0]), float(shift[1])

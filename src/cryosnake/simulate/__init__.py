@@ -1,0 +1,39 @@
+"""Synthetic cryo-EM data with exact ground truth.
+
+Examples
+--------
+>>> from cryosnake.simulate import make_params, simulate_dataset
+>>> params = make_params("tiny", seed=3)
+>>> summary = simulate_dataset(params, "data/tiny")  # doctest: +SKIP
+"""
+
+from cryosnake.simulate._atoms import (
+    Atoms,
+    atoms_from_model,
+    phantom_atoms,
+    render_projection,
+    render_volume,
+)
+from cryosnake.simulate._dataset import DatasetSummary, load_specimen, simulate_dataset, volume_box
+from cryosnake.simulate._engine import Detector, MovieTruth, Specimen, make_detector, simulate_movie
+from cryosnake.simulate._params import PRESETS, SimulationParams, make_params
+
+__all__ = [
+    "PRESETS",
+    "Atoms",
+    "DatasetSummary",
+    "Detector",
+    "MovieTruth",
+    "SimulationParams",
+    "Specimen",
+    "atoms_from_model",
+    "load_specimen",
+    "make_detector",
+    "make_params",
+    "phantom_atoms",
+    "render_projection",
+    "render_volume",
+    "simulate_dataset",
+    "simulate_movie",
+    "volume_box",
+]

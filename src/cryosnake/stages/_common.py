@@ -1,0 +1,51 @@
+"""Shared helpers of the stage modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+__all__ = ["positive", "run_stage", "stage_parser"]
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Reports a usage error in one line (``--help`` still prints the full usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def stage_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose description is the stage module's docstring."""
+    return _OneLineParser(
+        prog=f"cryosnake {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def run_stage(
+    name: str,
+    doc: str | None,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse ``argv`` and run the stage; user errors raise CryosnakeError to the caller."""
+    parser = stage_parser(name, doc)
+    add_args(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return run(args)
+
+
+def positive(text: str) -> float:
+    """argparse type: a float > 0."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value

@@ -1,0 +1,225 @@
+"""Check one movie before processing and summarise it (RELION's import, with checks).
+
+Reads the movie frame by frame, applies the gain reference, and checks what would
+silently spoil every later stage: a gain whose size does not match the frames, a pixel
+size in the file header that disagrees with the one given, a dose per frame that
+disagrees with the counts actually recorded, blank frames. Any of these is an error
+naming the file. Writes a JSON report (frames, size, measured dose per frame, outlier
+pixels) and a PNG thumbnail of the gain-corrected sum with the per-frame dose.
+
+Example::
+
+    cryosnake inspect --movie data/demo/movies/movie_0001.mrc --gain data/demo/gain.mrc \\
+        --pixel-size 1.5 --dose-per-frame 1.0 --out results/inspect/movie_0001.json \\
+        --thumbnail results/inspect/movie_0001.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryosnake.errors import CryosnakeError
+from cryosnake.io import open_movie, read_mrc, save_figure, write_json
+from cryosnake.ops.gain import FLIPS, orient_gain
+from cryosnake.stages._common import positive, run_stage
+
+__all__ = ["add_args", "inspect_movie", "main"]
+
+PIXEL_SIZE_TOLERANCE = 0.01  # relative
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--movie", required=True, help="movie file (.mrc, .mrcs, .tif, .tiff)")
+    parser.add_argument("--out", required=True, help="JSON report to write")
+    parser.add_argument("--thumbnail", help="PNG thumbnail to write")
+    parser.add_argument("--pixel-size", type=positive, required=True, help="Å per pixel")
+    parser.add_argument("--dose-per-frame", type=positive, required=True, help="e/Å² per frame")
+    parser.add_argument("--gain", help="gain reference (MRC); raw frames are multiplied by it")
+    parser.add_argument(
+        "--gain-rotate",
+        type=int,
+        default=0,
+        choices=range(4),
+        help="90° rotations of the gain (numpy.rot90), before --gain-flip",
+    )
+    parser.add_argument(
+        "--gain-flip",
+        choices=FLIPS,
+        default="none",
+        help="mirror the gain: x = left-right, y = up-down",
+    )
+    parser.add_argument(
+        "--dose-tolerance",
+        type=float,
+        default=0.25,
+        help="relative mismatch allowed between the measured and the given "
+        "dose per frame (<= 0: do not check; default 0.25)",
+    )
+    parser.add_argument(
+        "--ignore-header-pixel-size",
+        action="store_true",
+        help="do not compare --pixel-size with the file header",
+    )
+
+
+def _load_gain(path: str, rotate: int, flip: str, frame_shape: tuple[int, int]) -> np.ndarray:
+    gain, _ = read_mrc(path)
+    if gain.ndim == 3 and gain.shape[0] == 1:
+        gain = gain[0]
+    if gain.ndim != 2:
+        raise CryosnakeError(f"{path}: a gain reference must be one 2D image, got {gain.shape}")
+    gain = orient_gain(np.asarray(gain, dtype=np.float32), rotate, flip)
+    if gain.shape != frame_shape:
+        raise CryosnakeError(
+            f"{path}: gain is {gain.shape[1]} x {gain.shape[0]} px after rotation/flip, "
+            f"frames are {frame_shape[1]} x {frame_shape[0]} px (check --gain-rotate)"
+        )
+    if not np.all(np.isfinite(gain)) or (gain < 0).any():
+        raise CryosnakeError(f"{path}: gain holds negative or non-finite values")
+    return gain
+
+
+def inspect_movie(
+    movie_path: str,
+    *,
+    pixel_size: float,
+    dose_per_frame: float,
+    gain_path: str | None = None,
+    gain_rotate: int = 0,
+    gain_flip: str = "none",
+    dose_tolerance: float = 0.25,
+    check_header: bool = True,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Check a movie and measure it.
+
+    Returns
+    -------
+    report : dict (JSON-ready)
+    total : (ny, nx) float32 gain-corrected sum of the frames
+    frame_means : (n,) float64 mean gain-corrected counts per pixel of each frame
+    """
+    with open_movie(movie_path) as movie:
+        header_px = movie.pixel_size
+        if (
+            check_header
+            and header_px > 0
+            and abs(header_px - pixel_size) > PIXEL_SIZE_TOLERANCE * pixel_size
+        ):
+            raise CryosnakeError(
+                f"{movie_path}: header pixel size {header_px:.4f} Å differs from the given "
+                f"{pixel_size:.4f} Å (fix acquisition.pixel_size, or pass "
+                "--ignore-header-pixel-size if the header is wrong)"
+            )
+        gain = None
+        if gain_path:
+            gain = _load_gain(gain_path, gain_rotate, gain_flip, movie.frame_shape)
+        total = np.zeros(movie.frame_shape, dtype=np.float64)
+        means = np.empty(movie.n_frames)
+        for i in range(movie.n_frames):
+            frame = movie.frame(i).astype(np.float32)
+            if gain is not None:
+                frame *= gain
+            means[i] = float(frame.mean())
+            total += frame
+        n_frames, shape, dtype = movie.n_frames, movie.frame_shape, str(movie.dtype)
+
+    median = float(np.median(means))
+    if median <= 0:
+        raise CryosnakeError(f"{movie_path}: frames hold no counts")
+    blank = np.flatnonzero(means < 0.1 * median)
+    if blank.size:
+        raise CryosnakeError(
+            f"{movie_path}: frame(s) {', '.join(str(b + 1) for b in blank[:5])} are blank "
+            f"(mean {means[blank[0]]:.3g} vs median {median:.3g} counts/px)"
+        )
+    measured_dose = float(means.mean()) / pixel_size**2
+    mismatch = abs(measured_dose - dose_per_frame) / dose_per_frame
+    if dose_tolerance > 0 and mismatch > dose_tolerance:
+        raise CryosnakeError(
+            f"{movie_path}: measured {measured_dose:.3f} e/Å² per frame from the counts, but "
+            f"the given dose per frame is {dose_per_frame:.3f} (off by {100 * mismatch:.0f} %; "
+            "check acquisition.dose_per_frame, acquisition.pixel_size and the gain)"
+        )
+    # Outlier (hot) pixels: far above the local level in the summed image.
+    level = float(np.median(total))
+    spread = 1.4826 * float(np.median(np.abs(total - level)))
+    hot = int((total > level + 12.0 * max(spread, np.sqrt(max(level, 1.0)))).sum())
+    report: dict[str, Any] = {
+        "movie": str(movie_path),
+        "n_frames": n_frames,
+        "width": shape[1],
+        "height": shape[0],
+        "dtype": dtype,
+        "header_pixel_size": header_px,
+        "pixel_size": pixel_size,
+        "gain": gain_path,
+        "gain_rotate": gain_rotate,
+        "gain_flip": gain_flip,
+        "dose_per_frame_given": dose_per_frame,
+        "dose_per_frame_measured": round(measured_dose, 4),
+        "total_dose": round(measured_dose * n_frames, 3),
+        "frame_dose": [round(m / pixel_size**2, 4) for m in means],
+        "hot_pixels": hot,
+    }
+    return report, total.astype(np.float32), means
+
+
+def _thumbnail(
+    path: str, total: np.ndarray, means: np.ndarray, pixel_size: float, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import ndimage
+
+    bin_ = max(1, int(np.ceil(max(total.shape) / 512)))
+    ny, nx = (s // bin_ * bin_ for s in total.shape)
+    small = total[:ny, :nx].reshape(ny // bin_, bin_, nx // bin_, bin_).mean(axis=(1, 3))
+    small = ndimage.gaussian_filter(small, max(1.0, 8.0 / pixel_size / bin_))
+    lo, hi = np.percentile(small, [1, 99])
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(9, 4.2), width_ratios=[1, 1.2])
+    a0.imshow(small, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+    a0.set_title("gain-corrected sum (not aligned)", fontsize=9)
+    a0.set_axis_off()
+    a1.plot(np.arange(1, len(means) + 1), means / pixel_size**2, "o-", ms=3)
+    a1.set_xlabel("frame")
+    a1.set_ylabel("dose (e/Å²)")
+    a1.set_title("dose per frame", fontsize=9)
+    a1.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    save_figure(path, fig)
+
+
+def _run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    report, total, means = inspect_movie(
+        args.movie,
+        pixel_size=args.pixel_size,
+        dose_per_frame=args.dose_per_frame,
+        gain_path=args.gain,
+        gain_rotate=args.gain_rotate,
+        gain_flip=args.gain_flip,
+        dose_tolerance=args.dose_tolerance,
+        check_header=not args.ignore_header_pixel_size,
+    )
+    write_json(args.out, report)
+    if args.thumbnail:
+        _thumbnail(args.thumbnail, total, means, args.pixel_size, Path(args.movie).name)
+    print(
+        f"inspect: {args.movie}: {report['n_frames']} x {report['height']} x {report['width']}, "
+        f"{report['dose_per_frame_measured']:.3f} e/Å²/frame measured "
+        f"({report['dose_per_frame_given']} given), {report['hot_pixels']} hot pixels "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("inspect", __doc__, add_args, _run, argv)
