@@ -7,7 +7,7 @@ one-line message that names the file and the problem.
 """
 
 from cryosnake.io._atomic import atomic_path
-from cryosnake.io._misc import read_json, save_figure, write_json
+from cryosnake.io._misc import read_json, read_yaml, save_figure, write_json
 from cryosnake.io._mrc import read_mrc, read_mrc_header, write_mrc
 from cryosnake.io._tiff import write_tiff_movie
 from cryosnake.io.movie import MOVIE_SUFFIXES, Movie, open_movie, write_movie
@@ -24,6 +24,7 @@ __all__ = [
     "read_mrc_header",
     "read_star",
     "read_star_block",
+    "read_yaml",
     "save_figure",
     "write_json",
     "write_movie",

@@ -10,7 +10,7 @@ from typing import Any
 from cryosnake.errors import FileFormatError
 from cryosnake.io._atomic import atomic_path
 
-__all__ = ["read_json", "save_figure", "write_json"]
+__all__ = ["read_json", "read_yaml", "save_figure", "write_json"]
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
@@ -30,6 +30,21 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise FileFormatError(f"{p}: not valid JSON ({err})") from err
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Read a YAML file; a missing or malformed file raises FileFormatError."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileFormatError(f"{p}: no such file")
+    try:
+        return yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise FileFormatError(f"{p}: not valid YAML{line}") from err
 
 
 def save_figure(path: str | os.PathLike[str], figure: Any, *, dpi: int = 100) -> Path:

@@ -1,0 +1,66 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make demo   create .venv, install, run the pipeline on the simulated demo dataset
+#   make test   create .venv, install, run linters, type checks and the tests
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cryosnake-installed
+PYTEST_ARGS ?=
+
+.PHONY: help install demo dag test test-slow test-gpu lint format clean clean-all
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml envs/constraints.txt
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c envs/constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP) ## create .venv and install cryosnake with its pinned dependencies
+
+demo: $(STAMP) ## run the workflow on the demo dataset (simulated first if absent)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/default
+	@echo "demo done: see results/movies.star, results/movies_summary.tsv, results/inspect/"
+
+dag: $(STAMP) ## draw the job graph of the current configuration (needs graphviz: dot)
+	@command -v dot >/dev/null || { echo "make: graphviz 'dot' not found (apt-get install graphviz)"; exit 1; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --rulegraph | dot -Tsvg > rulegraph.svg
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --dag | dot -Tsvg > dag.svg
+	@echo "wrote rulegraph.svg and dag.svg"
+
+lint: $(STAMP) ## ruff, ruff format, mypy, snakefmt and snakemake --lint
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy
+	$(BIN)/snakefmt --check Snakefile rules
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint --profile profiles/default
+	$(BIN)/python scripts/check_pins.py
+
+format: $(STAMP) ## reformat the code in place
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/snakefmt Snakefile rules
+
+test: lint ## lint, then the test suite (without slow and gpu tests)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## the slow tests only
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-gpu: $(STAMP) ## the GPU tests only (needs CuPy and a CUDA device)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
+
+clean: ## remove results, the demo data and caches (keeps .venv)
+	rm -rf results data/demo .snakemake .pytest_cache .mypy_cache .ruff_cache rulegraph.svg dag.svg
+
+clean-all: clean ## also remove .venv
+	rm -rf $(VENV)

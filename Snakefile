@@ -1,0 +1,36 @@
+# cryosnake: cryo-EM movies -> map. Loads and validates the configuration, includes
+# the rules and defines the final targets. All computation is in the cryosnake
+# package; rules call its command-line stages (`cryosnake <stage>`).
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+from cryosnake.config import validate_config
+from cryosnake.errors import ConfigError
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    validate_config(
+        config,
+        Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml",
+        source=" + ".join(map(str, workflow.configfiles)) or "--config",
+    )
+except ConfigError as err:
+    sys.exit(f"cryosnake: config error: {err}")
+
+
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/preprocess.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

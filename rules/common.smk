@@ -1,0 +1,75 @@
+# Movie discovery, paths and input functions shared by the rules.
+import os
+import re
+import shlex
+import sys
+
+from cryosnake.config import movie_table, simulated_gain
+from cryosnake.errors import ConfigError
+
+try:
+    MOVIES = movie_table(config)
+except ConfigError as err:
+    sys.exit(f"cryosnake: config error: {err}")
+
+RESULTS = config["results"]
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+ACQ = config["acquisition"]
+SIM = config["simulate"]
+CONTAINER_CPU = config["containers"]["cpu"]
+CONTAINER_GPU = config["containers"]["gpu"]
+
+
+wildcard_constraints:
+    movie="|".join(re.escape(m) for m in MOVIES),
+
+
+def movie_path(wildcards):
+    """The movie file of one movie name."""
+    return MOVIES[wildcards.movie]
+
+
+def gain_input(wildcards):
+    """The gain reference, as an input of per-movie rules (none when not configured)."""
+    gain = config["input"]["gain"]
+    return [] if gain is None else [gain]
+
+
+def gain_args(wildcards, input):
+    """Gain options of `cryosnake inspect` (empty without a gain reference)."""
+    if not input.gain:
+        return ""
+    inp = config["input"]
+    return (
+        f"--gain {shlex.quote(input.gain[0])} --gain-rotate {inp['gain_rotate']} "
+        f"--gain-flip {inp['gain_flip']}"
+    )
+
+
+def inspect_reports(wildcards):
+    """The inspect report of every movie."""
+    return expand(f"{RESULTS}/inspect/{{movie}}.json", movie=MOVIES)
+
+
+def simulated_outputs():
+    """Files written by `cryosnake simulate` that other rules use."""
+    return {
+        "movies": list(MOVIES.values()),
+        "gain": simulated_gain(config),
+        "truth": f"{SIM['out_dir']}/truth/particles.star",
+    }
+
+
+def simulate_out_dir(wildcards, output):
+    """Folder of the simulated dataset, from the gain output (works with remote storage)."""
+    return os.path.dirname(output.gain)
+
+
+def final_targets():
+    """Everything `rule all` asks for with the stages wired in so far."""
+    return [
+        f"{RESULTS}/movies.star",
+        f"{RESULTS}/movies_summary.tsv",
+        *expand(f"{RESULTS}/inspect/{{movie}}.png", movie=MOVIES),
+    ]

@@ -1,0 +1,64 @@
+# Per-movie checks (group "preprocess": one cluster/Batch job handles a chunk of
+# movies) and the import of all movies into movies.star.
+
+
+rule inspect:
+    input:
+        movie=movie_path,
+        gain=gain_input,
+    output:
+        report=f"{RESULTS}/inspect/{{movie}}.json",
+        thumbnail=f"{RESULTS}/inspect/{{movie}}.png",
+    log:
+        f"{LOGS}/inspect/{{movie}}.log",
+    benchmark:
+        f"{BENCHMARKS}/inspect/{{movie}}.tsv"
+    group:
+        "preprocess"
+    container:
+        CONTAINER_CPU
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        gain=gain_args,
+        pixel_size=ACQ["pixel_size"],
+        dose=ACQ["dose_per_frame"],
+        tolerance=config["inspect"]["dose_tolerance"],
+        header=(
+            "--ignore-header-pixel-size"
+            if config["inspect"]["ignore_header_pixel_size"]
+            else ""
+        ),
+    shell:
+        "cryosnake inspect --movie {input.movie:q} {params.gain} "
+        "--pixel-size {params.pixel_size} --dose-per-frame {params.dose} "
+        "--dose-tolerance {params.tolerance} {params.header} "
+        "--out {output.report:q} --thumbnail {output.thumbnail:q} > {log} 2>&1"
+
+
+rule import_movies:
+    input:
+        inspect_reports,
+    output:
+        star=f"{RESULTS}/movies.star",
+        summary=f"{RESULTS}/movies_summary.tsv",
+    log:
+        f"{LOGS}/import_movies.log",
+    benchmark:
+        f"{BENCHMARKS}/import_movies.tsv"
+    container:
+        CONTAINER_CPU
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        optics=(
+            f"--pixel-size {ACQ['pixel_size']} --voltage {ACQ['voltage']} "
+            f"--cs {ACQ['cs']} --amplitude-contrast {ACQ['amplitude_contrast']}"
+        ),
+    shell:
+        "cryosnake import --reports {input:q} {params.optics} "
+        "--out {output.star:q} --summary {output.summary:q} > {log} 2>&1"

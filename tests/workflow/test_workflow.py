@@ -1,0 +1,189 @@
+"""The Snakemake workflow: dry runs, lint, config errors and a real run on tiny data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mrcfile
+import pytest
+import starfile
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(
+    workdir: Path, *args: str, config: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run snakemake on the repository's Snakefile in ``workdir``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+    ]
+    if config is not None:
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(path)]
+    else:
+        cmd += ["--configfile", str(ROOT / "config" / "config.yaml")]
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [*cmd, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def tiny_config(root: Path, n_movies: int = 2, fmt: str = "mrc") -> dict[str, Any]:
+    """A configuration that simulates ``n_movies`` tiny movies under ``root``."""
+    data = root / "data"
+    suffix = ".mrc" if fmt == "mrc" else ".tif"
+    return {
+        "results": str(root / "results"),
+        "acquisition": {"pixel_size": 2.5, "dose_per_frame": 3.0},
+        "input": {"movies": str(data / "movies" / f"*{suffix}"), "gain": str(data / "gain.mrc")},
+        "simulate": {
+            "enabled": True,
+            "preset": "tiny",
+            "seed": 3,
+            "n_movies": n_movies,
+            "format": fmt,
+            "out_dir": str(data),
+        },
+    }
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    counts = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> None:
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts == {"simulate": 1, "inspect": 6, "import_movies": 1, "all": 1, "total": 9}
+
+
+def test_lint_is_clean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--cores", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"acquisition": {"pixel_size": -1.5}}, "acquisition.pixel_size"),
+        ({"acquisition": {"voltage": "high"}}, "acquisition.voltage"),
+        ({"simulate": {"preset": "huge"}}, "simulate.preset"),
+        ({"inspect": {"dose_tolerence": 0.2}}, "inspect.dose_tolerence"),
+        ({"input": {"gain_flip": "z"}}, "input.gain_flip"),
+        ({"input": {"movies": "elsewhere/*.mrc"}}, "input.movies"),
+    ],
+)
+def test_bad_config_gives_one_line_naming_the_key(
+    tmp_path: Path, change: dict[str, Any], key: str
+) -> None:
+    config = tiny_config(tmp_path)
+    for section, values in change.items():
+        config.setdefault(section, {}).update(values)
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("cryosnake: config error: " + key), errors[0]
+
+
+def test_existing_movies_are_discovered_by_glob(tmp_path: Path) -> None:
+    movies = tmp_path / "session"
+    movies.mkdir()
+    for name in ("b_0002.tiff", "a_0001.mrc", "notes.txt"):
+        (movies / name).write_bytes(b"")
+    config = {
+        "results": str(tmp_path / "results"),
+        "input": {"movies": str(movies / "*"), "gain": None},
+        "simulate": {"enabled": False},
+    }
+    # A file that is not a movie is an error naming it, not silently skipped.
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert "notes.txt" in result.stderr
+    assert "cryosnake: config error: input.movies:" in result.stderr
+    (movies / "notes.txt").unlink()
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode == 0, result.stderr
+    assert "a_0001.log" in result.stdout
+    assert job_counts(result.stdout) == {"all": 1, "import_movies": 1, "inspect": 2, "total": 4}
+
+
+def test_no_matching_movie_is_an_error(tmp_path: Path) -> None:
+    config = {
+        "results": str(tmp_path / "results"),
+        "input": {"movies": str(tmp_path / "nothing" / "*.tiff"), "gain": None},
+        "simulate": {"enabled": False},
+    }
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert "cryosnake: config error: input.movies: no movie file matches" in result.stderr
+
+
+def test_real_run_on_tiny_data(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, n_movies=2, fmt="tiff")
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    star = starfile.read(results / "movies.star", always_dict=True)
+    assert set(star) == {"optics", "movies"}
+    assert star["optics"]["rlnMicrographOriginalPixelSize"].tolist() == [2.5]
+    movies = star["movies"]["rlnMicrographMovieName"].tolist()
+    assert [Path(m).name for m in movies] == ["movie_0001.tif", "movie_0002.tif"]
+    for stem in ("movie_0001", "movie_0002"):
+        assert (results / "inspect" / f"{stem}.png").stat().st_size > 1000
+        assert (results / "benchmarks" / "inspect" / f"{stem}.tsv").is_file()
+        assert (results / "logs" / "inspect" / f"{stem}.log").is_file()
+    # The simulated input is valid MRC and the inspect reports saw the dose we gave.
+    assert mrcfile.validate(str(tmp_path / "data" / "gain.mrc"), print_file=open(os.devnull, "w"))
+    summary = (results / "movies_summary.tsv").read_text().splitlines()
+    assert len(summary) == 3
+    # Nothing left to do afterwards; forcing one rule reruns only that rule's jobs.
+    again = snakemake(tmp_path, "-n", config=config)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    forced = snakemake(tmp_path, "-n", "--forcerun", "import_movies", config=config)
+    assert job_counts(forced.stdout) == {"all": 1, "import_movies": 1, "total": 2}
+
+
+def test_config_readme_is_generated_from_the_schema() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
