@@ -8,6 +8,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -165,15 +166,19 @@ def write_movie(
             finally:
                 mrc.close()
     elif suffix in (".tif", ".tiff"):
+        # One series from an iterator of pages: the shaped description of the first
+        # page then announces all frames, so tifffile, libtiff and RELION agree.
         with atomic_path(p) as tmp, tifffile.TiffWriter(tmp) as tif:
-            for i, frame in enumerate(checked()):
-                tif.write(
-                    frame,
-                    compression=compression,
-                    photometric="minisblack",
-                    metadata={"pixel_size": float(pixel_size)} if i == 0 else None,
-                    contiguous=False,
-                )
+            pages = checked()
+            tif.write(
+                itertools.islice(pages, n_frames),  # tifffile closes what it is given
+                shape=(n_frames, *frame_shape),
+                dtype=dt,
+                compression=compression,
+                photometric="minisblack",
+                metadata={"pixel_size": float(pixel_size), "axes": "ZYX"},
+            )
+            next(pages, None)  # raises if frames remain beyond n_frames
     else:
         raise FileFormatError(f"{p}: unsupported movie format {suffix!r}")
     return p
