@@ -171,7 +171,12 @@ def inspect_movie(
 
 
 def _thumbnail(
-    path: str, total: np.ndarray, means: np.ndarray, pixel_size: float, title: str
+    path: str,
+    total: np.ndarray,
+    means: np.ndarray,
+    pixel_size: float,
+    dose_per_frame: float,
+    title: str,
 ) -> None:
     import matplotlib
 
@@ -179,6 +184,10 @@ def _thumbnail(
     import matplotlib.pyplot as plt
     from scipy import ndimage
 
+    # Hot pixels would dominate the picture: show them at the median level.
+    med = float(np.median(total))
+    mad = float(np.median(np.abs(total - med))) or 1.0
+    total = np.where(np.abs(total - med) > 20 * 1.4826 * mad, med, total)
     bin_ = max(1, int(np.ceil(max(total.shape) / 512)))
     ny, nx = (s // bin_ * bin_ for s in total.shape)
     small = total[:ny, :nx].reshape(ny // bin_, bin_, nx // bin_, bin_).mean(axis=(1, 3))
@@ -188,7 +197,10 @@ def _thumbnail(
     a0.imshow(small, cmap="gray", vmin=lo, vmax=hi, origin="lower")
     a0.set_title("gain-corrected sum (not aligned)", fontsize=9)
     a0.set_axis_off()
-    a1.plot(np.arange(1, len(means) + 1), means / pixel_size**2, "o-", ms=3)
+    a1.plot(np.arange(1, len(means) + 1), means / pixel_size**2, "o-", ms=3, label="measured")
+    a1.axhline(dose_per_frame, color="k", ls="--", lw=1, label="given")
+    a1.set_ylim(0, 1.3 * max(dose_per_frame, float(means.max()) / pixel_size**2))
+    a1.legend(fontsize=8, loc="lower right")
     a1.set_xlabel("frame")
     a1.set_ylabel("dose (e/Å²)")
     a1.set_title("dose per frame", fontsize=9)
@@ -211,7 +223,15 @@ def _run(args: argparse.Namespace) -> int:
     )
     write_json(args.out, report)
     if args.thumbnail:
-        _thumbnail(args.thumbnail, total, means, args.pixel_size, Path(args.movie).name)
+        _thumbnail(
+            args.thumbnail,
+            total,
+            means,
+            args.pixel_size,
+            args.dose_per_frame,
+            f"{Path(args.movie).name}: {report['dose_per_frame_measured']:.3g} e/Å²/frame, "
+            f"{report['hot_pixels']} hot pixels",
+        )
     print(
         f"inspect: {args.movie}: {report['n_frames']} x {report['height']} x {report['width']}, "
         f"{report['dose_per_frame_measured']:.3f} e/Å²/frame measured "
