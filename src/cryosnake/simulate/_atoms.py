@@ -69,6 +69,20 @@ def _lobes(diameter: float, rng: np.random.Generator) -> list[tuple[np.ndarray, 
     return lobes
 
 
+def _inside_lobes(
+    lobes: list[tuple[np.ndarray, np.ndarray]], xx: np.ndarray, yy: np.ndarray, zz: np.ndarray
+) -> np.ndarray:
+    """Boolean mask of the union of ellipsoids (centre, semi-axes) on a sparse grid."""
+    inside = np.zeros(np.broadcast_shapes(xx.shape, yy.shape, zz.shape), dtype=bool)
+    for centre, semi in lobes:
+        inside |= (
+            ((xx - centre[0]) / semi[0]) ** 2
+            + ((yy - centre[1]) / semi[1]) ** 2
+            + ((zz - centre[2]) / semi[2]) ** 2
+        ) <= 1.0
+    return inside
+
+
 def phantom_atoms(diameter: float = 150.0, *, seed: int = 2026, sigma: float = 1.2) -> Atoms:
     """The built-in asymmetric pseudo-atomic phantom.
 
@@ -88,13 +102,7 @@ def phantom_atoms(diameter: float = 150.0, *, seed: int = 2026, sigma: float = 1
     axis = np.arange(-half, half + 1, dtype=np.float64)
     # Domain membership on a 1 Å grid.
     zz, yy, xx = np.meshgrid(axis, axis, axis, indexing="ij", sparse=True)
-    inside = np.zeros((axis.size,) * 3, dtype=bool)
-    for centre, semi in lobes:
-        inside |= (
-            ((xx - centre[0]) / semi[0]) ** 2
-            + ((yy - centre[1]) / semi[1]) ** 2
-            + ((zz - centre[2]) / semi[2]) ** 2
-        ) <= 1.0
+    inside = _inside_lobes(lobes, xx, yy, zz)
     # Scale so that the largest extent equals the requested diameter.
     pts = np.argwhere(inside).astype(np.float64) - half
     sample = pts[rng.choice(len(pts), size=min(3000, len(pts)), replace=False)]
@@ -103,13 +111,7 @@ def phantom_atoms(diameter: float = 150.0, *, seed: int = 2026, sigma: float = 1
     scale = diameter / extent
     if abs(scale - 1.0) > 0.01:
         lobes = [(c * scale, s * scale) for c, s in lobes]
-        inside[:] = False
-        for centre, semi in lobes:
-            inside |= (
-                ((xx - centre[0]) / semi[0]) ** 2
-                + ((yy - centre[1]) / semi[1]) ** 2
-                + ((zz - centre[2]) / semi[2]) ** 2
-            ) <= 1.0
+        inside = _inside_lobes(lobes, xx, yy, zz)
     n_target = int(inside.sum() / RESIDUE_VOLUME)
     coords = _fill_with_chain(inside, half, n_target, rng)
     weights = np.full(len(coords), RESIDUE_VOLUME * PROTEIN_CONTRAST_V)
