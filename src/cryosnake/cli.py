@@ -8,13 +8,13 @@ traceback, and the command exits with status 1.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
 
 from cryosnake import __version__
 from cryosnake.errors import CryosnakeError
+from cryosnake.stages._common import OneLineParser
 
 __all__ = ["STAGES", "main"]
 
@@ -32,7 +32,7 @@ def _load(command: str) -> object:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cryosnake",
         description="cryo-EM single-particle pipeline; each stage is a sub-command.",
     )

@@ -98,6 +98,9 @@ def read_mrc(path: PathLike, *, mmap: bool = False) -> tuple[np.ndarray, float]:
         _check_mode(p, mrc)
         voxel = _voxel_size(mrc)
         data = mrc.data if mmap else np.array(mrc.data)
+    except BaseException:
+        mrc.close()  # also the memory map: do not keep the file open on an error
+        raise
     finally:
         if not mmap:
             mrc.close()

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["positive", "run_stage", "stage_parser"]
+__all__ = ["OneLineParser", "positive", "run_stage", "stage_parser"]
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Reports a usage error in one line (``--help`` still prints the full usage)."""
 
     def error(self, message: str) -> NoReturn:
@@ -19,7 +19,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def stage_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     """An argument parser whose description is the stage module's docstring."""
-    return _OneLineParser(
+    return OneLineParser(
         prog=f"cryosnake {name}",
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,0 +1,125 @@
+"""NumPy/CuPy selection and device resolution."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from cryosnake import backend
+from cryosnake.errors import CryosnakeError
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behave as on a machine without CuPy, whatever this machine has."""
+    monkeypatch.setattr(backend, "_cupy", lambda: None)
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+    monkeypatch.delenv("CRYOSNAKE_DEVICE", raising=False)
+
+
+def test_numpy_arrays_get_numpy() -> None:
+    assert backend.get_array_module(np.zeros(3)) is np
+    assert backend.get_array_module(np.zeros(3), np.ones((2, 2))) is np
+    assert backend.get_array_module() is np
+    assert backend.get_array_module(3.0, [1, 2]) is np
+
+
+def test_fft_module_for_numpy_is_scipy() -> None:
+    assert backend.fft_module(np) is scipy.fft
+    assert backend.fft_kwargs(np) == {"workers": backend.fft_workers()}
+
+
+@pytest.mark.usefixtures("no_gpu")
+def test_resolve_device_without_gpu() -> None:
+    assert backend.resolve_device("cpu") == "cpu"
+    assert backend.resolve_device("auto") == "cpu"
+    assert backend.resolve_device(" AUTO ") == "cpu"
+    assert backend.resolve_device() == "cpu"
+    with pytest.raises(CryosnakeError) as err:
+        backend.resolve_device("gpu")
+    assert "\n" not in str(err.value)
+    assert "--device" in str(err.value)
+
+
+@pytest.mark.usefixtures("no_gpu")
+def test_resolve_device_rejects_unknown_choice() -> None:
+    with pytest.raises(CryosnakeError) as err:
+        backend.resolve_device("tpu")
+    assert "--device" in str(err.value) and "tpu" in str(err.value)
+
+
+def test_resolve_device_with_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    monkeypatch.delenv("CRYOSNAKE_DEVICE", raising=False)
+    assert backend.resolve_device("auto") == "gpu"
+    assert backend.resolve_device("gpu") == "gpu"
+    assert backend.resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.usefixtures("no_gpu")
+def test_environment_overrides_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYOSNAKE_DEVICE", "cpu")
+    assert backend.resolve_device("auto") == "cpu"
+    monkeypatch.setenv("CRYOSNAKE_DEVICE", "gpu")
+    with pytest.raises(CryosnakeError):
+        backend.resolve_device("auto")  # asked for a GPU through the environment
+    assert backend.resolve_device("cpu") == "cpu"  # an explicit choice wins
+    monkeypatch.setenv("CRYOSNAKE_DEVICE", "")
+    assert backend.resolve_device("auto") == "cpu"
+    monkeypatch.setenv("CRYOSNAKE_DEVICE", "quantum")
+    with pytest.raises(CryosnakeError):
+        backend.resolve_device("auto")
+
+
+def test_environment_selects_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    monkeypatch.setenv("CRYOSNAKE_DEVICE", "cpu")
+    assert backend.resolve_device("auto") == "cpu"  # e.g. a CPU-only container on a GPU host
+    monkeypatch.setenv("CRYOSNAKE_DEVICE", "gpu")
+    assert backend.resolve_device("auto") == "gpu"
+
+
+def test_fft_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYOSNAKE_THREADS", "3")
+    assert backend.fft_workers() == 3
+    monkeypatch.setenv("CRYOSNAKE_THREADS", "0")
+    assert backend.fft_workers() == 1
+    monkeypatch.setenv("CRYOSNAKE_THREADS", "many")
+    with pytest.raises(CryosnakeError) as err:
+        backend.fft_workers()
+    assert "CRYOSNAKE_THREADS" in str(err.value)
+    monkeypatch.delenv("CRYOSNAKE_THREADS")
+    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    assert backend.fft_workers() >= 1
+    if expected is not None:
+        assert backend.fft_workers() == expected
+
+
+@pytest.mark.usefixtures("no_gpu")
+def test_host_device_transfers_without_cupy() -> None:
+    x = np.arange(6.0).reshape(2, 3)
+    assert backend.to_host(x) is x
+    np.testing.assert_array_equal(backend.to_device(x, "cpu"), x)
+    assert isinstance(backend.to_host([1, 2]), np.ndarray)
+    with pytest.raises(CryosnakeError):
+        backend.to_device(x, "gpu")
+    assert backend.cupy_available() is False
+
+
+@pytest.mark.gpu
+def test_cupy_arrays_get_cupy() -> None:
+    cp = pytest.importorskip("cupy")
+    if not backend.gpu_available():
+        pytest.skip("no CUDA device")
+    x = cp.zeros(4)
+    assert backend.get_array_module(x) is cp
+    assert backend.get_array_module(np.zeros(2), x) is cp
+    assert backend.fft_module(cp) is cp.fft
+    assert backend.fft_kwargs(cp) == {}
+    y = backend.to_device(np.arange(3.0), "gpu")
+    assert isinstance(y, cp.ndarray)
+    np.testing.assert_array_equal(backend.to_host(y), np.arange(3.0))
+    assert backend.resolve_device("gpu") == "gpu"
