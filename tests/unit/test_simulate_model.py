@@ -10,12 +10,14 @@ import pytest
 from scipy.spatial.distance import pdist
 
 from cryosnake.errors import ConfigError, CryosnakeError, FileFormatError
+from cryosnake.io import write_mrc
 from cryosnake.ops import euler_to_matrix, project_volume
 from cryosnake.simulate import (
     PRESETS,
     Atoms,
     SimulationParams,
     atoms_from_model,
+    load_specimen,
     make_params,
     phantom_atoms,
     render_projection,
@@ -190,3 +192,19 @@ def test_render_volume_matches_projection() -> None:
     from_volume = project_volume(vol, a) * px
     cc = np.corrcoef(direct.ravel(), from_volume.ravel())[0, 1]
     assert cc > 0.97
+
+
+@pytest.mark.parametrize("units", [1.0, 37.0, 0.002])
+def test_user_map_gets_protein_contrast_whatever_its_units(tmp_path: Path, units: float) -> None:
+    """A map in arbitrary units is scaled to about the phantom's integrated potential."""
+    atoms = phantom_atoms(150.0, seed=5)
+    reference = render_volume(atoms, 128, 2.0)
+    path = tmp_path / "map.mrc"
+    write_mrc(path, reference * units, 2.0)
+    _, volume = load_specimen(make_params("tiny", specimen=str(path), pixel_size=2.0))
+    ratio = float(volume.sum() / reference.sum())
+    assert 0.75 < ratio < 1.25, ratio
+    empty = tmp_path / "empty.mrc"
+    write_mrc(empty, np.zeros((32, 32, 32), np.float32), 2.0)
+    with pytest.raises(ConfigError, match=r"empty\.mrc: the specimen map has no positive density"):
+        load_specimen(make_params("tiny", specimen=str(empty), pixel_size=2.0))

@@ -102,7 +102,8 @@ def register_translation(
     ----------
     reference, image : (ny, nx)
     upsample : refinement factor (accuracy 1/upsample pixel)
-    max_shift : search only |shift| <= max_shift pixels (None: anywhere)
+    max_shift : search only integer peaks with |shift| <= max_shift pixels (None: anywhere);
+        the sub-pixel refinement may move the result up to ~1 px further
 
     Returns
     -------
