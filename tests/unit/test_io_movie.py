@@ -212,3 +212,11 @@ def test_write_tiff_movie_needs_3d(tmp_path: Path) -> None:
     with pytest.raises(FileFormatError):
         write_tiff_movie(tmp_path / "m.tif", np.zeros((4, 4), np.uint16), 1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mrc_movie_of_an_unwritable_dtype_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "complex.mrc"
+    frames = iter([np.zeros((8, 8), np.complex64)])
+    with pytest.raises(FileFormatError, match=r"complex\.mrc: cannot write complex64 frames"):
+        write_movie(path, frames, n_frames=1, frame_shape=(8, 8), dtype=np.complex64, pixel_size=1)
+    assert not path.exists()

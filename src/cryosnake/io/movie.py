@@ -153,6 +153,9 @@ def write_movie(
             raise FileFormatError(f"{p}: got {count} frames, expected {n_frames}")
 
     if suffix in (".mrc", ".mrcs"):
+        if dt not in _MRC_MODES:
+            modes = ", ".join(str(d) for d in _MRC_MODES)
+            raise FileFormatError(f"{p}: cannot write {dt} frames to MRC (use one of {modes})")
         with atomic_path(p) as tmp:
             mrc = mrcfile.new_mmap(
                 tmp, shape=(n_frames, *frame_shape), mrc_mode=_MRC_MODES[dt], overwrite=True
