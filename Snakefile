@@ -6,8 +6,14 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from cryosnake.config import validate_config
-from cryosnake.errors import ConfigError
+try:
+    from cryosnake.config import validate_config
+    from cryosnake.errors import ConfigError
+except ImportError:
+    sys.exit(
+        "cryosnake: this snakemake cannot import the cryosnake package; "
+        "run `make install` and use .venv/bin/snakemake (or `make demo`)"
+    )
 
 min_version("9.0")
 

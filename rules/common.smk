@@ -12,6 +12,10 @@ try:
 except ConfigError as err:
     sys.exit(f"cryosnake: config error: {err}")
 
+# Rules run the `cryosnake` command of the Python that runs snakemake, so that
+# .venv/bin/snakemake works without activating .venv (and a job image uses its own).
+shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
+
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"

@@ -38,8 +38,10 @@ def snakemake(
         cmd += ["--configfile", str(path)]
     else:
         cmd += ["--configfile", str(ROOT / "config" / "config.yaml")]
+    # Without .venv/bin on PATH: the workflow finds `cryosnake` by itself.
+    venv_bin = str(Path(sys.executable).parent)
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     return subprocess.run(
         [*cmd, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
     )
