@@ -6,8 +6,9 @@ truncated or corrupt file raises :class:`cryosnake.errors.FileFormatError` with 
 one-line message that names the file and the problem.
 """
 
-from cryosnake.io._atomic import atomic_path
-from cryosnake.io._misc import read_json, read_yaml, save_figure, write_json
+from cryosnake.io._atomic import atomic_path, require_file
+from cryosnake.io._misc import read_json, read_yaml, save_figure, write_json, write_yaml
+from cryosnake.io._model import read_atomic_model
 from cryosnake.io._mrc import read_mrc, read_mrc_header, write_mrc
 from cryosnake.io._tiff import write_tiff_movie
 from cryosnake.io.movie import MOVIE_SUFFIXES, Movie, open_movie, write_movie
@@ -19,16 +20,19 @@ __all__ = [
     "atomic_path",
     "open_movie",
     "optics_table",
+    "read_atomic_model",
     "read_json",
     "read_mrc",
     "read_mrc_header",
     "read_star",
     "read_star_block",
     "read_yaml",
+    "require_file",
     "save_figure",
     "write_json",
     "write_movie",
     "write_mrc",
     "write_star",
     "write_tiff_movie",
+    "write_yaml",
 ]

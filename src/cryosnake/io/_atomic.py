@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary sibling, then rename over the target."""
+"""File helpers: atomic writes (temporary sibling, then rename) and input checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+from cryosnake.errors import FileFormatError
+
+__all__ = ["atomic_path", "require_file"]
 
 
 @contextlib.contextmanager
@@ -27,3 +29,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def require_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; FileFormatError naming it if it is not an existing file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileFormatError(f"{p}: no such file")
+    return p

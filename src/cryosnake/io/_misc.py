@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from cryosnake.errors import FileFormatError
-from cryosnake.io._atomic import atomic_path
+from cryosnake.io._atomic import atomic_path, require_file
 
-__all__ = ["read_json", "read_yaml", "save_figure", "write_json"]
+__all__ = ["read_json", "read_yaml", "save_figure", "write_json", "write_yaml"]
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
@@ -21,11 +21,19 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return p
 
 
+def write_yaml(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as YAML (keys in insertion order), atomically."""
+    import yaml
+
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file; a missing or malformed file raises FileFormatError."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileFormatError(f"{p}: no such file")
+    p = require_file(path)
     try:
         return json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as err:
@@ -36,9 +44,7 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Read a YAML file; a missing or malformed file raises FileFormatError."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileFormatError(f"{p}: no such file")
+    p = require_file(path)
     try:
         return yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -11,7 +11,7 @@ import mrcfile
 import numpy as np
 
 from cryosnake.errors import FileFormatError
-from cryosnake.io._atomic import atomic_path
+from cryosnake.io._atomic import atomic_path, require_file
 
 __all__ = ["read_mrc", "read_mrc_header", "write_mrc"]
 
@@ -22,13 +22,8 @@ _READABLE_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float1
 _WRITABLE_DTYPES = (np.int8, np.int16, np.uint16, np.float32, np.float16)
 
 
-def _check_exists(path: Path) -> None:
-    if not path.is_file():
-        raise FileFormatError(f"{path}: no such file")
-
-
 def _open(path: Path, mmap: bool) -> mrcfile.mrcfile.MrcFile:
-    _check_exists(path)
+    require_file(path)
     opener = mrcfile.mmap if mmap else mrcfile.open
     try:
         with warnings.catch_warnings():

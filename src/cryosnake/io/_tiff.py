@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 
 from cryosnake.errors import FileFormatError
-from cryosnake.io._atomic import atomic_path
+from cryosnake.io._atomic import atomic_path, require_file
 
 __all__ = ["TiffMovieReader", "write_tiff_movie"]
 
@@ -55,9 +55,7 @@ class TiffMovieReader:
     """
 
     def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileFormatError(f"{self.path}: no such file")
+        self.path = require_file(path)
         size = self.path.stat().st_size
         shapes: set[tuple[int, ...]] = set()
         dtypes: set[np.dtype] = set()

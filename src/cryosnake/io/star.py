@@ -14,7 +14,7 @@ import pandas as pd
 import starfile
 
 from cryosnake.errors import FileFormatError
-from cryosnake.io._atomic import atomic_path
+from cryosnake.io._atomic import atomic_path, require_file
 
 __all__ = ["optics_table", "read_star", "read_star_block", "write_star"]
 
@@ -27,9 +27,7 @@ def read_star(path: PathLike) -> dict[str, pd.DataFrame]:
     Single-row ("simple") blocks come back as one-row DataFrames too, so callers never
     need to tell the two kinds apart.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileFormatError(f"{p}: no such file")
+    p = require_file(path)
     try:
         blocks = starfile.read(p, always_dict=True, parse_as_string=[])
     except Exception as err:

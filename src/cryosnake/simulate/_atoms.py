@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from cryosnake.errors import FileFormatError
+from cryosnake.io import read_atomic_model
 from cryosnake.ops.fourier import fourier_crop
 
 __all__ = [
@@ -186,32 +185,11 @@ def atoms_from_model(path: str | os.PathLike[str], *, min_sigma: float = 1.0) ->
     number, scaled so that a residue carries the same contrast as in the phantom; its
     width comes from the B-factor, sigma^2 = B / (8 pi^2) + min_sigma^2.
     """
-    import gemmi
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileFormatError(f"{p}: no such file")
-    try:
-        structure = gemmi.read_structure(str(p))
-        structure.remove_hydrogens()
-        structure.remove_waters()
-    except Exception as err:
-        raise FileFormatError(f"{p}: cannot read atomic model ({err})") from err
-    if len(structure) == 0:
-        raise FileFormatError(f"{p}: atomic model has no model")
-    xyz, z, b = [], [], []
-    for chain in structure[0]:
-        for residue in chain:
-            for atom in residue:
-                xyz.append((atom.pos.x, atom.pos.y, atom.pos.z))
-                z.append(atom.element.atomic_number)
-                b.append(atom.b_iso)
-    if not xyz:
-        raise FileFormatError(f"{p}: atomic model has no atoms")
+    xyz, z, b = read_atomic_model(path)
     per_z = RESIDUE_VOLUME * PROTEIN_CONTRAST_V / (_MEAN_Z * _ATOMS_PER_RESIDUE)
-    weights = np.asarray(z, dtype=np.float64) * per_z
-    sigma = np.sqrt(np.asarray(b, dtype=np.float64) / (8 * np.pi**2) + min_sigma**2)
-    return Atoms(np.asarray(xyz, dtype=np.float64), weights, sigma).centred()
+    weights = z.astype(np.float64) * per_z
+    sigma = np.sqrt(b / (8 * np.pi**2) + min_sigma**2)
+    return Atoms(xyz, weights, sigma).centred()
 
 
 def _splat(

@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from cryosnake import __version__
 from cryosnake.errors import ConfigError
-from cryosnake.io import atomic_path, optics_table, read_mrc, write_movie, write_mrc, write_star
+from cryosnake.io import optics_table, read_mrc, write_movie, write_mrc, write_star, write_yaml
 from cryosnake.simulate._atoms import (
     PROTEIN_CONTRAST_V,
     atoms_from_model,
@@ -336,8 +335,7 @@ def simulate_dataset(
         "volume_box": int(volume.shape[0]),
         "movies": per_movie,
     }
-    with atomic_path(out / "simulation.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    write_yaml(out / "simulation.yaml", record)
     seconds = time.perf_counter() - start
     log(f"simulate: wrote {len(movies)} movies, {len(particles)} particles in {seconds:.1f} s")
     return DatasetSummary(out, movies, len(particles), seconds)
