@@ -6,7 +6,12 @@ from typing import Any
 
 from cryosnake.backend import get_array_module
 
-__all__ = ["critical_exposure", "damage_attenuation"]
+__all__ = [
+    "critical_exposure",
+    "damage_attenuation",
+    "dose_weight_norm",
+    "frame_exposures",
+]
 
 
 def critical_exposure(s: Any) -> Any:
@@ -26,3 +31,25 @@ def damage_attenuation(s: Any, exposure: float) -> Any:
     """Amplitude attenuation exp(-N / (2 N_e(s))) after accumulated ``exposure`` e/Å^2."""
     xp = get_array_module(s)
     return xp.exp(-exposure / (2.0 * critical_exposure(s)))
+
+
+def frame_exposures(n_frames: int, dose_per_frame: float, pre_exposure: float = 0.0) -> Any:
+    """Accumulated exposure at the middle of each frame, e/Å^2: (n,) float64."""
+    import numpy as np
+
+    return pre_exposure + (np.arange(n_frames) + 0.5) * dose_per_frame
+
+
+def dose_weight_norm(s: Any, exposures: Any) -> Any:
+    """sqrt(sum_i q_i(s)^2) over frames, q_i = damage_attenuation(s, exposure_i).
+
+    The dose weight of frame i is ``q_i(s) / dose_weight_norm(s)`` (Grant & Grigorieff
+    2015): the weights sum in quadrature to one at each frequency, so the noise of the
+    weighted sum stays white while each frequency is taken from the frames that still
+    carry it.
+    """
+    xp = get_array_module(s)
+    total = xp.zeros(s.shape, dtype=xp.float64)
+    for exposure in exposures:
+        total += damage_attenuation(s, float(exposure)) ** 2
+    return xp.sqrt(total)

@@ -25,13 +25,16 @@ from typing import Any
 import numpy as np
 
 from cryosnake.errors import CryosnakeError
-from cryosnake.io import open_movie, read_mrc, save_figure, write_json
-from cryosnake.ops.gain import FLIPS, orient_gain
+from cryosnake.io import open_movie, save_figure, write_json
 from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._movie import (
+    add_gain_args,
+    check_header_pixel_size,
+    oriented_gain,
+    read_gain,
+)
 
 __all__ = ["add_args", "inspect_movie", "main"]
-
-PIXEL_SIZE_TOLERANCE = 0.01  # relative
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -40,20 +43,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thumbnail", help="PNG thumbnail to write")
     parser.add_argument("--pixel-size", type=positive, required=True, help="Å per pixel")
     parser.add_argument("--dose-per-frame", type=positive, required=True, help="e/Å² per frame")
-    parser.add_argument("--gain", help="gain reference (MRC); raw frames are multiplied by it")
-    parser.add_argument(
-        "--gain-rotate",
-        type=int,
-        default=0,
-        choices=range(4),
-        help="90° rotations of the gain (numpy.rot90), before --gain-flip",
-    )
-    parser.add_argument(
-        "--gain-flip",
-        choices=FLIPS,
-        default="none",
-        help="mirror the gain: x = left-right, y = up-down",
-    )
+    add_gain_args(parser)
     parser.add_argument(
         "--dose-tolerance",
         type=float,
@@ -66,23 +56,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not compare --pixel-size with the file header",
     )
-
-
-def _load_gain(path: str, rotate: int, flip: str, frame_shape: tuple[int, int]) -> np.ndarray:
-    gain, _ = read_mrc(path)
-    if gain.ndim == 3 and gain.shape[0] == 1:
-        gain = gain[0]
-    if gain.ndim != 2:
-        raise CryosnakeError(f"{path}: a gain reference must be one 2D image, got {gain.shape}")
-    gain = orient_gain(np.asarray(gain, dtype=np.float32), rotate, flip)
-    if gain.shape != frame_shape:
-        raise CryosnakeError(
-            f"{path}: gain is {gain.shape[1]} x {gain.shape[0]} px after rotation/flip, "
-            f"frames are {frame_shape[1]} x {frame_shape[0]} px (check --gain-rotate)"
-        )
-    if not np.all(np.isfinite(gain)) or (gain < 0).any():
-        raise CryosnakeError(f"{path}: gain holds negative or non-finite values")
-    return gain
 
 
 def inspect_movie(
@@ -106,19 +79,13 @@ def inspect_movie(
     """
     with open_movie(movie_path) as movie:
         header_px = movie.pixel_size
-        if (
-            check_header
-            and header_px > 0
-            and abs(header_px - pixel_size) > PIXEL_SIZE_TOLERANCE * pixel_size
-        ):
-            raise CryosnakeError(
-                f"{movie_path}: header pixel size {header_px:.4f} Å differs from the given "
-                f"{pixel_size:.4f} Å (fix acquisition.pixel_size, or pass "
-                "--ignore-header-pixel-size if the header is wrong)"
-            )
+        if check_header:
+            check_header_pixel_size(movie, movie_path, pixel_size)
         gain = None
         if gain_path:
-            gain = _load_gain(gain_path, gain_rotate, gain_flip, movie.frame_shape)
+            gain = oriented_gain(
+                read_gain(gain_path), gain_path, gain_rotate, gain_flip, movie.frame_shape
+            )
         total = np.zeros(movie.frame_shape, dtype=np.float64)
         means = np.empty(movie.n_frames)
         for i in range(movie.n_frames):
@@ -216,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         pixel_size=args.pixel_size,
         dose_per_frame=args.dose_per_frame,
         gain_path=args.gain,
-        gain_rotate=args.gain_rotate,
+        gain_rotate=int(args.gain_rotate),
         gain_flip=args.gain_flip,
         dose_tolerance=args.dose_tolerance,
         check_header=not args.ignore_header_pixel_size,

@@ -1,0 +1,79 @@
+"""Movie input shared by the per-movie stages: gain reference and header checks."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from cryosnake.errors import CryosnakeError
+from cryosnake.io import Movie, read_mrc
+from cryosnake.ops.gain import FLIPS, orient_gain
+
+__all__ = [
+    "PIXEL_SIZE_TOLERANCE",
+    "add_gain_args",
+    "check_header_pixel_size",
+    "oriented_gain",
+    "read_gain",
+]
+
+PIXEL_SIZE_TOLERANCE = 0.01  # relative
+
+
+def add_gain_args(parser: argparse.ArgumentParser, *, auto: bool = False) -> None:
+    """``--gain``, ``--gain-rotate`` and ``--gain-flip`` (with ``auto`` if allowed)."""
+    rotations = ["0", "1", "2", "3"] + (["auto"] if auto else [])
+    flips = list(FLIPS) + (["auto"] if auto else [])
+    parser.add_argument("--gain", help="gain reference (MRC); raw frames are multiplied by it")
+    parser.add_argument(
+        "--gain-rotate",
+        default="0",
+        choices=rotations,
+        help="90° rotations of the gain (numpy.rot90), before --gain-flip"
+        + ("; auto: find rotation and flip from the movie" if auto else ""),
+    )
+    parser.add_argument(
+        "--gain-flip",
+        default="none",
+        choices=flips,
+        help="mirror the gain: x = left-right, y = up-down"
+        + ("; auto: as --gain-rotate auto" if auto else ""),
+    )
+
+
+def read_gain(path: str) -> np.ndarray:
+    """A gain reference as stored: one 2D float32 image of finite, non-negative values."""
+    gain, _ = read_mrc(path)
+    if gain.ndim == 3 and gain.shape[0] == 1:
+        gain = gain[0]
+    if gain.ndim != 2:
+        raise CryosnakeError(f"{path}: a gain reference must be one 2D image, got {gain.shape}")
+    gain = np.asarray(gain, dtype=np.float32)
+    if not np.all(np.isfinite(gain)) or (gain < 0).any():
+        raise CryosnakeError(f"{path}: gain holds negative or non-finite values")
+    return gain
+
+
+def oriented_gain(
+    gain: np.ndarray, path: str, rotate: int, flip: str, frame_shape: tuple[int, int]
+) -> np.ndarray:
+    """``gain`` rotated and flipped; an error naming ``path`` if it does not fit the frames."""
+    out = orient_gain(gain, rotate, flip)
+    if out.shape != tuple(frame_shape):
+        raise CryosnakeError(
+            f"{path}: gain is {out.shape[1]} x {out.shape[0]} px after rotation/flip, "
+            f"frames are {frame_shape[1]} x {frame_shape[0]} px (check --gain-rotate)"
+        )
+    return out
+
+
+def check_header_pixel_size(movie: Movie, path: str, pixel_size: float) -> None:
+    """An error naming ``path`` if its header pixel size disagrees with ``pixel_size``."""
+    header = movie.pixel_size
+    if header > 0 and abs(header - pixel_size) > PIXEL_SIZE_TOLERANCE * pixel_size:
+        raise CryosnakeError(
+            f"{path}: header pixel size {header:.4f} Å differs from the given "
+            f"{pixel_size:.4f} Å (fix acquisition.pixel_size, or pass "
+            "--ignore-header-pixel-size if the header is wrong)"
+        )
