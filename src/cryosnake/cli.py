@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "simulate": "simulate",
     "inspect": "inspect_movie",
     "import": "import_movies",
+    "motioncor": "motioncor",
 }
 
 
