@@ -34,6 +34,7 @@ except ConfigError as err:
 include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/preprocess.smk"
+include: "rules/motioncor.smk"
 
 
 rule all:

@@ -70,10 +70,34 @@ def simulate_out_dir(wildcards, output):
     return os.path.dirname(output.gain)
 
 
+def output_dir(wildcards, output):
+    """Folder of a rule's first output (works with remote storage too)."""
+    return os.path.dirname(output[0])
+
+
+def motioncor_options():
+    """Options of `cryosnake motioncor` from the config's motioncor section."""
+    mc = config["motioncor"]
+    header = (
+        "--ignore-header-pixel-size"
+        if config["inspect"]["ignore_header_pixel_size"]
+        else ""
+    )
+    return (
+        f"--patches {mc['patches']} --bin {mc['bin']} --bfactor {mc['bfactor']} "
+        f"--pre-exposure {mc['pre_exposure']} --device {mc['device']} {header}"
+    ).strip()
+
+
 def final_targets():
     """Everything `rule all` asks for with the stages wired in so far."""
     return [
         f"{RESULTS}/movies.star",
         f"{RESULTS}/movies_summary.tsv",
         *expand(f"{RESULTS}/inspect/{{movie}}.png", movie=MOVIES),
+        *expand(
+            f"{RESULTS}/motioncor/{{movie}}{{suffix}}",
+            movie=MOVIES,
+            suffix=[".mrc", "_noDW.mrc", ".star", "_motion.png"],
+        ),
     ]

@@ -60,7 +60,7 @@ def test_defaults_fill_only_missing_keys() -> None:
         ({"simulate": {"n_movies": 0}}, "simulate.n_movies: 0 must be >= 1"),
         ({"simulate": {"enabled": "yes"}}, "simulate.enabled: expected boolean"),
         ({"simulate": {"format": "eer"}}, "simulate.format: 'eer' is not one of"),
-        ({"input": {"gain_rotate": 4}}, "input.gain_rotate: 4 must be <= 3"),
+        ({"input": {"gain_rotate": 4}}, "input.gain_rotate: 4 is not one of 0, 1, 2, 3, 'auto'"),
         ({"acquisition": {"pixelsize": 1.0}}, "acquisition.pixelsize: unknown key"),
         ({"motioncorr": {}}, "motioncorr: unknown key"),
         ({"results": ""}, "results: must not be empty"),

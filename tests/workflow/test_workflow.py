@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import mrcfile
+import numpy as np
 import pytest
 import starfile
 import yaml
 
+from cryosnake.io import read_mrc, read_star
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.workflow
+SHIFT = ["rlnMicrographShiftX", "rlnMicrographShiftY"]
 
 
 def snakemake(
@@ -83,7 +87,14 @@ def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> No
     result = snakemake(tmp_path, "-n")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    assert counts == {"simulate": 1, "inspect": 6, "import_movies": 1, "all": 1, "total": 9}
+    assert counts == {
+        "simulate": 1,
+        "inspect": 6,
+        "import_movies": 1,
+        "motioncor": 6,
+        "all": 1,
+        "total": 15,
+    }
 
 
 def test_lint_is_clean() -> None:
@@ -143,7 +154,13 @@ def test_existing_movies_are_discovered_by_glob(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-n", config=config)
     assert result.returncode == 0, result.stderr
     assert "a_0001.log" in result.stdout
-    assert job_counts(result.stdout) == {"all": 1, "import_movies": 1, "inspect": 2, "total": 4}
+    assert job_counts(result.stdout) == {
+        "all": 1,
+        "import_movies": 1,
+        "inspect": 2,
+        "motioncor": 2,
+        "total": 6,
+    }
 
 
 def test_no_matching_movie_is_an_error(tmp_path: Path) -> None:
@@ -171,6 +188,13 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
         assert (results / "inspect" / f"{stem}.png").stat().st_size > 1000
         assert (results / "benchmarks" / "inspect" / f"{stem}.tsv").is_file()
         assert (results / "logs" / "inspect" / f"{stem}.log").is_file()
+    for stem in ("movie_0001", "movie_0002"):
+        image, px = read_mrc(results / "motioncor" / f"{stem}.mrc")
+        assert image.shape == (256, 256) and px == pytest.approx(2.5)
+        shifts = read_star(results / "motioncor" / f"{stem}.star")["global_shift"]
+        truth = read_star(tmp_path / "data" / "truth" / f"{stem}_motion.star")["global_shift"]
+        error = (shifts[SHIFT].to_numpy() - truth[SHIFT].to_numpy()) ** 2
+        assert np.sqrt(error.sum(axis=1).mean()) < 0.3
     # The simulated input is valid MRC and the inspect reports saw the dose we gave.
     assert mrcfile.validate(str(tmp_path / "data" / "gain.mrc"), print_file=open(os.devnull, "w"))
     summary = (results / "movies_summary.tsv").read_text().splitlines()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import Movie, read_mrc
-from cryosnake.ops.gain import FLIPS, orient_gain
+from cryosnake.ops.gain import FLIPS, find_gain_orientation, orient_gain
 
 __all__ = [
     "PIXEL_SIZE_TOLERANCE",
     "add_gain_args",
     "check_header_pixel_size",
+    "load_gain",
     "oriented_gain",
     "read_gain",
 ]
@@ -77,3 +79,29 @@ def check_header_pixel_size(movie: Movie, path: str, pixel_size: float) -> None:
             f"{pixel_size:.4f} Å (fix acquisition.pixel_size, or pass "
             "--ignore-header-pixel-size if the header is wrong)"
         )
+
+
+def load_gain(
+    path: str,
+    rotate: str | int,
+    flip: str,
+    frame_shape: tuple[int, int],
+    raw_sum: Callable[[], np.ndarray],
+) -> tuple[np.ndarray, int, str]:
+    """Read, orient and check a gain reference.
+
+    With ``rotate`` or ``flip`` equal to ``"auto"`` the orientation is found from
+    ``raw_sum()``, the sum of the raw frames (only called then).
+
+    Returns
+    -------
+    (gain, rotate, flip) : the oriented gain and the orientation used
+    """
+    stored = read_gain(path)
+    if "auto" in (str(rotate), flip):
+        try:
+            rotate, flip, _ = find_gain_orientation(raw_sum(), stored)
+        except ValueError as err:
+            raise CryosnakeError(f"{path}: {err}") from err
+    gain = oriented_gain(stored, path, int(rotate), flip, frame_shape)
+    return gain, int(rotate), flip

@@ -27,12 +27,7 @@ import numpy as np
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import open_movie, save_figure, write_json
 from cryosnake.stages._common import positive, run_stage
-from cryosnake.stages._movie import (
-    add_gain_args,
-    check_header_pixel_size,
-    oriented_gain,
-    read_gain,
-)
+from cryosnake.stages._movie import add_gain_args, check_header_pixel_size, load_gain
 
 __all__ = ["add_args", "inspect_movie", "main"]
 
@@ -43,7 +38,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thumbnail", help="PNG thumbnail to write")
     parser.add_argument("--pixel-size", type=positive, required=True, help="Å per pixel")
     parser.add_argument("--dose-per-frame", type=positive, required=True, help="e/Å² per frame")
-    add_gain_args(parser)
+    add_gain_args(parser, auto=True)
     parser.add_argument(
         "--dose-tolerance",
         type=float,
@@ -64,7 +59,7 @@ def inspect_movie(
     pixel_size: float,
     dose_per_frame: float,
     gain_path: str | None = None,
-    gain_rotate: int = 0,
+    gain_rotate: int | str = 0,
     gain_flip: str = "none",
     dose_tolerance: float = 0.25,
     check_header: bool = True,
@@ -83,8 +78,15 @@ def inspect_movie(
             check_header_pixel_size(movie, movie_path, pixel_size)
         gain = None
         if gain_path:
-            gain = oriented_gain(
-                read_gain(gain_path), gain_path, gain_rotate, gain_flip, movie.frame_shape
+
+            def raw_sum() -> np.ndarray:
+                total = np.zeros(movie.frame_shape, dtype=np.float32)
+                for i in range(movie.n_frames):
+                    total += movie.frame(i)
+                return total
+
+            gain, gain_rotate, gain_flip = load_gain(
+                gain_path, gain_rotate, gain_flip, movie.frame_shape, raw_sum
             )
         total = np.zeros(movie.frame_shape, dtype=np.float64)
         means = np.empty(movie.n_frames)
@@ -183,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         pixel_size=args.pixel_size,
         dose_per_frame=args.dose_per_frame,
         gain_path=args.gain,
-        gain_rotate=int(args.gain_rotate),
+        gain_rotate=args.gain_rotate,
         gain_flip=args.gain_flip,
         dose_tolerance=args.dose_tolerance,
         check_header=not args.ignore_header_pixel_size,

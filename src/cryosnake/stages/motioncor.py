@@ -38,15 +38,9 @@ from cryosnake.io import open_movie, save_figure, write_mrc, write_star
 from cryosnake.ops.align import align_frames
 from cryosnake.ops.dose import frame_exposures
 from cryosnake.ops.fourier import fourier_crop
-from cryosnake.ops.gain import find_gain_orientation
 from cryosnake.ops.motion import corrected_sums, find_defects, local_motion, replace_defects
 from cryosnake.stages._common import positive, run_stage
-from cryosnake.stages._movie import (
-    add_gain_args,
-    check_header_pixel_size,
-    oriented_gain,
-    read_gain,
-)
+from cryosnake.stages._movie import add_gain_args, check_header_pixel_size, load_gain
 
 __all__ = ["add_args", "main", "patch_grid"]
 
@@ -115,21 +109,13 @@ def _load_frames(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, 
         raw = np.empty((n, ny, nx), dtype=np.float32)
         for i in range(n):
             raw[i] = movie.frame(i)
-    gain = None
     if args.gain:
-        stored = read_gain(args.gain)
-        if "auto" in (args.gain_rotate, args.gain_flip):
-            try:
-                rotate, flip, _ = find_gain_orientation(raw.sum(axis=0), stored)
-            except ValueError as err:
-                raise CryosnakeError(f"{args.gain}: {err}") from err
-        else:
-            rotate, flip = int(args.gain_rotate), args.gain_flip
-        gain = oriented_gain(stored, args.gain, rotate, flip, (ny, nx))
+        gain, rotate, flip = load_gain(
+            args.gain, args.gain_rotate, args.gain_flip, (ny, nx), lambda: raw.sum(axis=0)
+        )
         info.update(gain_rotate=rotate, gain_flip=flip)
         raw *= gain
-    frames = to_device(raw, device)
-    del raw
+    frames = to_device(raw, device)  # on the CPU, the same array
     total = frames.sum(axis=0)
     defects = find_defects(total)
     count = int(defects.sum())

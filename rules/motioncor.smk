@@ -1,0 +1,37 @@
+# Motion correction of every movie (GPU rule; runs on the CPU where there is none).
+# In group "preprocess" with inspect, so a cluster/Batch job handles a chunk of movies.
+
+
+rule motioncor:
+    input:
+        movie=movie_path,
+        gain=gain_input,
+        report=f"{RESULTS}/inspect/{{movie}}.json",
+    output:
+        dose_weighted=f"{RESULTS}/motioncor/{{movie}}.mrc",
+        unweighted=f"{RESULTS}/motioncor/{{movie}}_noDW.mrc",
+        star=f"{RESULTS}/motioncor/{{movie}}.star",
+        plot=f"{RESULTS}/motioncor/{{movie}}_motion.png",
+    log:
+        f"{LOGS}/motioncor/{{movie}}.log",
+    benchmark:
+        f"{BENCHMARKS}/motioncor/{{movie}}.tsv"
+    group:
+        "preprocess"
+    container:
+        CONTAINER_GPU
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+        gpu=1,
+    params:
+        gain=gain_args,
+        out_dir=output_dir,
+        pixel_size=ACQ["pixel_size"],
+        dose=ACQ["dose_per_frame"],
+        options=motioncor_options(),
+    shell:
+        "CRYOSNAKE_THREADS={threads} cryosnake motioncor --movie {input.movie:q} "
+        "--out-dir {params.out_dir:q} --pixel-size {params.pixel_size} "
+        "--dose-per-frame {params.dose} {params.gain} {params.options} > {log} 2>&1"
