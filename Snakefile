@@ -35,6 +35,7 @@ include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/preprocess.smk"
 include: "rules/motioncor.smk"
+include: "rules/ctf.smk"
 
 
 rule all:

@@ -89,6 +89,23 @@ def motioncor_options():
     ).strip()
 
 
+def ctf_options():
+    """Options of `cryosnake ctf` from the config's ctf section."""
+    c = config["ctf"]
+    phase = "--fit-phase-shift" if c["fit_phase_shift"] else ""
+    return (
+        f"--min-res {c['min_res']} --max-res {c['max_res']} "
+        f"--defocus-range {c['defocus_min']} {c['defocus_max']} "
+        f"--max-astigmatism {c['max_astigmatism']} {phase}"
+    ).strip()
+
+
+def curate_options():
+    """Thresholds of `cryosnake curate` from the config's curate section."""
+    c = config["curate"]
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in c.items())
+
+
 def final_targets():
     """Everything `rule all` asks for with the stages wired in so far."""
     return [
@@ -100,4 +117,8 @@ def final_targets():
             movie=MOVIES,
             suffix=[".mrc", "_noDW.mrc", ".star", "_motion.png"],
         ),
+        *expand(f"{RESULTS}/ctf/{{movie}}.png", movie=MOVIES),
+        f"{RESULTS}/micrographs_ctf.star",
+        f"{RESULTS}/micrographs_selected.star",
+        f"{RESULTS}/rejected.tsv",
     ]

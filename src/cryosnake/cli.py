@@ -24,6 +24,8 @@ STAGES: dict[str, str] = {
     "inspect": "inspect_movie",
     "import": "import_movies",
     "motioncor": "motioncor",
+    "ctf": "ctf",
+    "curate": "curate",
 }
 
 

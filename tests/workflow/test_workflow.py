@@ -92,8 +92,10 @@ def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> No
         "inspect": 6,
         "import_movies": 1,
         "motioncor": 6,
+        "ctf": 6,
+        "curate": 1,
         "all": 1,
-        "total": 15,
+        "total": 22,
     }
 
 
@@ -159,7 +161,9 @@ def test_existing_movies_are_discovered_by_glob(tmp_path: Path) -> None:
         "import_movies": 1,
         "inspect": 2,
         "motioncor": 2,
-        "total": 6,
+        "ctf": 2,
+        "curate": 1,
+        "total": 9,
     }
 
 
@@ -195,6 +199,10 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
         truth = read_star(tmp_path / "data" / "truth" / f"{stem}_motion.star")["global_shift"]
         error = (shifts[SHIFT].to_numpy() - truth[SHIFT].to_numpy()) ** 2
         assert np.sqrt(error.sum(axis=1).mean()) < 0.3
+    micrographs = read_star(results / "micrographs_ctf.star")
+    assert set(micrographs) == {"optics", "micrographs"} and len(micrographs["micrographs"]) == 2
+    assert (results / "micrographs_selected.star").is_file()
+    assert (results / "rejected.tsv").is_file()
     # The simulated input is valid MRC and the inspect reports saw the dose we gave.
     assert mrcfile.validate(str(tmp_path / "data" / "gain.mrc"), print_file=open(os.devnull, "w"))
     summary = (results / "movies_summary.tsv").read_text().splitlines()

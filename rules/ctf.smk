@@ -1,0 +1,63 @@
+# CTF estimation per micrograph (in group "preprocess" with motioncor) and the
+# curation of all micrographs.
+
+
+rule ctf:
+    input:
+        micrograph=f"{RESULTS}/motioncor/{{movie}}_noDW.mrc",
+    output:
+        star=f"{RESULTS}/ctf/{{movie}}.star",
+        plot=f"{RESULTS}/ctf/{{movie}}.png",
+    log:
+        f"{LOGS}/ctf/{{movie}}.log",
+    benchmark:
+        f"{BENCHMARKS}/ctf/{{movie}}.tsv"
+    group:
+        "preprocess"
+    container:
+        CONTAINER_GPU
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=1,
+    params:
+        acquisition=(
+            f"--pixel-size {ACQ['pixel_size'] * config['motioncor']['bin']} "
+            f"--voltage {ACQ['voltage']} --cs {ACQ['cs']} "
+            f"--amplitude-contrast {ACQ['amplitude_contrast']}"
+        ),
+        options=ctf_options(),
+    shell:
+        "cryosnake ctf --micrograph {input.micrograph:q} --out {output.star:q} "
+        "--plot {output.plot:q} {params.acquisition} {params.options} > {log} 2>&1"
+
+
+rule curate:
+    input:
+        ctf=expand(f"{RESULTS}/ctf/{{movie}}.star", movie=MOVIES),
+        motion=expand(f"{RESULTS}/motioncor/{{movie}}.star", movie=MOVIES),
+    output:
+        all=f"{RESULTS}/micrographs_ctf.star",
+        selected=f"{RESULTS}/micrographs_selected.star",
+        rejected=f"{RESULTS}/rejected.tsv",
+    log:
+        f"{LOGS}/curate.log",
+    benchmark:
+        f"{BENCHMARKS}/curate.tsv"
+    container:
+        CONTAINER_CPU
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        out_dir=output_dir,
+        acquisition=(
+            f"--pixel-size {ACQ['pixel_size']} --voltage {ACQ['voltage']} "
+            f"--cs {ACQ['cs']} --amplitude-contrast {ACQ['amplitude_contrast']}"
+        ),
+        thresholds=curate_options(),
+    shell:
+        "cryosnake curate --ctf {input.ctf:q} --motion {input.motion:q} "
+        "--out-dir {params.out_dir:q} {params.acquisition} {params.thresholds} > {log} 2>&1"
