@@ -1,0 +1,144 @@
+"""Motion correction and CTF estimation: speed and accuracy against simulator truth.
+
+For one simulated movie (default: the ``benchmark`` preset, 4096 x 4096 x 40 frames)
+reports, in one run on one machine:
+
+* the CPU floor: one scipy.fft rfft2 pass over all frames;
+* ``cryosnake motioncor`` wall time (movie already in memory) on each available
+  device, its ratio to the floor, and the RMS error of the global drift and of the
+  per-pixel trajectory at the truth's patch grid;
+* ``cryosnake ctf`` on the motion-corrected sum: time, defocus / astigmatism / angle
+  errors.
+
+Peers named in issue 3 (torch-motion-correction, ASPIRE's estimate_ctf,
+torch-ctf-estimation) are not yet wired in.
+
+Usage::
+
+    python benchmarks/bench_preprocess.py --dataset /tmp/bench_ds   # simulated if absent
+    python benchmarks/bench_preprocess.py --preset demo --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+from cryosnake.backend import fft_workers, gpu_available, to_device, to_host
+from cryosnake.io import open_movie, read_mrc, read_star
+from cryosnake.ops.align import align_frames
+from cryosnake.ops.ctf_fit import fit_ctf
+from cryosnake.ops.dose import frame_exposures
+from cryosnake.ops.motion import corrected_sums, find_defects, local_motion, replace_defects
+from cryosnake.simulate import make_params, simulate_dataset
+
+SHIFT = ["rlnMicrographShiftX", "rlnMicrographShiftY"]
+
+
+def rms(a: np.ndarray) -> float:
+    return float(np.sqrt((np.asarray(a) ** 2).sum(axis=1).mean()))
+
+
+def motioncor(frames: Any, px: float, dose: float) -> tuple[float, np.ndarray, Any, np.ndarray]:
+    t0 = time.perf_counter()
+    total = frames.sum(axis=0)
+    defects = find_defects(total)
+    fill = float(total[~defects].mean()) / frames.shape[0]
+    for i in range(frames.shape[0]):
+        frames[i] = replace_defects(frames[i], defects, fill)
+    result = align_frames(frames, px)
+    local = local_motion(frames, result.shifts, px)
+    dw, _ = corrected_sums(
+        frames, result.shifts, px, frame_exposures(len(frames), dose), local=local
+    )
+    dw = to_host(dw)
+    return time.perf_counter() - t0, result.shifts + local.mean_shift(), local, dw
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="benchmarks/data/benchmark")
+    parser.add_argument("--preset", default="benchmark")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    data = Path(args.dataset)
+    if not (data / "movies" / "movie_0001.mrc").is_file():
+        simulate_dataset(make_params(args.preset, n_movies=1), data)
+    params = read_star(data / "truth" / "movie_0001_motion.star")
+    truth_global = params["global_shift"][SHIFT].to_numpy()
+    truth_local = params["local_shift"]
+    gain, px = read_mrc(data / "gain.mrc")
+    general = params["general"].iloc[0]
+    dose = float(general.rlnMicrographDoseRate)
+    with open_movie(data / "movies" / "movie_0001.mrc") as movie:
+        frames = np.stack([movie.frame(i) * gain for i in range(movie.n_frames)]).astype(np.float32)
+    n, ny, nx = frames.shape
+    t0 = time.perf_counter()
+    for i in range(n):
+        scipy.fft.rfft2(frames[i], workers=fft_workers())
+    floor = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+    devices = ["cpu"] + (["gpu"] if gpu_available() else [])
+    for device in devices:
+        on_device = to_device(frames.copy(), device)
+        if device == "gpu":  # warm-up: kernels compile on first use
+            motioncor(on_device[:4].copy(), px, dose)
+        seconds, shifts, local, dw = motioncor(on_device, px, dose)
+        key = ["rlnMicrographFrameNumber", "rlnCoordinateY", "rlnCoordinateX"]
+        grid = truth_local.sort_values(key)
+        cx = grid.rlnCoordinateX.to_numpy()
+        cy = grid.rlnCoordinateY.to_numpy()
+        t = grid.rlnMicrographFrameNumber.to_numpy() - 1
+        lx, ly = local.shift_at(t, cx, cy)
+        whole = shifts - local.mean_shift()
+        found = np.stack([whole[t, 0] + lx, whole[t, 1] + ly], axis=1)
+        rows.append(
+            {
+                "task": f"motioncor {n}x{ny}x{nx}",
+                "device": device,
+                "seconds": seconds,
+                "ratio_to_rfft2_floor": seconds / floor,
+                "global_rms_error_px": rms(shifts - truth_global),
+                "local_rms_error_px": rms(found - grid[SHIFT].to_numpy()),
+                "global_only_rms_error_px": rms(shifts[t] - grid[SHIFT].to_numpy()),
+            }
+        )
+        t0 = time.perf_counter()
+        fit = fit_ctf(dw, px)
+        ctf_s = time.perf_counter() - t0
+        truth_ctf = read_star(data / "truth" / "movie_0001_ctf.star")["micrograph"].iloc[0]
+        mean_t = 0.5 * (truth_ctf.rlnDefocusU + truth_ctf.rlnDefocusV)
+        rows.append(
+            {
+                "task": f"ctf {ny}x{nx}",
+                "device": "cpu",
+                "seconds": ctf_s,
+                "defocus_error_percent": 100
+                * abs(0.5 * (fit.defocus_u + fit.defocus_v) - mean_t)
+                / mean_t,
+                "astigmatism_error_A": abs(
+                    (fit.defocus_u - fit.defocus_v)
+                    - (truth_ctf.rlnDefocusU - truth_ctf.rlnDefocusV)
+                ),
+                "angle_error_deg": abs((fit.angle - truth_ctf.rlnDefocusAngle + 90) % 180 - 90),
+            }
+        )
+    print(f"rfft2 floor over {n} frames: {floor:.2f} s")
+    for row in rows:
+        print(json.dumps(row))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(
+            json.dumps({"rfft2_floor_s": floor, "results": rows}, indent=2) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
