@@ -103,3 +103,27 @@ def test_gain_orientation_search(rotate: int, flip: str) -> None:
 def test_gain_orientation_of_a_non_square_gain_that_fits_no_way() -> None:
     with pytest.raises(ValueError, match="no orientation"):
         find_gain_orientation(np.ones((64, 48)), np.ones((50, 50)))
+
+
+@pytest.mark.parametrize("shape", [(600, 700), (333, 517), (256, 256)])
+def test_local_correction_is_exact_without_motion(shape: tuple[int, int]) -> None:
+    from cryosnake.ops.motion import _undo_local
+
+    image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    still = fit_local_motion(np.array([[50.0, 60.0], [200.0, 150.0]]), np.zeros((4, 2, 2)), shape)
+    for tile in (128, 512):
+        np.testing.assert_allclose(_undo_local(image, still, 2, tile), image, atol=1e-5)
+
+
+def test_local_correction_undoes_a_uniform_shift() -> None:
+    from cryosnake.ops.motion import _undo_local
+
+    shape, n = (600, 700), 5
+    image = blobs(shape, seed=2)
+    centres = np.array([[100.0, 100.0], [600.0, 100.0], [100.0, 500.0], [600.0, 500.0]])
+    track = (np.arange(n) / (n - 1))[:, None, None] * np.array([1.3, -0.7])
+    model = fit_local_motion(centres, np.broadcast_to(track, (n, 4, 2)).copy(), shape)
+    moved = shift_image(image, (-0.7, 1.3))  # frame(r) = image(r - (1.3, -0.7))
+    back = _undo_local(moved, model, n - 1, 256)
+    inner = (slice(10, -10), slice(10, -10))
+    assert np.abs(back - image)[inner].max() < 0.01 * np.abs(image).max()

@@ -150,14 +150,19 @@ def align_frames(
     max_shift_px = max_shift_angst / (pixel_size * max(scale_y, scale_x))
 
     def ramp(dy: float, dx: float) -> Any:
-        # Multiplying by this moves content by (+dy, +dx) aligned pixels.
-        return xp.exp(-2j * math.pi * (ky * dy + kx * dx)).astype(xp.complex64)
+        # Multiplying by this moves content by (+dy, +dx) aligned pixels; separable,
+        # so two 1D exponentials and one outer product.
+        ry = xp.exp(-2j * math.pi * ky[:, 0] * dy).astype(xp.complex64)
+        rx = xp.exp(-2j * math.pi * kx[0, :] * dx).astype(xp.complex64)
+        return ry[:, None] * rx[None, :]
 
     shifts = np.zeros((n, 2))  # (dy, dx) aligned pixels, frame_i(r) ~ ref(r - shift)
     converged = False
     iteration = 0
     for iteration in range(1, max_iterations + 1):  # noqa: B007
-        aligned = spectra * xp.stack([ramp(-dy, -dx) for dy, dx in shifts])
+        aligned = xp.empty_like(spectra)
+        for i, (dy, dx) in enumerate(shifts):
+            xp.multiply(spectra[i], ramp(-dy, -dx), out=aligned[i])
         total = aligned.sum(axis=0)
         new = np.empty_like(shifts)
         for i in range(n):

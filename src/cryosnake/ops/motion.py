@@ -20,7 +20,7 @@ import numpy as np
 
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module
 from cryosnake.ops.align import align_frames
-from cryosnake.ops.dose import damage_attenuation, dose_weight_norm
+from cryosnake.ops.dose import critical_exposure, dose_weight_norm
 from cryosnake.ops.fourier import phase_ramp
 
 __all__ = [
@@ -229,21 +229,6 @@ def local_motion(
     return fit_local_motion(np.asarray(centres), patch_shifts, (ny, nx))
 
 
-def _warp(frame: Any, dx: Any, dy: Any) -> Any:
-    """Sample ``frame`` at (x + dx, y + dy) (cubic spline), i.e. undo a shift field."""
-    xp = get_array_module(frame)
-    if xp is np:
-        from scipy import ndimage
-    else:  # pragma: no cover - GPU
-        from cupyx.scipy import ndimage
-    ny, nx = frame.shape
-    yy, xx = xp.meshgrid(
-        xp.arange(ny, dtype=xp.float32), xp.arange(nx, dtype=xp.float32), indexing="ij"
-    )
-    coords = xp.stack([yy + dy, xx + dx])
-    return ndimage.map_coordinates(frame, coords, order=3, mode="nearest").astype(xp.float32)
-
-
 def corrected_sums(
     frames: Any,
     global_shifts: np.ndarray,
@@ -251,12 +236,13 @@ def corrected_sums(
     exposures: np.ndarray,
     *,
     local: LocalMotion | None = None,
-    grid_step: int = 32,
+    tile: int = 512,
 ) -> tuple[Any, Any]:
     """Motion-corrected sums of a movie, without and with dose weighting.
 
     Each frame is moved back by its global shift (Fourier phase ramp) and, with
-    ``local``, by the local deformation (cubic-spline resampling of the smooth field);
+    ``local``, by the local deformation (phase ramps on overlapping windowed tiles of
+    ``tile`` pixels, see :func:`_undo_local`);
     then it is added to the plain sum and, weighted by q_t(s) / sqrt(sum q^2) times
     sqrt(n) (so the low frequencies keep the plain sum's scale), to the dose-weighted
     sum.
@@ -280,43 +266,58 @@ def corrected_sums(
     kx = xp.fft.rfftfreq(nx, d=pixel_size)[None, :]
     s = xp.sqrt(ky**2 + kx**2)
     norm = dose_weight_norm(s, exposures) / math.sqrt(n)
+    half_inverse_ne = (0.5 / critical_exposure(s)).astype(xp.float32)
     plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
     weighted = xp.zeros_like(plain)
-    field = None
-    if local is not None:
-        # The smooth field evaluated on a coarse grid, then interpolated per pixel.
-        gy = np.linspace(0, ny - 1, max(2, ny // grid_step + 1))
-        gx = np.linspace(0, nx - 1, max(2, nx // grid_step + 1))
-        field = (gy, gx)
     for t in range(n):
-        frame = xp.asarray(frames[t], dtype=xp.float32)
-        if local is not None and field is not None:
-            gy, gx = field
-            yy, xx = np.meshgrid(gy, gx, indexing="ij")
-            lx, ly = local.shift_at(np.full(yy.shape, t), xx, yy)
-            dx = _upsample_field(xp.asarray(lx, dtype=xp.float32), (ny, nx))
-            dy = _upsample_field(xp.asarray(ly, dtype=xp.float32), (ny, nx))
-            frame = _warp(frame, dx, dy)
-        f = fft.rfft2(frame, **kw)
+        f = fft.rfft2(xp.asarray(frames[t], dtype=xp.float32), **kw)
         f *= phase_ramp((ny, nx), (-global_shifts[t, 1], -global_shifts[t, 0]), xp)
+        if local is not None:
+            frame = fft.irfft2(f, s=(ny, nx), **kw).astype(xp.float32)
+            f = fft.rfft2(_undo_local(frame, local, t, tile), **kw)
         plain += f
-        weighted += f * (damage_attenuation(s, float(exposures[t])) / norm).astype(xp.float32)
+        # damage_attenuation(s, exposure) = exp(-exposure / (2 N_e(s)))
+        weight = (xp.exp(-float(exposures[t]) * half_inverse_ne) / norm).astype(xp.float32)
+        weighted += f * weight
     return (
         fft.irfft2(weighted, s=(ny, nx), **kw).astype(xp.float32),
         fft.irfft2(plain, s=(ny, nx), **kw).astype(xp.float32),
     )
 
 
-def _upsample_field(coarse: Any, shape: tuple[int, int]) -> Any:
-    """Bilinear interpolation of a coarse grid spanning the image corners to ``shape``."""
-    xp = get_array_module(coarse)
-    if xp is np:
-        from scipy import ndimage
-    else:  # pragma: no cover - GPU
-        from cupyx.scipy import ndimage
-    gy, gx = coarse.shape
-    ny, nx = shape
-    yy = xp.linspace(0, gy - 1, ny, dtype=xp.float32)
-    xx = xp.linspace(0, gx - 1, nx, dtype=xp.float32)
-    coords = xp.stack(xp.meshgrid(yy, xx, indexing="ij"))
-    return ndimage.map_coordinates(coarse, coords, order=1, mode="nearest")
+def _undo_local(frame: Any, local: LocalMotion, t: int, tile: int) -> Any:
+    """Move each region of ``frame`` back by the local shift of frame ``t`` there.
+
+    The frame is cut into tiles overlapping by half, each multiplied by a sin^2 window
+    (the windows of neighbours sum to one), shifted by the local shift at its centre
+    with a Fourier phase ramp and added back. Local shifts are small (a few pixels)
+    and smooth, so the shift is constant over a tile to well below 0.01 px and the
+    circular wrap of a tile falls where its window is ~0.
+    """
+    xp = get_array_module(frame)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    ny, nx = frame.shape
+    size = int(min(tile, ny, nx)) // 2 * 2
+    step = size // 2
+    # Pad by half a tile (reflecting) so that every pixel is covered by full windows.
+    padded = xp.pad(frame, ((step, step + size), (step, step + size)), mode="reflect")
+    out = xp.zeros_like(padded)
+    ramp1 = xp.sin(xp.pi * (xp.arange(size, dtype=xp.float32) + 0.5) / size) ** 2
+    window = ramp1[:, None] * ramp1[None, :]
+    # Pixel p of the padded frame lies in the tiles starting at p // step * step and
+    # one step earlier, so starts up to (step + ny - 1) // step * step cover
+    # [step, step + ny) with two windows everywhere.
+    starts_y = range(0, ny + step, step)
+    starts_x = range(0, nx + step, step)
+    cy = np.array([y0 + size / 2 - step for y0 in starts_y])
+    cx = np.array([x0 + size / 2 - step for x0 in starts_x])
+    gy, gx = np.meshgrid(cy, cx, indexing="ij")
+    lx, ly = local.shift_at(np.full(gy.shape, t), gx, gy)
+    for i, y0 in enumerate(starts_y):
+        for j, x0 in enumerate(starts_x):
+            piece = padded[y0 : y0 + size, x0 : x0 + size] * window
+            g = fft.rfft2(piece, **kw)
+            g *= phase_ramp((size, size), (-ly[i, j], -lx[i, j]), xp)
+            out[y0 : y0 + size, x0 : x0 + size] += fft.irfft2(g, s=(size, size), **kw)
+    return out[step : step + ny, step : step + nx].astype(xp.float32)
