@@ -60,10 +60,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-phase-shift", action="store_true", help="phase-plate data")
     parser.add_argument("--tile", type=int, default=512, help="periodogram tile size, px")
     parser.add_argument("--plot", help="PNG of the fit to write")
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "gpu"), default="auto", help="accepted for "
-        "symmetry with the other stages; the fit runs on the CPU (the spectrum is small)"
-    )  # fmt: skip
 
 
 def _plot(path: str, fit: CtfFit, title: str) -> None:
