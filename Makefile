@@ -29,7 +29,7 @@ install: $(STAMP) ## create .venv and install cryosnake with its pinned dependen
 
 demo: $(STAMP) ## run the workflow on the demo dataset (simulated first if absent)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/default
-	@echo "demo done: see results/movies.star, results/movies_summary.tsv, results/inspect/"
+	@echo "demo done: see results/ (micrographs_selected.star, motioncor/, ctf/, inspect/)"
 
 dag: $(STAMP) ## draw the job graph of the current configuration (needs graphviz: dot)
 	@command -v dot >/dev/null || { echo "make: graphviz 'dot' not found (apt-get install graphviz)"; exit 1; }
