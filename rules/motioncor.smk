@@ -27,6 +27,7 @@ rule motioncor:
         gpu=1,
     params:
         gain=gain_args,
+        eer=f"--eer-group {config['input']['eer_group']}",
         out_dir=output_dir,
         pixel_size=ACQ["pixel_size"],
         dose=ACQ["dose_per_frame"],
@@ -34,4 +35,4 @@ rule motioncor:
     shell:
         "CRYOSNAKE_THREADS={threads} cryosnake motioncor --movie {input.movie:q} "
         "--out-dir {params.out_dir:q} --pixel-size {params.pixel_size} "
-        "--dose-per-frame {params.dose} {params.gain} {params.options} > {log} 2>&1"
+        "--dose-per-frame {params.dose} {params.gain} {params.eer} {params.options} > {log} 2>&1"

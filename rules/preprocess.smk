@@ -23,6 +23,7 @@ rule inspect:
         runtime=10,
     params:
         gain=gain_args,
+        eer=f"--eer-group {config['input']['eer_group']}",
         pixel_size=ACQ["pixel_size"],
         dose=ACQ["dose_per_frame"],
         tolerance=config["inspect"]["dose_tolerance"],
@@ -32,7 +33,7 @@ rule inspect:
             else ""
         ),
     shell:
-        "cryosnake inspect --movie {input.movie:q} {params.gain} "
+        "cryosnake inspect --movie {input.movie:q} {params.gain} {params.eer} "
         "--pixel-size {params.pixel_size} --dose-per-frame {params.dose} "
         "--dose-tolerance {params.tolerance} {params.header} "
         "--out {output.report:q} --thumbnail {output.thumbnail:q} > {log} 2>&1"

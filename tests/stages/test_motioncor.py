@@ -209,3 +209,31 @@ def test_tiff_movie_gives_the_same_result(tiny_dataset: Path, tmp_path: Path) ->
     b = read_star(tmp_path / "b" / "movie_0002.star")["global_shift"]
     pd.testing.assert_frame_equal(a, b)
     shutil.rmtree(tmp_path / "a")
+
+
+def test_eer_movie_gives_the_same_result_as_its_counts(tmp_path: Path) -> None:
+    from cryosnake.io import open_movie, write_eer
+
+    params = make_params("tiny", n_movies=1, seed=5, hot_pixel_fraction=0.0)
+    simulate_dataset(params, tmp_path / "data", log=lambda _: None)
+    movie = tmp_path / "data" / "movies" / "movie_0001.mrc"
+    with open_movie(movie) as m:
+        frames = [m.frame(i) for i in range(m.n_frames)]
+    group = int(max(f.max() for f in frames))  # EER frames per fraction
+    eer = tmp_path / "movie_0001.eer"
+    write_eer(
+        eer,
+        ((f > k).astype(np.uint8) for f in frames for k in range(group)),
+        frame_shape=frames[0].shape,
+    )
+    gain = str(tmp_path / "data" / "gain.mrc")
+    run(movie, tmp_path / "mrc", "--gain", gain, "--no-plot", pixel_size="2.5", dose="3")
+    run(eer, tmp_path / "eer", "--gain", gain, "--no-plot", "--eer-group", str(group),
+        pixel_size="2.5", dose="3")  # fmt: skip
+    a = read_star(tmp_path / "mrc" / "movie_0001.star")["global_shift"]
+    b = read_star(tmp_path / "eer" / "movie_0001.star")["global_shift"]
+    pd.testing.assert_frame_equal(a, b)
+    np.testing.assert_array_equal(
+        read_mrc(tmp_path / "mrc" / "movie_0001.mrc")[0],
+        read_mrc(tmp_path / "eer" / "movie_0001.mrc")[0],
+    )

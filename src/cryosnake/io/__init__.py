@@ -7,6 +7,7 @@ one-line message that names the file and the problem.
 """
 
 from cryosnake.io._atomic import atomic_path, require_file
+from cryosnake.io._eer import write_eer
 from cryosnake.io._misc import read_json, read_yaml, save_figure, write_json, write_yaml
 from cryosnake.io._model import read_atomic_model
 from cryosnake.io._mrc import read_mrc, read_mrc_header, write_mrc
@@ -29,6 +30,7 @@ __all__ = [
     "read_yaml",
     "require_file",
     "save_figure",
+    "write_eer",
     "write_json",
     "write_movie",
     "write_mrc",

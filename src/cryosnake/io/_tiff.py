@@ -94,7 +94,9 @@ class TiffMovieReader:
         self.n_frames = n
         self.frame_shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
         self.dtype = dtypes.pop()
-        self.pixel_size = self._pixel_size()
+        # EER (Falcon): pages compressed with TIFF codes 65000-65002.
+        self.is_eer = all(page.compression in (65000, 65001, 65002) for page in pages)
+        self.pixel_size = 0.0 if self.is_eer else self._pixel_size()
 
     def _pixel_size(self) -> float:
         desc = self._tif.pages[0].description  # type: ignore[union-attr]
@@ -111,6 +113,23 @@ class TiffMovieReader:
             raise FileFormatError(
                 f"{self.path}: frame {index} cannot be decoded ({err}); file truncated?"
             ) from err
+
+    def raw_page(self, index: int) -> tuple[bytes, int, dict[int, int]]:
+        """Page ``index`` undecoded: its bytes (one strip), compression code and the
+        integer values of its private EER tags 65007-65009 (when present)."""
+        page = self._tif.pages[index]
+        offsets, counts = page.dataoffsets, page.databytecounts
+        handle = self._tif.filehandle
+        data = bytearray()
+        for offset, count in zip(offsets, counts, strict=True):
+            handle.seek(offset)
+            data += handle.read(count)
+        tags = {
+            code: int(page.tags.valueof(code))  # type: ignore[union-attr]
+            for code in (65007, 65008, 65009)
+            if code in page.tags  # type: ignore[union-attr]
+        }
+        return bytes(data), int(page.compression), tags
 
     def close(self) -> None:
         if hasattr(self, "_tif"):

@@ -20,12 +20,13 @@ import tifffile
 
 from cryosnake.errors import FileFormatError
 from cryosnake.io._atomic import atomic_path
+from cryosnake.io._eer import EerMovieReader
 from cryosnake.io._mrc import read_mrc
 from cryosnake.io._tiff import TiffMovieReader
 
 __all__ = ["MOVIE_SUFFIXES", "Movie", "open_movie", "write_movie"]
 
-MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff")
+MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".eer")
 _MRC_MODES = {
     np.dtype(np.int8): 0,
     np.dtype(np.int16): 1,
@@ -48,10 +49,10 @@ class Movie:
         Å per pixel as stored in the file, 0.0 when the file does not say.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, eer_group: int | None = None) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
-        self._tiff: TiffMovieReader | None = None
+        self._tiff: TiffMovieReader | EerMovieReader | None = None
         self._mmap: np.ndarray | None = None
         if suffix in (".mrc", ".mrcs"):
             data, voxel = read_mrc(self.path, mmap=True)
@@ -62,6 +63,17 @@ class Movie:
             self.frame_shape = (int(data.shape[1]), int(data.shape[2]))
             self.dtype = np.dtype(data.dtype)
             self.pixel_size = voxel
+        elif suffix == ".eer":
+            if eer_group is None:
+                raise FileFormatError(
+                    f"{self.path}: an EER movie needs the number of EER frames per "
+                    "fraction (--eer-group)"
+                )
+            self._tiff = EerMovieReader(self.path, eer_group)
+            self.n_frames = self._tiff.n_frames
+            self.frame_shape = self._tiff.frame_shape
+            self.dtype = self._tiff.dtype
+            self.pixel_size = self._tiff.pixel_size
         elif suffix in (".tif", ".tiff"):
             self._tiff = TiffMovieReader(self.path)
             self.n_frames = self._tiff.n_frames
@@ -111,9 +123,12 @@ class Movie:
         self.close()
 
 
-def open_movie(path: str | os.PathLike[str]) -> Movie:
-    """Open a movie (MRC/MRCS/TIFF) for lazy frame access; see :class:`Movie`."""
-    return Movie(path)
+def open_movie(path: str | os.PathLike[str], *, eer_group: int | None = None) -> Movie:
+    """Open a movie (MRC/MRCS/TIFF/EER) for lazy frame access; see :class:`Movie`.
+
+    ``eer_group``: EER frames summed into one movie frame (needed for ``.eer``).
+    """
+    return Movie(path, eer_group=eer_group)
 
 
 def write_movie(

@@ -13,6 +13,7 @@ from cryosnake.ops.gain import FLIPS, find_gain_orientation, orient_gain
 
 __all__ = [
     "PIXEL_SIZE_TOLERANCE",
+    "add_eer_arg",
     "add_gain_args",
     "check_header_pixel_size",
     "load_gain",
@@ -41,6 +42,18 @@ def add_gain_args(parser: argparse.ArgumentParser, *, auto: bool = False) -> Non
         choices=flips,
         help="mirror the gain: x = left-right, y = up-down"
         + ("; auto: as --gain-rotate auto" if auto else ""),
+    )
+
+
+def add_eer_arg(parser: argparse.ArgumentParser) -> None:
+    """``--eer-group``: EER frames summed into one movie frame (fraction)."""
+    parser.add_argument(
+        "--eer-group",
+        type=int,
+        default=32,
+        metavar="N",
+        help="EER movies only: EER frames summed into one fraction (default 32); "
+        "--dose-per-frame is then the dose per fraction",
     )
 
 

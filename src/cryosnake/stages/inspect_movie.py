@@ -27,7 +27,7 @@ import numpy as np
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import open_movie, save_figure, write_json
 from cryosnake.stages._common import positive, run_stage
-from cryosnake.stages._movie import add_gain_args, check_header_pixel_size, load_gain
+from cryosnake.stages._movie import add_eer_arg, add_gain_args, check_header_pixel_size, load_gain
 
 __all__ = ["add_args", "inspect_movie", "main"]
 
@@ -39,6 +39,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-size", type=positive, required=True, help="Å per pixel")
     parser.add_argument("--dose-per-frame", type=positive, required=True, help="e/Å² per frame")
     add_gain_args(parser, auto=True)
+    add_eer_arg(parser)
     parser.add_argument(
         "--dose-tolerance",
         type=float,
@@ -63,6 +64,7 @@ def inspect_movie(
     gain_flip: str = "none",
     dose_tolerance: float = 0.25,
     check_header: bool = True,
+    eer_group: int | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Check a movie and measure it.
 
@@ -72,7 +74,7 @@ def inspect_movie(
     total : (ny, nx) float32 gain-corrected sum of the frames
     frame_means : (n,) float64 mean gain-corrected counts per pixel of each frame
     """
-    with open_movie(movie_path) as movie:
+    with open_movie(movie_path, eer_group=eer_group) as movie:
         header_px = movie.pixel_size
         if check_header:
             check_header_pixel_size(movie, movie_path, pixel_size)
@@ -189,6 +191,7 @@ def _run(args: argparse.Namespace) -> int:
         gain_flip=args.gain_flip,
         dose_tolerance=args.dose_tolerance,
         check_header=not args.ignore_header_pixel_size,
+        eer_group=args.eer_group,
     )
     write_json(args.out, report)
     if args.thumbnail:

@@ -40,7 +40,7 @@ from cryosnake.ops.dose import frame_exposures
 from cryosnake.ops.fourier import fourier_crop
 from cryosnake.ops.motion import corrected_sums, find_defects, local_motion, replace_defects
 from cryosnake.stages._common import positive, run_stage
-from cryosnake.stages._movie import add_gain_args, check_header_pixel_size, load_gain
+from cryosnake.stages._movie import add_eer_arg, add_gain_args, check_header_pixel_size, load_gain
 
 __all__ = ["add_args", "main", "patch_grid"]
 
@@ -66,6 +66,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--pre-exposure", type=float, default=0.0, help="e/Å² before the first frame (0)"
     )
     add_gain_args(parser, auto=True)
+    add_eer_arg(parser)
     parser.add_argument(
         "--patches",
         type=patch_grid,
@@ -100,7 +101,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def _load_frames(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
     """Gain-corrected, defect-free, binned frames on ``device``, and what was done."""
     info: dict[str, Any] = {}
-    with open_movie(args.movie) as movie:
+    with open_movie(args.movie, eer_group=args.eer_group) as movie:
         if not args.ignore_header_pixel_size:
             check_header_pixel_size(movie, args.movie, args.pixel_size)
         n, (ny, nx) = movie.n_frames, movie.frame_shape
