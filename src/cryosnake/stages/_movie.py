@@ -16,6 +16,7 @@ __all__ = [
     "add_eer_arg",
     "add_gain_args",
     "check_header_pixel_size",
+    "check_pixel_size",
     "load_gain",
     "oriented_gain",
     "read_gain",
@@ -85,7 +86,11 @@ def oriented_gain(
 
 def check_header_pixel_size(movie: Movie, path: str, pixel_size: float) -> None:
     """An error naming ``path`` if its header pixel size disagrees with ``pixel_size``."""
-    header = movie.pixel_size
+    check_pixel_size(movie.pixel_size, path, pixel_size)
+
+
+def check_pixel_size(header: float, path: str, pixel_size: float) -> None:
+    """An error naming ``path`` if ``header`` (> 0: known) differs from ``pixel_size``."""
     if header > 0 and abs(header - pixel_size) > PIXEL_SIZE_TOLERANCE * pixel_size:
         raise CryosnakeError(
             f"{path}: header pixel size {header:.4f} Å differs from the given "

@@ -31,6 +31,7 @@ from cryosnake.errors import CryosnakeError
 from cryosnake.io import read_mrc, save_figure, write_star
 from cryosnake.ops.ctf_fit import CtfFit, fit_ctf
 from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._movie import check_pixel_size
 
 __all__ = ["add_args", "main"]
 
@@ -60,6 +61,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-phase-shift", action="store_true", help="phase-plate data")
     parser.add_argument("--tile", type=int, default=512, help="periodogram tile size, px")
     parser.add_argument("--plot", help="PNG of the fit to write")
+    parser.add_argument(
+        "--ignore-header-pixel-size",
+        action="store_true",
+        help="do not compare --pixel-size with the file header",
+    )
 
 
 def _plot(path: str, fit: CtfFit, title: str) -> None:
@@ -100,11 +106,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CryosnakeError(f"{args.micrograph}: expected one 2D micrograph, got {image.shape}")
     if min(image.shape) < 128:
         raise CryosnakeError(f"{args.micrograph}: {image.shape} px is too small to fit a CTF")
-    if header_px > 0 and abs(header_px - args.pixel_size) > 0.01 * args.pixel_size:
-        raise CryosnakeError(
-            f"{args.micrograph}: header pixel size {header_px:.4f} Å differs from the given "
-            f"{args.pixel_size:.4f} Å"
-        )
+    if not args.ignore_header_pixel_size:
+        check_pixel_size(header_px, args.micrograph, args.pixel_size)
     if not np.all(np.isfinite(image)):
         raise CryosnakeError(f"{args.micrograph}: holds NaN or infinite values")
     low, high = sorted(args.defocus_range)
