@@ -82,8 +82,9 @@ def _peak_offset(cc: Any, max_shift: float) -> tuple[float, float]:
     xp = get_array_module(cc)
     ny, nx = cc.shape
     r = int(min(max_shift, ny // 2 - 2, nx // 2 - 2))
-    window = xp.roll(cc, (r, r), axis=(0, 1))[: 2 * r + 1, : 2 * r + 1]
     y = np.arange(-r, r + 1)
+    # Only the (2r+1)^2 neighbourhood of zero shift, gathered across the wrap-around.
+    window = cc[xp.asarray(y % ny)[:, None], xp.asarray(y % nx)[None, :]]
     outside = (y[:, None] ** 2 + y[None, :] ** 2) > max_shift**2
     if outside.any():
         window = xp.where(xp.asarray(outside), -xp.inf, window)
