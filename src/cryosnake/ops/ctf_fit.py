@@ -118,7 +118,6 @@ class _Model:
         self.b = 0.5 * math.pi * cs * 1e7 * lam**3 * s2 * s2
         self.cos2 = np.cos(2 * azimuth)
         self.sin2 = np.sin(2 * azimuth)
-        self.w = amplitude_contrast
         self.w_phase = math.atan2(amplitude_contrast, math.sqrt(1 - amplitude_contrast**2))
 
     def ctf2(self, mean: float, half_astig: float, angle: float, phase: float) -> np.ndarray:

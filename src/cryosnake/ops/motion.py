@@ -106,15 +106,6 @@ class LocalMotion:
             out[t] = lx.mean(), ly.mean()
         return out
 
-    def residual_rms(self) -> float:
-        """RMS distance between the measured patch shifts and the model, pixels."""
-        t = np.repeat(np.arange(self.n_frames), len(self.patch_centres))
-        x = np.tile(self.patch_centres[:, 0], self.n_frames)
-        y = np.tile(self.patch_centres[:, 1], self.n_frames)
-        mx, my = self.shift_at(t, x, y)
-        d = self.patch_shifts.reshape(-1, 2) - np.stack([mx, my], axis=1)
-        return float(np.sqrt((d**2).sum(axis=1).mean()))
-
 
 TIME_ORDER = 3  # t, t^2, t^3
 
