@@ -32,11 +32,11 @@ import scipy.fft
 
 from cryosnake.backend import fft_workers, gpu_available, to_device, to_host
 from cryosnake.io import open_movie, read_mrc, read_star
-from cryosnake.ops.align import align_frames
 from cryosnake.ops.ctf_fit import fit_ctf
 from cryosnake.ops.dose import frame_exposures
-from cryosnake.ops.motion import corrected_sums, find_defects, local_motion, replace_defects
+from cryosnake.ops.motion import corrected_sums, fill_defects, find_defects
 from cryosnake.simulate import make_params, simulate_dataset
+from cryosnake.stages.motioncor import measure_motion
 
 SHIFT = ["rlnMicrographShiftX", "rlnMicrographShiftY"]
 
@@ -46,19 +46,15 @@ def rms(a: np.ndarray) -> float:
 
 
 def motioncor(frames: Any, px: float, dose: float) -> tuple[float, np.ndarray, Any, np.ndarray]:
+    """What ``cryosnake motioncor`` does once the gain-corrected movie is in memory."""
     t0 = time.perf_counter()
     total = frames.sum(axis=0)
     defects = find_defects(total)
-    fill = float(total[~defects].mean()) / frames.shape[0]
-    for i in range(frames.shape[0]):
-        frames[i] = replace_defects(frames[i], defects, fill)
-    result = align_frames(frames, px)
-    local = local_motion(frames, result.shifts, px)
-    dw, _ = corrected_sums(
-        frames, result.shifts, px, frame_exposures(len(frames), dose), local=local
-    )
+    fill_defects(frames, defects, float(total[~defects].mean()) / frames.shape[0])
+    whole, local, _ = measure_motion(frames, px)
+    dw, _ = corrected_sums(frames, whole, px, frame_exposures(len(frames), dose), local=local)
     dw = to_host(dw)
-    return time.perf_counter() - t0, result.shifts + local.mean_shift(), local, dw
+    return time.perf_counter() - t0, whole, local, dw
 
 
 def main() -> int:
@@ -89,14 +85,14 @@ def main() -> int:
         on_device = to_device(frames.copy(), device)
         if device == "gpu":  # warm-up: kernels compile on first use
             motioncor(on_device[:4].copy(), px, dose)
-        seconds, shifts, local, dw = motioncor(on_device, px, dose)
+        seconds, whole, local, dw = motioncor(on_device, px, dose)
+        shifts = whole + local.mean_shift()  # reported global: frame-averaged motion
         key = ["rlnMicrographFrameNumber", "rlnCoordinateY", "rlnCoordinateX"]
         grid = truth_local.sort_values(key)
         cx = grid.rlnCoordinateX.to_numpy()
         cy = grid.rlnCoordinateY.to_numpy()
         t = grid.rlnMicrographFrameNumber.to_numpy() - 1
         lx, ly = local.shift_at(t, cx, cy)
-        whole = shifts - local.mean_shift()
         found = np.stack([whole[t, 0] + lx, whole[t, 1] + ly], axis=1)
         rows.append(
             {

@@ -85,6 +85,7 @@ def motioncor_options():
     )
     return (
         f"--patches {mc['patches']} --bin {mc['bin']} --bfactor {mc['bfactor']} "
+        f"--bfactor-global {mc['bfactor_global']} "
         f"--pre-exposure {mc['pre_exposure']} --device {mc['device']} {header}"
     ).strip()
 

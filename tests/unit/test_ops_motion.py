@@ -9,7 +9,7 @@ from cryosnake.ops import shift_image
 from cryosnake.ops.align import align_frames
 from cryosnake.ops.dose import damage_attenuation, dose_weight_norm, frame_exposures
 from cryosnake.ops.gain import find_gain_orientation, orient_gain
-from cryosnake.ops.motion import find_defects, fit_local_motion, replace_defects
+from cryosnake.ops.motion import corrected_sums, find_defects, fit_local_motion, replace_defects
 
 
 def blobs(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -106,24 +106,67 @@ def test_gain_orientation_of_a_non_square_gain_that_fits_no_way() -> None:
 
 
 @pytest.mark.parametrize("shape", [(600, 700), (333, 517), (256, 256)])
-def test_local_correction_is_exact_without_motion(shape: tuple[int, int]) -> None:
-    from cryosnake.ops.motion import _undo_local
-
-    image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    still = fit_local_motion(np.array([[50.0, 60.0], [200.0, 150.0]]), np.zeros((4, 2, 2)), shape)
+def test_corrected_sum_of_integer_shifted_frames_is_exact(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal(shape).astype(np.float32) + 5.0
+    shifts = np.array([[0.0, 0.0], [3.0, -2.0], [-4.0, 1.0], [7.0, 5.0]])  # (x, y)
+    frames = np.stack([np.roll(image, (int(dy), int(dx)), axis=(0, 1)) for dx, dy in shifts])
     for tile in (128, 512):
-        np.testing.assert_allclose(_undo_local(image, still, 2, tile), image, atol=1e-5)
+        _, plain = corrected_sums(frames, shifts, 1.0, frame_exposures(4, 1.0), tile=tile)
+        inner = (slice(8, -8), slice(8, -8))  # beyond the largest shift: no wrapped content
+        np.testing.assert_allclose(plain[inner] / 4, image[inner], atol=1e-4)
 
 
-def test_local_correction_undoes_a_uniform_shift() -> None:
-    from cryosnake.ops.motion import _undo_local
-
+def test_corrected_sum_undoes_subpixel_global_and_local_shifts() -> None:
     shape, n = (600, 700), 5
-    image = blobs(shape, seed=2)
-    centres = np.array([[100.0, 100.0], [600.0, 100.0], [100.0, 500.0], [600.0, 500.0]])
-    track = (np.arange(n) / (n - 1))[:, None, None] * np.array([1.3, -0.7])
-    model = fit_local_motion(centres, np.broadcast_to(track, (n, 4, 2)).copy(), shape)
-    moved = shift_image(image, (-0.7, 1.3))  # frame(r) = image(r - (1.3, -0.7))
-    back = _undo_local(moved, model, n - 1, 256)
-    inner = (slice(10, -10), slice(10, -10))
-    assert np.abs(back - image)[inner].max() < 0.01 * np.abs(image).max()
+    image = blobs(shape, seed=2) * 10 + 3
+    rng = np.random.default_rng(4)
+    shifts = np.cumsum(rng.normal(0, 1.5, size=(n, 2)), axis=0)
+    shifts -= shifts[0]
+    # A local field of the model family: a linear gradient in x growing with time.
+    cx, cy = np.meshgrid(np.linspace(50, 650, 5), np.linspace(50, 550, 5))
+    centres = np.stack([cx.ravel(), cy.ravel()], axis=1)
+    t = np.arange(n)[:, None] / (n - 1)
+    u = centres[None, :, 0] / (shape[1] - 1) - 0.5
+    field = np.stack([1.2 * t * u, -0.8 * t * u], axis=2)  # (n, 25, 2)
+    model = fit_local_motion(centres, field, shape)
+    # Frames built tile-free: each pixel moved by its own local shift (Fourier shift of
+    # the whole image per column band would be circular; use the model at each pixel).
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    from scipy import ndimage
+
+    frames = []
+    for k in range(n):
+        lx, ly = model.shift_at(np.full(xx.size, k), xx.ravel(), yy.ravel())
+        sx = shifts[k, 0] + lx.reshape(shape)
+        sy = shifts[k, 1] + ly.reshape(shape)
+        frames.append(ndimage.map_coordinates(image, [yy - sy, xx - sx], order=5, mode="wrap"))
+    frames = np.stack(frames).astype(np.float32)
+    _, plain = corrected_sums(frames, shifts, 1.0, frame_exposures(n, 1.0), local=model, tile=128)
+    _, globally = corrected_sums(frames, shifts, 1.0, frame_exposures(n, 1.0), tile=128)
+    inner = (slice(20, -20), slice(20, -20))
+    err_local = np.abs(plain / n - image)[inner].max()
+    err_global = np.abs(globally / n - image)[inner].max()
+    assert err_local < 0.01 * np.abs(image).max(), err_local
+    assert err_local < 0.2 * err_global, (err_local, err_global)
+
+
+def test_dose_weighted_sum_matches_the_weights_of_grant_and_grigorieff() -> None:
+    shape, n, px = (300, 400), 12, 1.2
+    noise = np.random.default_rng(5).standard_normal(shape)  # high frequencies to weight
+    image = (blobs(shape, seed=5) * 10 + noise).astype(np.float32)
+    frames = np.broadcast_to(image, (n, *shape)).astype(np.float32)
+    exposures = frame_exposures(n, 2.0)
+    dw, plain = corrected_sums(frames, np.zeros((n, 2)), px, exposures, tile=128)
+    s = np.sqrt(
+        np.fft.fftfreq(shape[0], px)[:, None] ** 2 + np.fft.rfftfreq(shape[1], px)[None, :] ** 2
+    )
+    norm = dose_weight_norm(s, exposures)
+    weight = sum(damage_attenuation(s, e) for e in exposures) / norm * np.sqrt(n)
+    expected = np.fft.irfft2(np.fft.rfft2(image) * weight, s=shape)
+    np.testing.assert_allclose(plain, n * image, atol=1e-3 * n * np.abs(image).max())
+    # Away from the borders, where the periodic reference and the tiles (which see
+    # the mean beyond the frame) differ by the extent of the filter.
+    inner = (slice(24, -24), slice(24, -24))
+    np.testing.assert_allclose(dw[inner], expected[inner], atol=2e-3 * np.abs(expected).max())
+    assert not np.allclose(dw, plain, atol=0.05 * np.abs(plain).max())  # weighting did work

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module
+from cryosnake.ops.fourier import fast_size
 
-__all__ = ["GlobalAlignment", "align_frames"]
+__all__ = ["GlobalAlignment", "align_frames", "bin_frames", "peak_in_window"]
 
 
 class GlobalAlignment:
@@ -51,6 +52,68 @@ def _edge_taper(shape: tuple[int, int], xp: Any, fraction: float = 0.1) -> Any:
         return w
 
     return ramp(shape[0])[:, None] * ramp(shape[1])[None, :]
+
+
+def bin_frames(frames: Any, factor: int) -> Any:
+    """Block-average frames by an integer ``factor`` in real space.
+
+    Used only to make the small copies on which motion is *measured* (the sums are
+    made from the full frames): block averaging costs one pass over the data, where
+    Fourier cropping would cost a full-size FFT per frame. Trailing rows and columns
+    that do not fill a block are dropped, so binned pixel (i, j) covers original pixels
+    [i*f, (i+1)*f) x [j*f, (j+1)*f).
+
+    Parameters
+    ----------
+    frames : (n, ny, nx) NumPy or CuPy array (a memory map is read frame by frame)
+    factor : block size, >= 1
+
+    Returns
+    -------
+    (n, ny // factor, nx // factor) float32 on the device of ``frames``
+    """
+    xp = get_array_module(frames)
+    n, ny, nx = frames.shape
+    f = int(factor)
+    if f < 1:
+        raise ValueError(f"bin_frames: factor must be >= 1, got {factor}")
+    h, w = ny // f, nx // f
+    out = xp.empty((n, h, w), dtype=xp.float32)
+    for i in range(n):
+        frame = xp.asarray(frames[i], dtype=xp.float32)
+        rows = frame[0 : h * f : f, : w * f].copy()  # whole rows first: contiguous adds
+        for dy in range(1, f):
+            rows += frame[dy : h * f : f, : w * f]
+        acc = rows[:, 0::f].copy()
+        for dx in range(1, f):
+            acc += rows[:, dx::f]
+        acc *= 1.0 / (f * f)
+        out[i] = acc
+    return out
+
+
+def peak_in_window(window: np.ndarray) -> tuple[float, float, bool]:
+    """Sub-pixel (dy, dx) of the maximum of a correlation window, from its centre.
+
+    The integer maximum is refined by a three-point Gaussian fit along each axis. The
+    flag is False when the maximum lies on the window's border (the search should be
+    re-centred there).
+    """
+    w = np.asarray(window, dtype=np.float64)
+    iy, ix = np.unravel_index(int(np.argmax(w)), w.shape)
+    r = w.shape[0] // 2
+    inside = 0 < iy < w.shape[0] - 1 and 0 < ix < w.shape[1] - 1
+    dy = _refine(w[iy - 1, ix], w[iy, ix], w[iy + 1, ix]) if 0 < iy < w.shape[0] - 1 else 0.0
+    dx = _refine(w[iy, ix - 1], w[iy, ix], w[iy, ix + 1]) if 0 < ix < w.shape[1] - 1 else 0.0
+    return iy - r + dy, ix - r + dx, inside
+
+
+def _refine(m: float, c: float, p: float) -> float:
+    """Offset of the vertex of a Gaussian (or parabola) through three equally spaced values."""
+    if m > 0 and c > 0 and p > 0:  # Gaussian fit on the logarithms
+        m, c, p = math.log(m), math.log(c), math.log(p)
+    den = m - 2 * c + p
+    return 0.0 if den >= 0 else float(np.clip(0.5 * (m - p) / den, -0.5, 0.5))
 
 
 def _cropped_spectra(frames: Any, crop: tuple[int, int]) -> Any:
@@ -91,15 +154,9 @@ def _peak_offset(cc: Any, max_shift: float) -> tuple[float, float]:
     w = np.asarray(window.get() if hasattr(window, "get") else window, dtype=np.float64)
     iy, ix = np.unravel_index(int(np.argmax(w)), w.shape)
 
-    def refine(m: float, c: float, p: float) -> float:
-        if m > 0 and c > 0 and p > 0:  # Gaussian fit on the logarithms
-            m, c, p = math.log(m), math.log(c), math.log(p)
-        den = m - 2 * c + p
-        return 0.0 if den >= 0 else float(np.clip(0.5 * (m - p) / den, -0.5, 0.5))
-
     c = w[iy, ix]
-    dy = refine(w[iy - 1, ix], c, w[iy + 1, ix]) if 0 < iy < w.shape[0] - 1 else 0.0
-    dx = refine(w[iy, ix - 1], c, w[iy, ix + 1]) if 0 < ix < w.shape[1] - 1 else 0.0
+    dy = _refine(w[iy - 1, ix], c, w[iy + 1, ix]) if 0 < iy < w.shape[0] - 1 else 0.0
+    dx = _refine(w[iy, ix - 1], c, w[iy, ix + 1]) if 0 < ix < w.shape[1] - 1 else 0.0
     return iy - r + dy, ix - r + dx
 
 
@@ -121,8 +178,9 @@ def align_frames(
         is read frame by frame)
     pixel_size : Å per pixel of ``frames``
     bfactor : Å², low-pass exp(-B s^2 / 4) applied to the cross-correlation
-    align_pixel_size : Å per pixel at which to align (Fourier cropping); default
-        max(pixel_size, 2 Å), enough for the signal that drives alignment
+    align_pixel_size : Å per pixel at which to align; default max(pixel_size, 2 Å),
+        enough for the signal that drives alignment. Reached by block averaging by
+        int(align_pixel_size / pixel_size), then Fourier cropping the rest.
     max_shift_angst : largest shift of a frame from the others that is searched, Å
     max_iterations, tolerance : stop after this many passes, or when no shift changed
         by more than ``tolerance`` unbinned pixels in a pass
@@ -134,12 +192,19 @@ def align_frames(
     xp = get_array_module(frames)
     fft = fft_module(xp)
     kw = fft_kwargs(xp)
-    n, ny, nx = frames.shape
     target = max(pixel_size, 2.0) if align_pixel_size is None else align_pixel_size
-    factor = min(1.0, pixel_size / target)
-    crop = (max(32, int(ny * factor) // 2 * 2), max(32, int(nx * factor) // 2 * 2))
+    binning = max(1, int(target / pixel_size + 1e-6))
+    if binning > 1:  # most of the way by block averaging, the rest by Fourier cropping
+        frames = bin_frames(frames, binning)
+    n, ny, nx = frames.shape
+    factor = min(1.0, pixel_size * binning / target)
+    crop = (
+        fast_size(max(32, int(ny * factor)), up=False),
+        fast_size(max(32, int(nx * factor)), up=False),
+    )
     crop = (min(crop[0], ny // 2 * 2), min(crop[1], nx // 2 * 2))
-    scale_y, scale_x = ny / crop[0], nx / crop[1]  # unbinned px per aligned px
+    # unbinned px per aligned px
+    scale_y, scale_x = binning * ny / crop[0], binning * nx / crop[1]
     spectra = _cropped_spectra(frames, crop)
 
     # Frequencies (cycles per aligned pixel) and the B-factor filter.

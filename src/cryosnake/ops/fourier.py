@@ -9,7 +9,34 @@ import numpy as np
 
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module
 
-__all__ = ["fourier_crop", "phase_ramp", "register_translation", "shift_image"]
+__all__ = [
+    "fast_size",
+    "fourier_crop",
+    "phase_ramp",
+    "phase_ramps_1d",
+    "register_translation",
+    "shift_image",
+]
+
+
+def fast_size(n: int, *, up: bool = True) -> int:
+    """The nearest even size of the form 2^a 3^b at or above (or, ``up=False``, below) ``n``.
+
+    FFTs of such sizes run fastest with pocketfft and cuFFT; sizes that are large powers
+    of two alone (512, 1024) are avoided when a 3 can stand in, as their batched
+    transforms suffer from cache-set conflicts (576 px tiles transform faster per pixel
+    than 512 px ones).
+    """
+    n = max(int(n), 2)
+    candidates = sorted(
+        2**a * 3**b
+        for a in range(1, 40)
+        for b in range(0, 25)
+        if 2**a * 3**b <= 4 * n and (b > 0 or a <= 8)
+    )
+    if up:
+        return next(c for c in candidates if c >= n)
+    return max(c for c in candidates if c <= n)
 
 
 def phase_ramp(shape: tuple[int, int], shift: tuple[float, float], xp: Any = np) -> Any:
@@ -18,17 +45,36 @@ def phase_ramp(shape: tuple[int, int], shift: tuple[float, float], xp: Any = np)
     ``irfft2(rfft2(img) * phase_ramp(...))(r) = img(r - shift)`` (periodic boundary).
     Returns (ny, nx//2+1) complex64.
     """
+    ry, rx = phase_ramps_1d(shape, np.asarray([shift], dtype=np.float64), xp)
+    return ry[0][:, None] * rx[0][None, :]
+
+
+def phase_ramps_1d(shape: tuple[int, int], shifts: np.ndarray, xp: Any = np) -> tuple[Any, Any]:
+    """The two factors of the phase ramps of many shifts on one ``rfft2`` grid.
+
+    ``ry[i][:, None] * rx[i][None, :]`` is ``phase_ramp(shape, shifts[i])``; keeping the
+    factors apart lets a stack of spectra be shifted with two broadcast products.
+
+    Parameters
+    ----------
+    shape : (ny, nx) of the images
+    shifts : (m, 2) (dy, dx) pixels, a NumPy array
+
+    Returns
+    -------
+    ry : (m, ny) complex64, rx : (m, nx//2+1) complex64, on the device ``xp``
+    """
     ny, nx = shape
-    dy, dx = shift
-    ky = xp.fft.fftfreq(ny)
-    kx = xp.fft.rfftfreq(nx)
-    ry = xp.exp(-2j * math.pi * ky * dy)
-    rx = xp.exp(-2j * math.pi * kx * dx)
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    ky = np.fft.fftfreq(ny)
+    kx = np.fft.rfftfreq(nx)
+    ry = np.exp(-2j * math.pi * shifts[:, :1] * ky[None, :])
+    rx = np.exp(-2j * math.pi * shifts[:, 1:] * kx[None, :])
     if nx % 2 == 0:  # the Nyquist column cannot carry a sub-pixel phase; keep it real
-        rx[-1] = rx[-1].real
+        rx[:, -1] = rx[:, -1].real
     if ny % 2 == 0:
-        ry[ny // 2] = ry[ny // 2].real
-    return (ry[:, None] * rx[None, :]).astype(xp.complex64)
+        ry[:, ny // 2] = ry[:, ny // 2].real
+    return xp.asarray(ry.astype(np.complex64)), xp.asarray(rx.astype(np.complex64))
 
 
 def shift_image(image: Any, shift: tuple[float, float]) -> Any:

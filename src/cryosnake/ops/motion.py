@@ -11,6 +11,7 @@ Convention: ``frame_t(r) ~ reference(r - shift_t(r))``, shifts (x, y) in pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from cryosnake.backend import fft_kwargs, fft_module, get_array_module
-from cryosnake.ops.align import align_frames
+from cryosnake.backend import fft_kwargs, fft_module, get_array_module, to_host
+from cryosnake.ops.align import _edge_taper, peak_in_window
 from cryosnake.ops.dose import critical_exposure, dose_weight_norm
-from cryosnake.ops.fourier import phase_ramp
+from cryosnake.ops.fourier import fast_size, phase_ramps_1d
 
 __all__ = [
     "LocalMotion",
     "corrected_sums",
+    "fill_defects",
     "find_defects",
     "fit_local_motion",
     "local_motion",
@@ -38,7 +40,13 @@ def find_defects(total: Any, *, threshold: float = 8.0) -> Any:
 
     A pixel is a defect when it deviates from the median of its 5x5 neighbourhood by
     more than ``threshold`` robust standard deviations (1.4826 MAD) of all such
-    deviations, or when it is zero while its neighbourhood is not.
+    deviations, or when it is zero while that median is not.
+
+    A full 5x5 median filter of a 4k image costs seconds, so the median is taken only
+    where it can matter: pixels that deviate from the mean of their four neighbours by
+    more than 0.4 ``threshold`` robust SDs (a looser screen that every defect passes,
+    clusters of up to 2x2 included), zeros, and the 8 neighbours of each (the centre of
+    a 3x3 cluster). The robust SD is estimated on a regular lattice of ~65,000 pixels.
 
     Parameters
     ----------
@@ -49,16 +57,57 @@ def find_defects(total: Any, *, threshold: float = 8.0) -> Any:
     (ny, nx) bool mask, on the device of ``total``
     """
     xp = get_array_module(total)
-    if xp is np:
-        from scipy import ndimage
-    else:  # pragma: no cover - GPU
-        from cupyx.scipy import ndimage
     t = xp.asarray(total, dtype=xp.float32)
-    local = ndimage.median_filter(t, size=5, mode="reflect")
-    resid = t - local
-    mad = float(xp.median(xp.abs(resid - xp.median(resid))))
-    sigma = 1.4826 * mad if mad > 0 else float(xp.std(resid)) or 1.0
-    return (xp.abs(resid) > threshold * sigma) | ((t == 0) & (local > 0))
+    ny, nx = t.shape
+    pad = xp.pad(t, 2, mode="reflect")
+    step = max(1, int(math.sqrt(ny * nx / 65536.0)))
+    ly, lx = np.meshgrid(np.arange(0, ny, step), np.arange(0, nx, step), indexing="ij")
+    ly, lx = xp.asarray(ly.ravel()), xp.asarray(lx.ravel())
+
+    def robust_sd(values: Any) -> float:
+        mad = float(xp.median(xp.abs(values - xp.median(values))))
+        return 1.4826 * mad if mad > 0 else float(xp.std(values)) or 1.0
+
+    sigma = robust_sd(t[ly, lx] - _median5(pad, ly, lx))
+    neighbours = pad[1:-3, 2:-2] + pad[3:-1, 2:-2] + pad[2:-2, 1:-3] + pad[2:-2, 3:-1]
+    screen = t - 0.25 * neighbours
+    screen_sd = robust_sd(screen[ly, lx])
+    candidate = (xp.abs(screen) > 0.4 * threshold * screen_sd) | (t == 0)
+    cy, cx = xp.nonzero(candidate)
+    mask = xp.zeros((ny, nx), dtype=bool)
+    if cy.size == 0:
+        return mask
+    around = xp.asarray(np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]))
+    yy = xp.clip(cy[:, None] + around[None, :, 0], 0, ny - 1).ravel()
+    xx = xp.clip(cx[:, None] + around[None, :, 1], 0, nx - 1).ravel()
+    flat = xp.unique(yy * nx + xx)
+    if flat.size > 0.05 * ny * nx:  # not a detector with a few defects: check everywhere
+        flat = xp.arange(ny * nx)
+    yy, xx = flat // nx, flat % nx
+    for lo in range(0, int(flat.size), 1 << 20):  # bounded memory for the gathers
+        y, x = yy[lo : lo + (1 << 20)], xx[lo : lo + (1 << 20)]
+        local = _median5(pad, y, x)
+        value = t[y, x]
+        bad = (xp.abs(value - local) > threshold * sigma) | ((value == 0) & (local > 0))
+        mask[y[bad], x[bad]] = True
+    return mask
+
+
+def _median5(padded: Any, y: Any, x: Any) -> Any:
+    """Median of the 5x5 neighbourhood of pixels (y, x) of an image padded by 2."""
+    xp = get_array_module(padded)
+    d = xp.arange(5)
+    rows = (y[:, None] + d[None, :])[:, :, None]
+    cols = (x[:, None] + d[None, :])[:, None, :]
+    return xp.median(padded[rows, cols].reshape(y.size, 25), axis=1)
+
+
+def fill_defects(frames: Any, mask: Any, fill: float) -> None:
+    """Set the pixels of ``mask`` to ``fill`` in every frame of ``frames``, in place."""
+    xp = get_array_module(frames)
+    ys, xs = xp.nonzero(mask)
+    if ys.size:
+        frames[:, ys, xs] = fill
 
 
 def replace_defects(frame: Any, mask: Any, fill: Any) -> Any:
@@ -77,7 +126,12 @@ class LocalMotion:
     shape : (ny, nx) of the frames
     n_frames : number of frames
     patch_centres : (p, 2) (x, y) pixel centres of the patches
-    patch_shifts : (n_frames, p, 2) measured (x, y) residual shifts of the patches
+    patch_shifts : (m, p, 2) measured (x, y) residual shifts of the patches
+    patch_times : (m,) frame index (fractional for a group of frames) of each row of
+        ``patch_shifts``
+    common_shifts : (m, 2) (x, y) shift shared by all patches at each of those times
+        (their mean), already removed from ``patch_shifts``: a correction of the
+        whole-frame alignment measured on the patches (zeros if not measured)
     """
 
     coeffs: np.ndarray
@@ -85,6 +139,17 @@ class LocalMotion:
     n_frames: int
     patch_centres: np.ndarray
     patch_shifts: np.ndarray
+    patch_times: np.ndarray
+    common_shifts: np.ndarray
+
+    def global_correction(self) -> np.ndarray:
+        """(n_frames, 2) ``common_shifts`` interpolated to every frame, first frame at 0."""
+        frames = np.arange(self.n_frames, dtype=np.float64)
+        out = np.stack(
+            [np.interp(frames, self.patch_times, self.common_shifts[:, k]) for k in range(2)],
+            axis=1,
+        )
+        return out - out[0]
 
     def shift_at(self, frame: Any, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """Local (x, y) shift of ``frame`` at pixel positions (x, y), in pixels."""
@@ -106,6 +171,23 @@ class LocalMotion:
             out[t] = lx.mean(), ly.mean()
         return out
 
+    def rescaled(self, factor: int, shape: tuple[int, int]) -> LocalMotion:
+        """The model measured on frames binned by ``factor``, in unbinned pixels.
+
+        Binned pixel i covers unbinned pixels [i f, (i + 1) f), so its centre is at
+        i f + (f - 1) / 2; shifts scale by f. The model is refitted on the rescaled patch
+        measurements, which is exact for this polynomial family.
+        """
+        centres = self.patch_centres * factor + (factor - 1) / 2.0
+        model = fit_local_motion(
+            centres,
+            self.patch_shifts * factor,
+            shape,
+            times=self.patch_times,
+            n_frames=self.n_frames,
+        )
+        return dataclasses.replace(model, common_shifts=self.common_shifts * factor)
+
 
 TIME_ORDER = 3  # t, t^2, t^3
 
@@ -123,22 +205,32 @@ def _basis(frame: Any, x: Any, y: Any, shape: tuple[int, int], n_frames: int) ->
 
 
 def fit_local_motion(
-    patch_centres: np.ndarray, patch_shifts: np.ndarray, shape: tuple[int, int]
+    patch_centres: np.ndarray,
+    patch_shifts: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    times: np.ndarray | None = None,
+    n_frames: int | None = None,
 ) -> LocalMotion:
     """Least-squares fit of the smooth model to patch shifts.
 
     Parameters
     ----------
     patch_centres : (p, 2) (x, y) pixel centres
-    patch_shifts : (n_frames, p, 2) (x, y) residual shifts, zero at frame 0
+    patch_shifts : (m, p, 2) (x, y) residual shifts, each patch's known up to a constant
     shape : (ny, nx) of the frames
+    times : (m,) frame index of each row of ``patch_shifts`` (fractional for the mean
+        time of a group of frames); default 0, 1, ..., m - 1
+    n_frames : frames of the movie; default m
     """
-    n_frames, p, _ = patch_shifts.shape
-    t = np.repeat(np.arange(n_frames), p)
-    x = np.tile(patch_centres[:, 0], n_frames)
-    y = np.tile(patch_centres[:, 1], n_frames)
-    a = _basis(t, x, y, shape, n_frames).reshape(n_frames, p, -1)
-    b = patch_shifts.reshape(n_frames, p, 2)
+    m, p, _ = patch_shifts.shape
+    times = np.arange(m, dtype=np.float64) if times is None else np.asarray(times, float)
+    n_frames = m if n_frames is None else int(n_frames)
+    t = np.repeat(times, p)
+    x = np.tile(patch_centres[:, 0], m)
+    y = np.tile(patch_centres[:, 1], m)
+    a = _basis(t, x, y, shape, n_frames).reshape(m, p, -1)
+    b = patch_shifts.reshape(m, p, 2)
     # Each patch's shifts are known up to a constant (they are measured relative to
     # its own first frame, whose noise would offset the whole track): fit with a free
     # offset per patch by removing the per-patch mean over time from data and basis.
@@ -146,31 +238,40 @@ def fit_local_motion(
     b = b - b.mean(axis=0)
     # Later frames carry less signal (radiation damage) and scatter more: weight each
     # frame by the inverse variance of its residuals from an unweighted first fit.
-    weights = np.ones(n_frames)
+    weights = np.ones(m)
     for _ in range(2):
         w = np.sqrt(weights)[:, None, None]
         coeffs, *_ = np.linalg.lstsq(
-            (a * w).reshape(n_frames * p, -1), (b * w).reshape(n_frames * p, 2), rcond=None
+            (a * w).reshape(m * p, -1), (b * w).reshape(m * p, 2), rcond=None
         )
         resid = b - a @ coeffs
         var = (resid**2).sum(axis=2).mean(axis=1)
         floor = max(float(np.median(var)), 1e-6) * 0.1
         weights = 1.0 / np.maximum(var, floor)
-    return LocalMotion(coeffs.T.copy(), shape, n_frames, patch_centres, patch_shifts)
+    return LocalMotion(
+        coeffs.T.copy(), shape, n_frames, patch_centres, patch_shifts, times, np.zeros((m, 2))
+    )
 
 
-def _shift_frames(frames: Any, shifts: np.ndarray) -> Any:
-    """Frames moved back by their (x, y) shifts with Fourier phase ramps."""
-    xp = get_array_module(frames)
-    fft = fft_module(xp)
-    kw = fft_kwargs(xp)
-    shape = frames.shape[1:]
-    out = xp.empty(frames.shape, dtype=xp.float32)
-    for i in range(frames.shape[0]):
-        f = fft.rfft2(xp.asarray(frames[i], dtype=xp.float32), **kw)
-        f *= phase_ramp(shape, (-shifts[i, 1], -shifts[i, 0]), xp)
-        out[i] = fft.irfft2(f, s=shape, **kw)
-    return out
+def _cut(frame: Any, y0: int, x0: int, out: Any, fill: float, rows: Any = None) -> None:
+    """``out[:] = frame[y0 : y0 + h, x0 : x0 + w]``, ``fill`` where that lies outside the
+    frame; times ``rows[:, None]`` if given (one pass over the data)."""
+    xp = get_array_module(out)
+    h, w = out.shape
+    ny, nx = frame.shape
+    ya, yb = max(y0, 0), min(y0 + h, ny)
+    xa, xb = max(x0, 0), min(x0 + w, nx)
+    inside = ya < yb and xa < xb
+    if not inside or ya > y0 or yb < y0 + h or xa > x0 or xb < x0 + w:
+        out[...] = fill if rows is None else fill * rows[:, None]
+    if not inside:
+        return
+    source = frame[ya:yb, xa:xb]
+    target = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    if rows is None:
+        target[...] = source
+    else:
+        xp.multiply(source, rows[ya - y0 : yb - y0, None], out=target)
 
 
 def local_motion(
@@ -181,43 +282,137 @@ def local_motion(
     patches: tuple[int, int] = (5, 5),
     bfactor: float = 150.0,
     overlap: float = 0.5,
+    group: int = 1,
+    radius: int = 3,
+    max_iterations: int = 10,
+    tolerance: float = 0.01,
     progress: Callable[[str], None] | None = None,
 ) -> LocalMotion:
     """Measure patch shifts of the globally aligned frames and fit the smooth model.
 
+    Each patch of each frame is cut where the global shift has carried it (to the
+    nearest pixel; the fraction is applied as a phase ramp), frames are summed in
+    groups of ``group`` consecutive frames for signal, and every group is aligned to the
+    sum of the others, B-factor filtered, with a sub-pixel peak. The search starts at
+    zero (the global model) and looks at most ``radius`` pixels from the current estimate
+    per pass.
+
     Parameters
     ----------
-    frames : (n, ny, nx) gain- and defect-corrected frames
-    global_shifts : (n, 2) (x, y) from :func:`cryosnake.ops.align.align_frames`
-    pixel_size : Å per pixel
+    frames : (n, ny, nx) gain- and defect-corrected frames (binned ones will do: the
+        model is then in binned pixels, see :meth:`LocalMotion.rescaled`)
+    global_shifts : (n, 2) (x, y) from :func:`cryosnake.ops.align.align_frames`, pixels
+        of ``frames``
+    pixel_size : Å per pixel of ``frames``
     patches : (rows, columns) of the patch grid
     bfactor : Å², low-pass exp(-B s^2 / 4) of the patch cross-correlations
     overlap : patches are (1 + overlap) times the grid spacing, so neighbours overlap
+    group : consecutive frames summed before alignment (more signal per measurement)
+    radius, max_iterations, tolerance : search window (pixels) per pass, passes, and
+        the largest change (pixels) of any shift at which the passes stop
     """
-    _, ny, nx = frames.shape
+    xp = get_array_module(frames)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    n, ny, nx = frames.shape
     rows, cols = patches
-    aligned = _shift_frames(frames, global_shifts)
-    # Patches centred on a regular grid, larger than the grid spacing (overlapping)
-    # for more signal per patch.
-    ph = min(ny, int(ny / rows * (1 + overlap))) // 2 * 2
-    pw = min(nx, int(nx / cols * (1 + overlap))) // 2 * 2
+    group = max(1, min(int(group), n // 2 if n >= 4 else 1))
+    ph = fast_size(min(ny, int(ny / rows * (1 + overlap))), up=False)
+    pw = fast_size(min(nx, int(nx / cols * (1 + overlap))), up=False)
+    members = [list(range(a, min(a + group, n))) for a in range(0, n, group)]
+    times = np.array([np.mean(g) for g in members])
+    m = len(members)
+    whole = np.rint(global_shifts).astype(int)  # (x, y)
+    frac = np.asarray(global_shifts, dtype=np.float64) - whole
+    # A group's frames are cut at whole-pixel positions; the group as a whole is then
+    # moved back by the mean of their fractions (the spread, under a pixel, blurs a
+    # little below the resolution that drives the alignment).
+    offsets = np.array([frac[g].mean(axis=0) for g in members])  # (m, 2) (x, y)
+    ry, rx = phase_ramps_1d((ph, pw), -offsets[:, ::-1], xp)
+    means = [float(frames[t].mean()) for t in range(n)]
+    window = _edge_taper((ph, pw), xp)
+    ky = xp.fft.fftfreq(ph, d=pixel_size).astype(xp.float32)[:, None]
+    kx = xp.fft.rfftfreq(pw, d=pixel_size).astype(xp.float32)[None, :]
+    filt = xp.exp(-bfactor * (ky**2 + kx**2) / 4.0).astype(xp.float32)
+    filt[0, 0] = 0.0
     centres, shifts = [], []
+    stack = xp.empty((m, ph, pw), dtype=xp.float32)
+    cut = xp.empty((ph, pw), dtype=xp.float32)
     for r in range(rows):
         for c in range(cols):
             cy = (r + 0.5) * ny / rows
             cx = (c + 0.5) * nx / cols
             y0 = int(round(min(max(cy - ph / 2, 0), ny - ph)))
             x0 = int(round(min(max(cx - pw / 2, 0), nx - pw)))
-            tile = aligned[:, y0 : y0 + ph, x0 : x0 + pw]
-            result = align_frames(
-                tile, pixel_size, bfactor=bfactor, max_shift_angst=20.0 * pixel_size
-            )
+            for j, g in enumerate(members):
+                stack[j] = 0.0
+                for t in g:
+                    _cut(frames[t], y0 + whole[t, 1], x0 + whole[t, 0], cut, means[t])
+                    stack[j] += cut
+            stack -= stack.mean(axis=(1, 2), keepdims=True)
+            stack *= window
+            spectra = fft.rfft2(stack, axes=(-2, -1), **kw)
+            spectra *= ry[:, :, None]
+            spectra *= rx[:, None, :]
+            found = _align_stack(spectra, filt, radius, max_iterations, tolerance, ph / 4)
             centres.append((x0 + (pw - 1) / 2.0, y0 + (ph - 1) / 2.0))
-            shifts.append(result.shifts)
+            shifts.append(found[:, ::-1])  # (x, y)
             if progress is not None:
                 progress(f"patch {r * cols + c + 1}/{rows * cols}")
-    patch_shifts = np.stack(shifts, axis=1)  # (n, p, 2)
-    return fit_local_motion(np.asarray(centres), patch_shifts, (ny, nx))
+    patch_shifts = np.stack(shifts, axis=1)  # (m, p, 2)
+    # What all patches share is whole-frame motion the global alignment missed (it was
+    # measured at lower resolution); the smooth model is fitted to the rest.
+    common = patch_shifts.mean(axis=1)
+    model = fit_local_motion(
+        np.asarray(centres), patch_shifts - common[:, None, :], (ny, nx), times=times, n_frames=n
+    )
+    return dataclasses.replace(model, common_shifts=common)
+
+
+def _align_stack(
+    spectra: Any,
+    filt: Any,
+    radius: int,
+    max_iterations: int,
+    tolerance: float,
+    limit: float,
+) -> np.ndarray:
+    """(m, 2) (dy, dx) shifts, mean zero, of each spectrum against the sum of the others.
+
+    ``spectra`` is modified (scaled by nothing; read only). Shifts are clipped to
+    ``limit`` pixels: a patch without signal must not wander off.
+    """
+    xp = get_array_module(spectra)
+    m, ny, _ = spectra.shape
+    nx = 2 * (spectra.shape[2] - 1)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    weighted = spectra * filt
+    est = np.zeros((m, 2))
+    offsets = np.arange(-radius, radius + 1)
+    index = xp.arange(m)
+    for _ in range(max_iterations):
+        ry, rx = phase_ramps_1d((ny, nx), -est, xp)
+        aligned = spectra * ry[:, :, None]
+        aligned *= rx[:, None, :]
+        others = aligned.sum(axis=0)[None] - aligned
+        xp.conj(others, out=others)
+        others *= weighted
+        cc = fft.irfft2(others, s=(ny, nx), axes=(-2, -1), **kw)
+        start = np.rint(est).astype(int)
+        rows = xp.asarray((start[:, :1] + offsets[None, :]) % ny)
+        cols = xp.asarray((start[:, 1:] + offsets[None, :]) % nx)
+        windows = to_host(cc[index[:, None, None], rows[:, :, None], cols[:, None, :]])
+        new = np.empty_like(est)
+        for i in range(m):
+            dy, dx, _ = peak_in_window(windows[i])
+            new[i] = start[i] + (dy, dx)
+        new = np.clip(new - new.mean(axis=0), -limit, limit)
+        change = float(np.abs(new - est).max())
+        est = new
+        if change < tolerance:
+            break
+    return est
 
 
 def corrected_sums(
@@ -228,22 +423,31 @@ def corrected_sums(
     *,
     local: LocalMotion | None = None,
     tile: int = 512,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Any, Any]:
     """Motion-corrected sums of a movie, without and with dose weighting.
 
-    Each frame is moved back by its global shift (Fourier phase ramp) and, with
-    ``local``, by the local deformation (phase ramps on overlapping windowed tiles of
-    ``tile`` pixels, see :func:`_undo_local`);
-    then it is added to the plain sum and, weighted by q_t(s) / sqrt(sum q^2) times
-    sqrt(n) (so the low frequencies keep the plain sum's scale), to the dose-weighted
-    sum.
+    The output is assembled from square tiles of ``tile`` pixels. For each tile, every
+    frame is cut where its motion (the global shift plus, with ``local``, the local
+    shift at the tile centre) has carried the tile's content, to the nearest pixel;
+    multiplied by a window that, after the remaining sub-pixel shift, is the tile's
+    share of a partition of unity (raised-cosine edges, zero in a margin that keeps the
+    circular shift from wrapping); Fourier transformed and moved by that sub-pixel
+    shift with a phase ramp. The spectra are summed plain and with the Grant &
+    Grigorieff weights q_t(s) / sqrt(sum q^2) times sqrt(n) (so the low frequencies keep
+    the plain sum's scale), and the two inverse transforms of each tile are added into
+    the output. The weights are applied through a low-rank factorisation
+    W[t, s] ~ sum_j U[t, j] B[j, s] (max error 1e-5 of the largest weight), which turns
+    the weighted sum over frames into one matrix product per tile.
 
     Parameters
     ----------
     frames : (n, ny, nx) gain- and defect-corrected frames
-    global_shifts : (n, 2) (x, y) pixels
+    global_shifts : (n, 2) (x, y) pixels, ``frame_t(r) ~ ref(r - shift_t)``
     pixel_size : Å per pixel
     exposures : (n,) accumulated exposure of each frame (middle of the frame), e/Å^2
+    local : the local deformation, added to the global shifts
+    tile : tile size in pixels: the local shift is taken constant over a tile
 
     Returns
     -------
@@ -253,62 +457,115 @@ def corrected_sums(
     fft = fft_module(xp)
     kw = fft_kwargs(xp)
     n, ny, nx = frames.shape
-    ky = xp.fft.fftfreq(ny, d=pixel_size)[:, None]
-    kx = xp.fft.rfftfreq(nx, d=pixel_size)[None, :]
-    s = xp.sqrt(ky**2 + kx**2)
-    norm = dose_weight_norm(s, exposures) / math.sqrt(n)
-    half_inverse_ne = (0.5 / critical_exposure(s)).astype(xp.float32)
-    plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
-    weighted = xp.zeros_like(plain)
+    size = int(min(tile, max(ny, nx)))
+    starts_y = list(range(0, ny, size))
+    starts_x = list(range(0, nx, size))
+    # Total shift of every frame at every tile centre; whole pixels by where the tile
+    # is cut, the same for all tiles of a frame, so that the sub-pixel remainders, and
+    # with them the windows, vary smoothly from tile to tile.
+    centre_y = np.array([(a + min(a + size, ny)) / 2.0 for a in starts_y])
+    centre_x = np.array([(a + min(a + size, nx)) / 2.0 for a in starts_x])
+    whole = np.rint(global_shifts).astype(int)  # (n, 2) (x, y)
+    rest = np.empty((n, len(starts_y), len(starts_x), 2))  # (x, y)
+    gy, gx = np.meshgrid(centre_y, centre_x, indexing="ij")
     for t in range(n):
-        f = fft.rfft2(xp.asarray(frames[t], dtype=xp.float32), **kw)
-        f *= phase_ramp((ny, nx), (-global_shifts[t, 1], -global_shifts[t, 0]), xp)
+        rest[t] = global_shifts[t] - whole[t]
         if local is not None:
-            frame = fft.irfft2(f, s=(ny, nx), **kw).astype(xp.float32)
-            f = fft.rfft2(_undo_local(frame, local, t, tile), **kw)
-        plain += f
-        # damage_attenuation(s, exposure) = exp(-exposure / (2 N_e(s)))
-        weight = (xp.exp(-float(exposures[t]) * half_inverse_ne) / norm).astype(xp.float32)
-        weighted += f * weight
-    return (
-        fft.irfft2(weighted, s=(ny, nx), **kw).astype(xp.float32),
-        fft.irfft2(plain, s=(ny, nx), **kw).astype(xp.float32),
-    )
+            lx, ly = local.shift_at(np.full(gy.shape, t), gx, gy)
+            rest[t, :, :, 0] += lx
+            rest[t, :, :, 1] += ly
+    zero = int(math.ceil(np.abs(rest).max())) + 2  # margin the windows leave at zero
+    box = fast_size(size + 2 * (zero + 16))
+    edge = (box - size) // 2 - zero  # half-width of the raised-cosine edges
+    margin = edge + zero  # box pixel 0 is output pixel (tile start - margin)
+    weights = _dose_factors((box, box), pixel_size, exposures, xp)
+    means = np.array([float(frames[t].mean()) for t in range(n)])
+    canvas = xp.zeros((2, len(starts_y) * size + 2 * margin, len(starts_x) * size + 2 * margin))
+    canvas = canvas.astype(xp.float32)
+    coords = np.arange(box, dtype=np.float64) - margin
+    stack = xp.empty((n, box, box), dtype=xp.float32)
+    for iy, ya in enumerate(starts_y):
+        for ix, xa in enumerate(starts_x):
+            vy = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 1:2], size, edge))
+            vx = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 0:1], size, edge))
+            for t in range(n):
+                _cut(frames[t], ya - margin + whole[t, 1], xa - margin + whole[t, 0],
+                     stack[t], means[t], rows=vy[t])  # fmt: skip
+            stack *= vx[:, None, :]
+            spectra = fft.rfft2(stack, axes=(-2, -1), **kw)
+            ry, rx = phase_ramps_1d((box, box), -rest[:, iy, ix, ::-1], xp)
+            spectra *= ry[:, :, None]
+            spectra *= rx[:, None, :]
+            sums = weights.combine(spectra)
+            images = fft.irfft2(sums, s=(box, box), axes=(-2, -1), **kw)
+            canvas[:, iy * size : iy * size + box, ix * size : ix * size + box] += images
+        if progress is not None:
+            progress(f"tile row {iy + 1}/{len(starts_y)}")
+    out = canvas[:, margin : margin + ny, margin : margin + nx]
+    # The windows sum to one except within ``edge`` of the frame's first rows and
+    # columns (and last, where the frame ends at a tile boundary): divide by their sum.
+    wy = sum(_window(np.arange(ny) - float(a), size, edge) for a in starts_y)
+    wx = sum(_window(np.arange(nx) - float(a), size, edge) for a in starts_x)
+    out /= xp.asarray(np.outer(wy, wx).astype(np.float32))
+    return out[0].copy(), out[1].copy()
 
 
-def _undo_local(frame: Any, local: LocalMotion, t: int, tile: int) -> Any:
-    """Move each region of ``frame`` back by the local shift of frame ``t`` there.
+def _window(x: np.ndarray, size: int, edge: int) -> np.ndarray:
+    """Window of a tile covering [0, size): 1 there, sin^2 rise over [-edge, edge], cos^2
+    fall over [size - edge, size + edge], so the windows of tiles ``size`` apart sum to
+    one. ``x`` in pixels relative to the tile's start; float32 of the shape of ``x``."""
 
-    The frame is cut into tiles overlapping by half, each multiplied by a sin^2 window
-    (the windows of neighbours sum to one), shifted by the local shift at its centre
-    with a Fourier phase ramp and added back. Local shifts are small (a few pixels)
-    and smooth, so the shift is constant over a tile to well below 0.01 px and the
-    circular wrap of a tile falls where its window is ~0.
+    def rise(u: np.ndarray) -> np.ndarray:
+        return np.sin(0.5 * np.pi * np.clip((u + edge) / (2.0 * edge), 0.0, 1.0)) ** 2
+
+    return (rise(x) * (1.0 - rise(x - size))).astype(np.float32)
+
+
+class _DoseFactors:
+    """Low-rank factors of the dose weights on one rfft2 grid (see corrected_sums)."""
+
+    def __init__(self, coefficients: Any, basis: Any) -> None:
+        self.coefficients = coefficients  # (1 + r, n) float32: plain sum, then U^T
+        self.basis = basis  # (r, ny, nx//2+1) float32
+
+    def combine(self, spectra: Any) -> Any:
+        """(2, ny, nx//2+1): the dose-weighted and the plain sum of (n, ...) spectra."""
+        xp = get_array_module(spectra)
+        n, ny, nq = spectra.shape
+        real = spectra.view(xp.float32).reshape(n, -1)
+        parts = (self.coefficients @ real).reshape(-1, ny, 2 * nq).view(xp.complex64)
+        out = xp.empty((2, ny, nq), dtype=xp.complex64)
+        out[1] = parts[0]
+        out[0] = (parts[1:] * self.basis).sum(axis=0)
+        return out
+
+
+def _dose_factors(
+    shape: tuple[int, int], pixel_size: float, exposures: np.ndarray, xp: Any
+) -> _DoseFactors:
+    """Factor the dose weights W[t, s], scaled by sqrt(n), to rank r at 1e-5 accuracy.
+
+    W depends on the frequency only through |s|: the factorisation is made on a fine
+    radial grid (eigenvectors of W W^T) and its frequency factors are interpolated onto
+    the rfft2 grid of ``shape``.
     """
-    xp = get_array_module(frame)
-    fft = fft_module(xp)
-    kw = fft_kwargs(xp)
-    ny, nx = frame.shape
-    size = int(min(tile, ny, nx)) // 2 * 2
-    step = size // 2
-    # Pad by half a tile (reflecting) so that every pixel is covered by full windows.
-    padded = xp.pad(frame, ((step, step + size), (step, step + size)), mode="reflect")
-    out = xp.zeros_like(padded)
-    ramp1 = xp.sin(xp.pi * (xp.arange(size, dtype=xp.float32) + 0.5) / size) ** 2
-    window = ramp1[:, None] * ramp1[None, :]
-    # Pixel p of the padded frame lies in the tiles starting at p // step * step and
-    # one step earlier, so starts up to (step + ny - 1) // step * step cover
-    # [step, step + ny) with two windows everywhere.
-    starts_y = range(0, ny + step, step)
-    starts_x = range(0, nx + step, step)
-    cy = np.array([y0 + size / 2 - step for y0 in starts_y])
-    cx = np.array([x0 + size / 2 - step for x0 in starts_x])
-    gy, gx = np.meshgrid(cy, cx, indexing="ij")
-    lx, ly = local.shift_at(np.full(gy.shape, t), gx, gy)
-    for i, y0 in enumerate(starts_y):
-        for j, x0 in enumerate(starts_x):
-            piece = padded[y0 : y0 + size, x0 : x0 + size] * window
-            g = fft.rfft2(piece, **kw)
-            g *= phase_ramp((size, size), (-ly[i, j], -lx[i, j]), xp)
-            out[y0 : y0 + size, x0 : x0 + size] += fft.irfft2(g, s=(size, size), **kw)
-    return out[step : step + ny, step : step + nx].astype(xp.float32)
+    n = len(exposures)
+    s_max = math.sqrt(0.5) / pixel_size
+    radial = np.linspace(0.0, s_max, 4097)
+    norm = dose_weight_norm(radial, exposures) / math.sqrt(n)
+    half_inverse_ne = 0.5 / critical_exposure(radial)
+    w = np.exp(-np.asarray(exposures, dtype=np.float64)[:, None] * half_inverse_ne) / norm
+    _, vectors = np.linalg.eigh(w @ w.T)
+    vectors = vectors[:, ::-1]
+    scale = float(np.abs(w).max())
+    for rank in range(1, n + 1):
+        u = vectors[:, :rank]
+        factors = u.T @ w
+        if np.abs(u @ factors - w).max() <= 1e-5 * scale:
+            break
+    ky = np.fft.fftfreq(shape[0], d=pixel_size)[:, None]
+    kx = np.fft.rfftfreq(shape[1], d=pixel_size)[None, :]
+    s = np.sqrt(ky**2 + kx**2)
+    basis = np.stack([np.interp(s.ravel(), radial, f).reshape(s.shape) for f in factors])
+    coefficients = np.vstack([np.ones((1, n)), u.T]).astype(np.float32)
+    return _DoseFactors(xp.asarray(coefficients), xp.asarray(basis.astype(np.float32)))

@@ -35,14 +35,20 @@ import pandas as pd
 from cryosnake.backend import resolve_device, to_device, to_host
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import open_movie, save_figure, write_mrc, write_star
-from cryosnake.ops.align import align_frames
+from cryosnake.ops.align import align_frames, bin_frames
 from cryosnake.ops.dose import frame_exposures
 from cryosnake.ops.fourier import fourier_crop
-from cryosnake.ops.motion import corrected_sums, find_defects, local_motion, replace_defects
+from cryosnake.ops.motion import (
+    LocalMotion,
+    corrected_sums,
+    fill_defects,
+    find_defects,
+    local_motion,
+)
 from cryosnake.stages._common import positive, run_stage
 from cryosnake.stages._movie import add_eer_arg, add_gain_args, check_header_pixel_size, load_gain
 
-__all__ = ["add_args", "main", "patch_grid"]
+__all__ = ["add_args", "main", "measure_motion", "patch_grid"]
 
 
 def patch_grid(text: str) -> tuple[int, int]:
@@ -82,10 +88,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="Fourier binning of the frames (2 for super-resolution movies)",
     )
     parser.add_argument(
+        "--bfactor-global",
+        type=float,
+        default=500.0,
+        help="B-factor (Å²) of the coarse whole-frame alignment at 4 Å (default 500)",
+    )
+    parser.add_argument(
         "--bfactor",
         type=float,
         default=150.0,
-        help="B-factor (Å²) of the alignment cross-correlations (default 150)",
+        help="B-factor (Å²) of the patch alignment at 2 Å, which also refines the "
+        "whole-frame shifts (default 150)",
     )
     parser.add_argument(
         "--ignore-header-pixel-size",
@@ -96,6 +109,51 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("auto", "cpu", "gpu"), default="auto", help="where to compute"
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+
+
+ALIGN_PIXEL_SIZE = 2.0  # Å: patches, and the refinement of whole-frame shifts
+COARSE_PIXEL_SIZE = 4.0  # Å: the first whole-frame alignment
+
+
+def measure_motion(
+    frames: Any,
+    pixel_size: float,
+    *,
+    patches: tuple[int, int] = (5, 5),
+    bfactor: float = 150.0,
+    bfactor_global: float = 500.0,
+) -> tuple[np.ndarray, LocalMotion | None, int]:
+    """Whole-frame shifts and the local deformation of a movie, coarse to fine.
+
+    The frames are block-averaged to about 2 Å per pixel once. Whole frames are aligned
+    at 4 Å (B-factor ``bfactor_global``, MotionCor2's 500 Å²): cheap, with a wide search.
+    Then patches at 2 Å (``bfactor``), each frame on its own, are aligned around those
+    shifts; their common part refines the whole-frame shifts (at the resolution of the
+    patches) and the rest is fitted with the smooth deformation model. With
+    ``patches == (1, 1)`` one patch covers the frame: the refinement alone.
+
+    Returns
+    -------
+    whole : (n, 2) (x, y) whole-frame shifts, unbinned pixels, first frame at 0
+    local : the deformation model in unbinned pixels, None for ``(1, 1)``
+    iterations : passes of the coarse alignment
+    """
+    _, ny, nx = frames.shape
+    factor = max(1, int(ALIGN_PIXEL_SIZE / pixel_size + 1e-6))
+    level = bin_frames(frames, factor) if factor > 1 else frames
+    level_px = pixel_size * factor
+    coarse = align_frames(
+        level, level_px, bfactor=bfactor_global, align_pixel_size=COARSE_PIXEL_SIZE
+    )
+    measured = local_motion(
+        level, coarse.shifts, level_px, patches=patches, bfactor=bfactor, overlap=0.0,
+        tolerance=0.05,
+    )  # fmt: skip
+    whole = (coarse.shifts + measured.global_correction()) * factor
+    if patches == (1, 1):
+        return whole, None, coarse.iterations
+    local = measured.rescaled(factor, (ny, nx)) if factor > 1 else measured
+    return whole, local, coarse.iterations
 
 
 def _load_frames(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
@@ -121,9 +179,7 @@ def _load_frames(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, 
     defects = find_defects(total)
     count = int(defects.sum())
     if count:
-        fill = float(total[~defects].mean()) / n
-        for i in range(n):
-            frames[i] = replace_defects(frames[i], defects, fill)
+        fill_defects(frames, defects, float(total[~defects].mean()) / n)
     info["defect_pixels"] = count
     if args.bin > 1:
         if ny % args.bin or nx % args.bin:
@@ -193,16 +249,20 @@ def _run(args: argparse.Namespace) -> int:
     n, ny, nx = frames.shape
     px = args.pixel_size * args.bin
     t_read = time.perf_counter() - t0
-    result = align_frames(frames, px, bfactor=args.bfactor)
-    shifts = result.shifts
-    local = None
-    if args.patches != (1, 1):
-        local = local_motion(frames, shifts, px, patches=args.patches, bfactor=args.bfactor)
-        shifts = shifts + local.mean_shift()  # global = frame-averaged motion
+    whole, local, iterations = measure_motion(
+        frames,
+        px,
+        patches=args.patches,
+        bfactor=args.bfactor,
+        bfactor_global=args.bfactor_global,
+    )
     exposures = frame_exposures(n, args.dose_per_frame, args.pre_exposure)
-    dose_weighted, plain = corrected_sums(frames, result.shifts, px, exposures, local=local)
+    dose_weighted, plain = corrected_sums(frames, whole, px, exposures, local=local)
     dose_weighted, plain = to_host(dose_weighted), to_host(plain)
     t_align = time.perf_counter() - t0 - t_read
+    # Reported global shifts: the frame-averaged motion (whole-frame shift plus the mean
+    # of the local deformation over the frame), RELION's convention for global_shift.
+    shifts = whole if local is None else whole + local.mean_shift()
 
     unbinned = shifts * args.bin
     general = pd.DataFrame(
@@ -247,8 +307,8 @@ def _run(args: argparse.Namespace) -> int:
                         "rlnMicrographFrameNumber": t + 1,
                         "rlnCoordinateX": cx * args.bin,
                         "rlnCoordinateY": cy * args.bin,
-                        "rlnMicrographShiftX": (result.shifts[t, 0] + lx) * args.bin,
-                        "rlnMicrographShiftY": (result.shifts[t, 1] + ly) * args.bin,
+                        "rlnMicrographShiftX": (whole[t, 0] + lx) * args.bin,
+                        "rlnMicrographShiftY": (whole[t, 1] + ly) * args.bin,
                     }
                 )
             )
@@ -269,7 +329,7 @@ def _run(args: argparse.Namespace) -> int:
     step = np.linalg.norm(np.diff(unbinned, axis=0), axis=1)
     print(
         f"motioncor: {args.movie}: {n} x {ny} x {nx} px on {device}, "
-        f"drift {step.sum():.1f} px over {n} frames, {result.iterations} iterations, "
+        f"drift {step.sum():.1f} px over {n} frames, {iterations} iterations, "
         f"{info['defect_pixels']} defect pixels"
         + (f", gain rotate {info['gain_rotate']} flip {info['gain_flip']}" if args.gain else "")
         + f" (read {t_read:.1f} s, align+sum {t_align:.1f} s)"
