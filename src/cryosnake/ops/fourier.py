@@ -20,23 +20,24 @@ __all__ = [
 
 
 def fast_size(n: int, *, up: bool = True) -> int:
-    """The nearest even size of the form 2^a 3^b at or above (or, ``up=False``, below) ``n``.
+    """The nearest even size of the form 2^a 3^b 5^c (c <= 1) at or above (or, with
+    ``up=False``, below) ``n``.
 
-    FFTs of such sizes run fastest with pocketfft and cuFFT; sizes that are large powers
-    of two alone (512, 1024) are avoided when a 3 can stand in, as their batched
-    transforms suffer from cache-set conflicts (576 px tiles transform faster per pixel
-    than 512 px ones).
+    FFTs of such sizes run fastest with pocketfft and cuFFT; pure powers of two above
+    256 are avoided, as their batched transforms suffer from cache-set conflicts (576 px
+    tiles transform faster per pixel than 512 px ones here).
     """
     n = max(int(n), 2)
     candidates = sorted(
-        2**a * 3**b
+        2**a * 3**b * 5**c
         for a in range(1, 40)
         for b in range(0, 25)
-        if 2**a * 3**b <= 4 * n and (b > 0 or a <= 8)
+        for c in (0, 1)
+        if 2**a * 3**b * 5**c <= 4 * n and (b > 0 or c > 0 or a <= 8)
     )
     if up:
-        return next(c for c in candidates if c >= n)
-    return max(c for c in candidates if c <= n)
+        return next(x for x in candidates if x >= n)
+    return max(x for x in candidates if x <= n)
 
 
 def phase_ramp(shape: tuple[int, int], shift: tuple[float, float], xp: Any = np) -> Any:

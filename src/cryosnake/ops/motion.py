@@ -379,29 +379,30 @@ def _align_stack(
 ) -> np.ndarray:
     """(m, 2) (dy, dx) shifts, mean zero, of each spectrum against the sum of the others.
 
-    ``spectra`` is modified (scaled by nothing; read only). Shifts are clipped to
-    ``limit`` pixels: a patch without signal must not wander off.
+    ``spectra`` is only read. Shifts are clipped to ``limit`` pixels: a patch without
+    signal must not wander off.
     """
     xp = get_array_module(spectra)
     m, ny, _ = spectra.shape
     nx = 2 * (spectra.shape[2] - 1)
     fft = fft_module(xp)
     kw = fft_kwargs(xp)
-    weighted = spectra * filt
+    # conj(S filt) (T - A) is the conjugate of the cross-power spectrum S filt conj(T - A):
+    # its inverse transform is the cross-correlation mirrored, read at minus the shift.
+    weighted = xp.conj(spectra * filt)
     est = np.zeros((m, 2))
     offsets = np.arange(-radius, radius + 1)
     index = xp.arange(m)
     for _ in range(max_iterations):
         ry, rx = phase_ramps_1d((ny, nx), -est, xp)
-        aligned = spectra * ry[:, :, None]
-        aligned *= rx[:, None, :]
-        others = aligned.sum(axis=0)[None] - aligned
-        xp.conj(others, out=others)
+        others = spectra * ry[:, :, None]  # the aligned spectra A ...
+        others *= rx[:, None, :]
+        xp.subtract(others.sum(axis=0)[None], others, out=others)  # ... then T - A
         others *= weighted
         cc = fft.irfft2(others, s=(ny, nx), axes=(-2, -1), **kw)
         start = np.rint(est).astype(int)
-        rows = xp.asarray((start[:, :1] + offsets[None, :]) % ny)
-        cols = xp.asarray((start[:, 1:] + offsets[None, :]) % nx)
+        rows = xp.asarray((-(start[:, :1] + offsets[None, :])) % ny)
+        cols = xp.asarray((-(start[:, 1:] + offsets[None, :])) % nx)
         windows = to_host(cc[index[:, None, None], rows[:, :, None], cols[:, None, :]])
         new = np.empty_like(est)
         for i in range(m):
@@ -475,7 +476,7 @@ def corrected_sums(
             rest[t, :, :, 0] += lx
             rest[t, :, :, 1] += ly
     zero = int(math.ceil(np.abs(rest).max())) + 2  # margin the windows leave at zero
-    box = fast_size(size + 2 * (zero + 16))
+    box = fast_size(size + 2 * (zero + 8))
     edge = (box - size) // 2 - zero  # half-width of the raised-cosine edges
     margin = edge + zero  # box pixel 0 is output pixel (tile start - margin)
     weights = _dose_factors((box, box), pixel_size, exposures, xp)
@@ -483,21 +484,29 @@ def corrected_sums(
     canvas = xp.zeros((2, len(starts_y) * size + 2 * margin, len(starts_x) * size + 2 * margin))
     canvas = canvas.astype(xp.float32)
     coords = np.arange(box, dtype=np.float64) - margin
-    stack = xp.empty((n, box, box), dtype=xp.float32)
+    # Frames go through the FFT in chunks of at most ~24 MB: the buffers are then reused
+    # from the heap instead of being mapped (and faulted in) afresh for every tile.
+    chunk = max(1, min(n, (24 << 20) // (4 * box * box)))
+    stack = xp.empty((chunk, box, box), dtype=xp.float32)
     for iy, ya in enumerate(starts_y):
         for ix, xa in enumerate(starts_x):
             vy = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 1:2], size, edge))
             vx = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 0:1], size, edge))
-            for t in range(n):
-                _cut(frames[t], ya - margin + whole[t, 1], xa - margin + whole[t, 0],
-                     stack[t], means[t], rows=vy[t])  # fmt: skip
-            stack *= vx[:, None, :]
-            spectra = fft.rfft2(stack, axes=(-2, -1), **kw)
             ry, rx = phase_ramps_1d((box, box), -rest[:, iy, ix, ::-1], xp)
-            spectra *= ry[:, :, None]
-            spectra *= rx[:, None, :]
-            sums = weights.combine(spectra)
-            images = fft.irfft2(sums, s=(box, box), axes=(-2, -1), **kw)
+            parts = None
+            for c0 in range(0, n, chunk):
+                k = min(chunk, n - c0)
+                for i in range(k):
+                    t = c0 + i
+                    _cut(frames[t], ya - margin + whole[t, 1], xa - margin + whole[t, 0],
+                         stack[i], means[t], rows=vy[t])  # fmt: skip
+                stack[:k] *= vx[c0 : c0 + k, None, :]
+                spectra = fft.rfft2(stack[:k], axes=(-2, -1), **kw)
+                spectra *= ry[c0 : c0 + k, :, None]
+                spectra *= rx[c0 : c0 + k, None, :]
+                part = weights.project(spectra, c0)
+                parts = part if parts is None else parts + part
+            images = fft.irfft2(weights.sums(parts), s=(box, box), axes=(-2, -1), **kw)
             canvas[:, iy * size : iy * size + box, ix * size : ix * size + box] += images
         if progress is not None:
             progress(f"tile row {iy + 1}/{len(starts_y)}")
@@ -528,13 +537,19 @@ class _DoseFactors:
         self.coefficients = coefficients  # (1 + r, n) float32: plain sum, then U^T
         self.basis = basis  # (r, ny, nx//2+1) float32
 
-    def combine(self, spectra: Any) -> Any:
-        """(2, ny, nx//2+1): the dose-weighted and the plain sum of (n, ...) spectra."""
+    def project(self, spectra: Any, start: int = 0) -> Any:
+        """(1 + r, ny, nx//2+1) complex: the coefficient sums over frames
+        ``start .. start + k`` of (k, ny, nx//2+1) spectra, one matrix product."""
         xp = get_array_module(spectra)
-        n, ny, nq = spectra.shape
-        real = spectra.view(xp.float32).reshape(n, -1)
-        parts = (self.coefficients @ real).reshape(-1, ny, 2 * nq).view(xp.complex64)
-        out = xp.empty((2, ny, nq), dtype=xp.complex64)
+        k, ny, nq = spectra.shape
+        real = spectra.view(xp.float32).reshape(k, -1)
+        parts = self.coefficients[:, start : start + k] @ real
+        return parts.reshape(-1, ny, 2 * nq).view(xp.complex64)
+
+    def sums(self, parts: Any) -> Any:
+        """(2, ny, nx//2+1): the dose-weighted and the plain sum from :meth:`project`."""
+        xp = get_array_module(parts)
+        out = xp.empty((2, *parts.shape[1:]), dtype=xp.complex64)
         out[1] = parts[0]
         out[0] = (parts[1:] * self.basis).sum(axis=0)
         return out
