@@ -10,8 +10,14 @@ reports, in one run on one machine:
 * ``cryosnake ctf`` on the motion-corrected sum: time, defocus / astigmatism / angle
   errors.
 
-Peers named in issue 3 (torch-motion-correction, ASPIRE's estimate_ctf,
-torch-ctf-estimation) are not yet wired in.
+* torch-motion-correction (teamtomo) on the same frames, where it is installed
+  (``make bench-env``; run this script with ``.venv-bench/bin/python``): its wall
+  time and the error of its global drift against truth. The peer estimates motion
+  only; our time includes the dose-weighted and plain sums as well.
+
+Drift errors are given as measured (frame 1 at zero in both) and, as SCIENCE.md
+defines them, after removing one constant offset. CTF against ASPIRE and
+torch-ctf-estimation: ``benchmarks/bench_ctf_peers.py``.
 
 Usage::
 
@@ -45,6 +51,15 @@ def rms(a: np.ndarray) -> float:
     return float(np.sqrt((np.asarray(a) ** 2).sum(axis=1).mean()))
 
 
+def drift_errors(found: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """RMS error of per-frame (x, y) shifts: as they are, and less one constant offset."""
+    error = np.asarray(found) - np.asarray(truth)
+    return {
+        "global_rms_error_px": rms(error),
+        "global_rms_error_offset_removed_px": rms(error - error.mean(axis=0)),
+    }
+
+
 def motioncor(frames: Any, px: float, dose: float) -> tuple[float, np.ndarray, Any, np.ndarray]:
     """What ``cryosnake motioncor`` does once the gain-corrected movie is in memory."""
     t0 = time.perf_counter()
@@ -55,6 +70,30 @@ def motioncor(frames: Any, px: float, dose: float) -> tuple[float, np.ndarray, A
     dw, _ = corrected_sums(frames, whole, px, frame_exposures(len(frames), dose), local=local)
     dw = to_host(dw)
     return time.perf_counter() - t0, whole, local, dw
+
+
+def run_motion_peer(
+    frames: np.ndarray, px: float, truth_global: np.ndarray
+) -> dict[str, Any] | None:
+    """torch-motion-correction on the same frames, or None (with a note) if absent."""
+    try:
+        from _peers import peer_versions, torch_motion_correction
+    except ImportError:
+        from benchmarks._peers import peer_versions, torch_motion_correction
+    try:
+        seconds, shifts = torch_motion_correction(frames.copy(), px)
+    except ImportError as err:
+        print(f"torch-motion-correction not run ({err}); see make bench-env")
+        return None
+    n, ny, nx = frames.shape
+    return {
+        "task": f"motion estimation {n}x{ny}x{nx}",
+        "program": "torch-motion-correction",
+        "version": peer_versions()["torch-motion-correction"],
+        "device": "cpu",
+        "seconds": seconds,
+        **drift_errors(shifts, truth_global),
+    }
 
 
 def main() -> int:
@@ -100,7 +139,7 @@ def main() -> int:
                 "device": device,
                 "seconds": seconds,
                 "ratio_to_rfft2_floor": seconds / floor,
-                "global_rms_error_px": rms(shifts - truth_global),
+                **drift_errors(shifts, truth_global),
                 "local_rms_error_px": rms(found - grid[SHIFT].to_numpy()),
                 "global_only_rms_error_px": rms(shifts[t] - grid[SHIFT].to_numpy()),
             }
@@ -125,6 +164,12 @@ def main() -> int:
                 "angle_error_deg": abs((fit.angle - truth_ctf.rlnDefocusAngle + 90) % 180 - 90),
             }
         )
+    peer = run_motion_peer(frames, px, truth_global)
+    if peer is not None:
+        ours = next(r for r in rows if r["device"] == "cpu" and r["task"].startswith("motioncor"))
+        peer["ours_cpu_seconds"] = ours["seconds"]
+        peer["peer_seconds_over_ours"] = peer["seconds"] / ours["seconds"]
+        rows.append(peer)
     print(f"rfft2 floor over {n} frames: {floor:.2f} s")
     for row in rows:
         print(json.dumps(row))

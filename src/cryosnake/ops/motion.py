@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module, to_host
-from cryosnake.ops.align import _edge_taper, peak_in_window
+from cryosnake.ops.align import _edge_taper, correlation_box, peak_in_window
 from cryosnake.ops.dose import critical_exposure, dose_weight_norm
 from cryosnake.ops.fourier import fast_size, phase_ramps_1d
 
@@ -253,9 +253,9 @@ def fit_local_motion(
     )
 
 
-def _cut(frame: Any, y0: int, x0: int, out: Any, fill: float, rows: Any = None) -> None:
+def _cut(frame: Any, y0: int, x0: int, out: Any, fill: float, window: Any = None) -> None:
     """``out[:] = frame[y0 : y0 + h, x0 : x0 + w]``, ``fill`` where that lies outside the
-    frame; times ``rows[:, None]`` if given (one pass over the data)."""
+    frame; times ``window`` (an (h, w) array) if given, in the same pass."""
     xp = get_array_module(out)
     h, w = out.shape
     ny, nx = frame.shape
@@ -263,15 +263,18 @@ def _cut(frame: Any, y0: int, x0: int, out: Any, fill: float, rows: Any = None) 
     xa, xb = max(x0, 0), min(x0 + w, nx)
     inside = ya < yb and xa < xb
     if not inside or ya > y0 or yb < y0 + h or xa > x0 or xb < x0 + w:
-        out[...] = fill if rows is None else fill * rows[:, None]
+        if window is None:
+            out[...] = fill
+        else:
+            xp.multiply(window, fill, out=out)
     if not inside:
         return
     source = frame[ya:yb, xa:xb]
     target = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
-    if rows is None:
+    if window is None:
         target[...] = source
     else:
-        xp.multiply(source, rows[ya - y0 : yb - y0, None], out=target)
+        xp.multiply(source, window[ya - y0 : yb - y0, xa - x0 : xb - x0], out=target)
 
 
 def local_motion(
@@ -399,11 +402,19 @@ def _align_stack(
         others *= rx[:, None, :]
         xp.subtract(others.sum(axis=0)[None], others, out=others)  # ... then T - A
         others *= weighted
-        cc = fft.irfft2(others, s=(ny, nx), axes=(-2, -1), **kw)
         start = np.rint(est).astype(int)
-        rows = xp.asarray((-(start[:, :1] + offsets[None, :])) % ny)
-        cols = xp.asarray((-(start[:, 1:] + offsets[None, :])) % nx)
-        windows = to_host(cc[index[:, None, None], rows[:, :, None], cols[:, None, :]])
+        low = start.min(axis=0) - radius
+        width = start.max(axis=0) + radius + 1 - low
+        if width.max() <= 4 * radius + 1:  # all windows inside one small box: matrix DFT
+            box = to_host(correlation_box(others, low, width, mirrored=True))
+            rows = start[:, :1] - low[0] + offsets[None, :]
+            cols = start[:, 1:] - low[1] + offsets[None, :]
+            windows = box[np.arange(m)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        else:
+            cc = fft.irfft2(others, s=(ny, nx), axes=(-2, -1), **kw)
+            rows = xp.asarray((-(start[:, :1] + offsets[None, :])) % ny)
+            cols = xp.asarray((-(start[:, 1:] + offsets[None, :])) % nx)
+            windows = to_host(cc[index[:, None, None], rows[:, :, None], cols[:, None, :]])
         new = np.empty_like(est)
         for i in range(m):
             dy, dx, _ = peak_in_window(windows[i])
@@ -488,6 +499,10 @@ def corrected_sums(
     # from the heap instead of being mapped (and faulted in) afresh for every tile.
     chunk = max(1, min(n, (24 << 20) // (4 * box * box)))
     stack = xp.empty((chunk, box, box), dtype=xp.float32)
+    # One frame's window and phase ramp at a time: small enough to stay in the cache
+    # while the frame's tile is multiplied by them.
+    window = xp.empty((box, box), dtype=xp.float32)
+    ramp = xp.empty((box, box // 2 + 1), dtype=xp.complex64)
     for iy, ya in enumerate(starts_y):
         for ix, xa in enumerate(starts_x):
             vy = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 1:2], size, edge))
@@ -496,16 +511,19 @@ def corrected_sums(
             parts = None
             for c0 in range(0, n, chunk):
                 k = min(chunk, n - c0)
-                for i in range(k):
-                    t = c0 + i
+                for i, t in enumerate(range(c0, c0 + k)):
+                    xp.multiply(vy[t][:, None], vx[t][None, :], out=window)
                     _cut(frames[t], ya - margin + whole[t, 1], xa - margin + whole[t, 0],
-                         stack[i], means[t], rows=vy[t])  # fmt: skip
-                stack[:k] *= vx[c0 : c0 + k, None, :]
+                         stack[i], means[t], window)  # fmt: skip
                 spectra = fft.rfft2(stack[:k], axes=(-2, -1), **kw)
-                spectra *= ry[c0 : c0 + k, :, None]
-                spectra *= rx[c0 : c0 + k, None, :]
+                for i, t in enumerate(range(c0, c0 + k)):
+                    xp.multiply(ry[t][:, None], rx[t][None, :], out=ramp)
+                    spectra[i] *= ramp
                 part = weights.project(spectra, c0)
-                parts = part if parts is None else parts + part
+                if parts is None:
+                    parts = part
+                else:
+                    parts += part
             images = fft.irfft2(weights.sums(parts), s=(box, box), axes=(-2, -1), **kw)
             canvas[:, iy * size : iy * size + box, ix * size : ix * size + box] += images
         if progress is not None:

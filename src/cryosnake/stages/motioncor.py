@@ -2,9 +2,12 @@
 
 Reads the movie, multiplies it by the gain reference (oriented as given, or found
 with ``--gain-rotate auto``), replaces hot and dead pixels, optionally bins
-super-resolution frames in Fourier space, aligns whole frames to each other, then
-patches (``--patches``) fitted with a smooth deformation model, and writes the
-motion-corrected sum with and without dose weighting (Grant & Grigorieff 2015).
+super-resolution frames in Fourier space, then measures the motion coarse to fine on
+block-averaged copies of the frames: whole frames at 4 Å per pixel, then patches
+(``--patches``) at 2 Å, whose common shift refines the whole-frame shifts and whose
+differences are fitted with a smooth deformation model. It writes the
+motion-corrected sum with and without dose weighting (Grant & Grigorieff 2015), made
+from the full-resolution frames in tiles that each follow their local motion.
 
 Outputs in ``--out-dir``:
 
@@ -147,7 +150,7 @@ def measure_motion(
     )
     measured = local_motion(
         level, coarse.shifts, level_px, patches=patches, bfactor=bfactor, overlap=0.0,
-        tolerance=0.05,
+        tolerance=0.05, max_iterations=3,
     )  # fmt: skip
     whole = (coarse.shifts + measured.global_correction()) * factor
     if patches == (1, 1):
