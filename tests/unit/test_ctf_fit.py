@@ -14,8 +14,10 @@ from cryosnake.ops.ctf_fit import amplitude_spectrum, fit_ctf
 from cryosnake.simulate import load_specimen, make_detector, make_params, simulate_movie
 
 
-def micrographs(count: int, seed: int):
-    params = make_params("demo", n_movies=1, defocus_min=5000, defocus_max=40000)
+def micrographs(count: int, seed: int, phase_shift: float = 0.0):
+    params = make_params(
+        "demo", n_movies=1, defocus_min=5000, defocus_max=40000, phase_shift=phase_shift
+    )
     specimen, _ = load_specimen(params)
     detector = make_detector(params, np.random.default_rng(seed))
     for i in range(count):
@@ -59,6 +61,14 @@ def test_defocus_astigmatism_and_angle_within_tolerance() -> None:
 @pytest.mark.slow
 def test_twenty_micrographs_within_tolerance() -> None:
     check(20, seed=80)
+
+
+def test_phase_shift_is_fitted_with_the_defocus() -> None:
+    for truth, image, px in micrographs(2, seed=60, phase_shift=70.0):
+        fit = fit_ctf(image, px, fit_phase_shift=True)
+        rel, astig, angle, astig_true = errors(truth, fit)
+        assert rel <= 0.01 and astig <= 100 and (astig_true < 300 or angle <= 5)
+        assert abs((fit.phase_shift - 70.0 + 180.0) % 360.0 - 180.0) <= 6.0
 
 
 def test_pure_noise_gets_a_low_figure_of_merit() -> None:

@@ -6,11 +6,17 @@
    width, which is wider than a Thon ring at the band's inner edge yet follows the
    fall-off of the spectrum) and normalise.
 3. Exhaustive 1D search of the mean defocus (and, optionally, the phase shift) on the
-   rotational average, maximising the normalised cross-correlation with CTF^2.
-4. 2D refinement of defocus U, V and the astigmatism angle (and phase shift) by
-   maximising the normalised cross-correlation of CTF^2 with the background-subtracted
-   2D spectrum within [1/min_res, 1/max_res] Å^-1, from a grid of astigmatism
-   starting points (Nelder-Mead).
+   rotational average, maximising the normalised cross-correlation with CTF^2. The
+   band's points are grouped by spatial frequency, which gives the correlation of the 2D
+   spectrum with an astigmatism-free model at the cost of a radial profile.
+4. Exhaustive search of the astigmatism at that mean defocus over a polar grid of
+   half-astigmatism and angle (neighbours shift the CTF phase at the band's outer edge
+   by at most pi/6), then 2D refinement of the mean defocus, astigmatism (and phase
+   shift) from the two best distinct grid points (Nelder-Mead), maximising the
+   normalised cross-correlation of CTF^2 with the background-subtracted 2D spectrum
+   within [1/min_res, 1/max_res] Å^-1. With the astigmatism as
+   (x, y) = (dfU - dfV) / 2 * (cos 2θ, sin 2θ) the CTF phase is linear in the
+   parameters, so the phases of many candidate models are one matrix product (float32).
 5. Figure of merit = that correlation; fit resolution = the highest frequency up to
    which the per-ring correlation of fit and spectrum stays above 0.3 (rings along
    the fitted CTF's own phase, so each holds half a Thon period).
@@ -102,37 +108,97 @@ def _grid(n: int, pixel_size: float) -> tuple[np.ndarray, np.ndarray]:
     return kx * kx + ky * ky, np.arctan2(ky, kx)
 
 
-class _Model:
-    """CTF^2 on the points of the fitting band, for fast repeated evaluation."""
+def _amplitude_phase(amplitude_contrast: float) -> float:
+    """w_phase (rad) with CTF = -sqrt(1-w^2) sin(chi) - w cos(chi) = -sin(chi + w_phase)."""
+    return math.atan2(amplitude_contrast, math.sqrt(1 - amplitude_contrast**2))
+
+
+def _ctf_phase(
+    s2: np.ndarray,
+    azimuth: np.ndarray,
+    params: np.ndarray,
+    voltage: float,
+    cs: float,
+) -> np.ndarray:
+    """CTF phase chi (rad) for params = (mean defocus, x, y, phase shift), in float64."""
+    lam = wavelength(voltage)
+    mean, x, y, phase = params
+    defocus = mean + x * np.cos(2 * azimuth) + y * np.sin(2 * azimuth)
+    return math.pi * lam * s2 * defocus - 0.5 * math.pi * cs * 1e7 * lam**3 * s2 * s2 - phase
+
+
+_CHUNK = 1 << 17  # model values per batch in _Band.ncc: 512 KiB of float32 stay in cache
+
+
+class _Band:
+    """Points of the fitting band with the spectrum on them, for batched evaluation.
+
+    The phase of -CTF = sin(chi + w_phase) is linear in the parameters
+    p = (mean defocus, x, y, phase shift), (x, y) = half astigmatism * (cos 2θ, sin 2θ):
+    chi + w_phase = p @ basis + offset. A point may stand for several spectrum points of
+    one spatial frequency (its weight; its data is the sum over them), which leaves the
+    correlation of astigmatism-free models unchanged.
+
+    Parameters
+    ----------
+    s2, azimuth : squared frequency (1/Å²) and azimuth (rad) of the points
+    data : mean-free spectrum, summed over the spectrum points of each point
+    weight : number of spectrum points of each point
+    energy : sum of the squared mean-free spectrum over the spectrum points
+    voltage, cs, amplitude_contrast : kV, mm, fraction
+    """
 
     def __init__(
         self,
         s2: np.ndarray,
         azimuth: np.ndarray,
+        data: np.ndarray,
+        weight: np.ndarray,
+        energy: float,
         voltage: float,
         cs: float,
         amplitude_contrast: float,
     ) -> None:
         lam = wavelength(voltage)
-        self.a = math.pi * lam * s2
-        self.b = 0.5 * math.pi * cs * 1e7 * lam**3 * s2 * s2
-        self.cos2 = np.cos(2 * azimuth)
-        self.sin2 = np.sin(2 * azimuth)
-        self.w_phase = math.atan2(amplitude_contrast, math.sqrt(1 - amplitude_contrast**2))
+        a = math.pi * lam * s2
+        self.basis = np.stack(
+            [a, a * np.cos(2 * azimuth), a * np.sin(2 * azimuth), -np.ones_like(a)]
+        ).astype(np.float32)
+        offset = _amplitude_phase(amplitude_contrast) - 0.5 * math.pi * cs * 1e7 * lam**3 * s2**2
+        self.offset = offset.astype(np.float32)
+        self.data = data.astype(np.float32)
+        self.weight = weight.astype(np.float32)
+        self.count = float(weight.sum())
+        self.energy = energy
 
-    def ctf2(self, mean: float, half_astig: float, angle: float, phase: float) -> np.ndarray:
-        # df(a) = mean + half_astig * cos(2(a - angle))
-        ca, sa = math.cos(2 * angle), math.sin(2 * angle)
-        df = mean + half_astig * (self.cos2 * ca + self.sin2 * sa)
-        chi = self.a * df - self.b - phase
-        # CTF = -sqrt(1-w^2) sin(chi) - w cos(chi) = -sin(chi + w_phase)
-        return np.sin(chi + self.w_phase) ** 2
+    def ncc(self, params: np.ndarray) -> np.ndarray:
+        """Normalised cross-correlation of CTF^2 with the spectrum per row of (k, 4) params."""
+        scores = np.empty(len(params))
+        rows = max(1, _CHUNK // self.basis.shape[1])
+        for i in range(0, len(params), rows):
+            model = params[i : i + rows].astype(np.float32) @ self.basis
+            model += self.offset
+            np.sin(model, out=model)
+            np.square(model, out=model)
+            cross = (model @ self.data).astype(np.float64)
+            total = (model @ self.weight).astype(np.float64)
+            np.square(model, out=model)
+            variance = (model @ self.weight).astype(np.float64) - total * total / self.count
+            denominator = np.sqrt(np.maximum(variance, 0.0) * self.energy)
+            scores[i : i + rows] = np.divide(
+                cross, denominator, out=np.zeros_like(cross), where=denominator > 0
+            )
+        return scores
 
 
-def _ncc(model: np.ndarray, data: np.ndarray) -> float:
-    m = model - model.mean()
-    denominator = math.sqrt(float((m * m).sum()) * float((data * data).sum()))
-    return float((m * data).sum()) / denominator if denominator > 0 else 0.0
+def _astigmatism_grid(max_half: float, spacing: float) -> np.ndarray:
+    """(x, y) on rings of half astigmatism 0..max_half, neighbours at most spacing apart."""
+    points = [np.zeros((1, 2))]
+    for h in np.linspace(0.0, max_half, math.ceil(max_half / spacing) + 1)[1:]:
+        count = math.ceil(2 * math.pi * h / spacing)
+        turns = 2 * math.pi * np.arange(count) / count
+        points.append(h * np.column_stack([np.cos(turns), np.sin(turns)]))
+    return np.concatenate(points)
 
 
 def fit_ctf(
@@ -174,62 +240,84 @@ def fit_ctf(
     # The spectrum is centro-symmetric: one half-plane holds all information.
     half = band & (azimuth >= 0) & (azimuth < math.pi)
     data = data2d[half] - data2d[half].mean()
-    model = _Model(s2[half], azimuth[half], voltage, cs, amplitude_contrast)
+    energy = float(data @ data)
+    optics = (voltage, cs, amplitude_contrast)
+    points = _Band(s2[half], azimuth[half], data, np.ones_like(data), energy, *optics)
+    # Rotational average: one point per spatial frequency.
+    frequencies, ring = np.unique(s2[half], return_inverse=True)
+    profile = _Band(
+        frequencies,
+        np.zeros_like(frequencies),
+        np.bincount(ring, data),
+        np.bincount(ring),
+        energy,
+        *optics,
+    )
 
-    phases = np.radians(np.arange(0, 180, 10)) if fit_phase_shift else np.array([0.0])
     # 1D search of the mean defocus (astigmatism 0) on a grid finer than a ring shift.
     lo, hi = defocus_range
     step = max(20.0, (hi - lo) / 400)
-    best = (-np.inf, lo, 0.0)
-    for phase in phases:
-        for mean in np.arange(lo, hi + step, step):
-            score = _ncc(model.ctf2(mean, 0.0, 0.0, phase), data)
-            if score > best[0]:
-                best = (score, mean, phase)
-    _, mean0, phase0 = best
+    means = np.arange(lo, hi + step, step)
+    phases = np.radians(np.arange(0, 180, 10)) if fit_phase_shift else np.array([0.0])
+    candidates = np.zeros((phases.size * means.size, 4))
+    candidates[:, 0] = np.tile(means, phases.size)
+    candidates[:, 3] = np.repeat(phases, means.size)
+    mean0, _, _, phase0 = candidates[np.argmax(profile.ncc(candidates))]
+
+    # Astigmatism search at that mean; neighbours shift chi at the band edge by <= pi/6.
+    spacing = max_res**2 / (6 * wavelength(voltage))
+    astigmatisms = _astigmatism_grid(max_astigmatism / 2, spacing)
+    candidates = np.zeros((len(astigmatisms), 4))
+    candidates[:, 0], candidates[:, 1:3], candidates[:, 3] = mean0, astigmatisms, phase0
+    order = np.argsort(-points.ncc(candidates))
+    # Refine the best grid point and the best one outside its neighbourhood.
+    distance = np.hypot(*(astigmatisms[order] - astigmatisms[order[0]]).T)
+    starts = [order[0], *order[distance > 2 * spacing][:1]]
+
+    def parameters(x: np.ndarray) -> np.ndarray:
+        """(mean, x, y, phase) from the optimiser's variables."""
+        return x if fit_phase_shift else np.append(x, phase0)
 
     def cost(x: np.ndarray) -> float:
-        mean, half_astig, angle = x[0], x[1], x[2]
-        phase = x[3] if fit_phase_shift else phase0
-        if abs(2 * half_astig) > max_astigmatism or not lo * 0.8 <= mean <= hi * 1.2:
+        params = parameters(x)
+        if 2 * math.hypot(params[1], params[2]) > max_astigmatism or not (
+            lo * 0.8 <= params[0] <= hi * 1.2
+        ):
             return 1.0
-        return -_ncc(model.ctf2(mean, half_astig, angle, phase), data)
+        return -float(points.ncc(params[None, :])[0])
 
+    size = 4 if fit_phase_shift else 3
+    simplex_steps = np.diag([step, spacing, spacing, math.radians(10)][:size])
     results = []
-    for astig in (200.0, 600.0, 1200.0):
-        for angle in np.radians(np.arange(0, 180, 30)):
-            start = [mean0, astig / 2, angle] + ([phase0] if fit_phase_shift else [])
-            simplex = np.array(start)[None, :] + np.diag(
-                [step, 100.0, math.radians(15)] + ([math.radians(10)] if fit_phase_shift else [])
+    for start in candidates[starts, :size]:
+        results.append(
+            scipy.optimize.minimize(
+                cost,
+                start,
+                method="Nelder-Mead",
+                options={
+                    "initial_simplex": np.vstack([start, start + simplex_steps]),
+                    "xatol": 1.0,
+                    "fatol": 1e-6,
+                    "maxiter": 600,
+                },
             )
-            x0 = np.vstack([start, simplex])
-            results.append(
-                scipy.optimize.minimize(
-                    cost,
-                    start,
-                    method="Nelder-Mead",
-                    options={"initial_simplex": x0, "xatol": 1.0, "fatol": 1e-6, "maxiter": 600},
-                )
-            )
+        )
     result = min(results, key=lambda r: r.fun)
-    mean, half_astig, angle = (float(v) for v in result.x[:3])
-    phase = float(result.x[3]) if fit_phase_shift else float(phase0)
-    if half_astig < 0:  # U is the larger defocus
-        half_astig, angle = -half_astig, angle + math.pi / 2
-    defocus_u, defocus_v = mean + half_astig, mean - half_astig
-    angle_deg = math.degrees(angle) % 180.0
+    params = parameters(result.x)
+    mean, x, y, phase = (float(v) for v in params)
+    half_astig = math.hypot(x, y)  # U is the larger defocus
+    angle_deg = math.degrees(0.5 * math.atan2(y, x)) % 180.0
     figure_of_merit = -float(result.fun)
 
     # Per-ring correlation over the whole spectrum beyond min_res, rings along the phase.
-    full_model = _Model(s2, azimuth, voltage, cs, amplitude_contrast)
-    fitted = full_model.ctf2(mean, half_astig, math.radians(angle_deg), phase)
-    freq, ring_cc = _ring_correlation(
-        fitted, data2d, s2, azimuth, full_model, mean, half_astig, angle_deg, phase, min_res
-    )
+    chi = _ctf_phase(s2, azimuth, params, voltage, cs)
+    fitted = np.sin(chi + _amplitude_phase(amplitude_contrast)) ** 2
+    freq, ring_cc = _ring_correlation(fitted, data2d, s2, azimuth, chi, min_res)
     max_resolution = _fit_resolution(freq, ring_cc, nyquist)
     return CtfFit(
-        defocus_u=defocus_u,
-        defocus_v=defocus_v,
+        defocus_u=mean + half_astig,
+        defocus_v=mean - half_astig,
         angle=angle_deg,
         phase_shift=math.degrees(phase) % 360.0,
         figure_of_merit=figure_of_merit,
@@ -247,30 +335,30 @@ def _ring_correlation(
     data: np.ndarray,
     s2: np.ndarray,
     azimuth: np.ndarray,
-    model: _Model,
-    mean: float,
-    half_astig: float,
-    angle_deg: float,
-    phase: float,
+    chi: np.ndarray,
     min_res: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Correlation of fit and spectrum in rings one Thon period wide (along chi)."""
-    ca, sa = math.cos(2 * math.radians(angle_deg)), math.sin(2 * math.radians(angle_deg))
-    df = mean + half_astig * (model.cos2 * ca + model.sin2 * sa)
-    chi = model.a * df - model.b - phase
-    upper = azimuth >= 0
-    usable = upper & (s2 >= 1 / min_res**2)
-    period = np.floor(chi / math.pi).astype(int)
-    freq, cc = [], []
-    for k in np.unique(period[usable]):
-        ring = usable & (period == k)
-        if ring.sum() < 30:
-            continue
-        m, d = fitted[ring], data[ring] - data[ring].mean()
-        freq.append(float(np.sqrt(s2[ring]).mean()))
-        cc.append(_ncc(m, d))
+    usable = (azimuth >= 0) & (s2 >= 1 / min_res**2)
+    period = np.floor(chi[usable] / math.pi).astype(int)
+    ring = period - period.min()
+    m, d = fitted[usable], data[usable]
+    count = np.bincount(ring)
+    keep = count >= 30
+
+    def ring_sum(values: np.ndarray) -> np.ndarray:
+        return np.bincount(ring, values)[keep]
+
+    count = count[keep]
+    freq = ring_sum(np.sqrt(s2[usable])) / count
+    sum_m, sum_d = ring_sum(m), ring_sum(d)
+    cross = ring_sum(m * d) - sum_m * sum_d / count
+    var_m = ring_sum(m * m) - sum_m**2 / count
+    var_d = ring_sum(d * d) - sum_d**2 / count
+    denominator = np.sqrt(np.maximum(var_m * var_d, 0.0))
+    cc = np.divide(cross, denominator, out=np.zeros_like(cross), where=denominator > 0)
     order = np.argsort(freq)
-    return np.asarray(freq)[order], np.asarray(cc)[order]
+    return freq[order], cc[order]
 
 
 def _fit_resolution(freq: np.ndarray, cc: np.ndarray, nyquist: float) -> float:
