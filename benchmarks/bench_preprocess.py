@@ -40,7 +40,7 @@ from cryosnake.backend import fft_workers, gpu_available, to_device, to_host
 from cryosnake.io import open_movie, read_mrc, read_star
 from cryosnake.ops.ctf_fit import fit_ctf
 from cryosnake.ops.dose import frame_exposures
-from cryosnake.ops.motion import corrected_sums, fill_defects, find_defects
+from cryosnake.ops.motion import corrected_sums, fill_defects, find_defects, sum_frames
 from cryosnake.simulate import make_params, simulate_dataset
 from cryosnake.stages.motioncor import measure_motion
 
@@ -63,7 +63,7 @@ def drift_errors(found: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def motioncor(frames: Any, px: float, dose: float) -> tuple[float, np.ndarray, Any, np.ndarray]:
     """What ``cryosnake motioncor`` does once the gain-corrected movie is in memory."""
     t0 = time.perf_counter()
-    total = frames.sum(axis=0)
+    total = sum_frames(frames)
     defects = find_defects(total)
     fill_defects(frames, defects, float(total[~defects].mean()) / frames.shape[0])
     whole, local, _ = measure_motion(frames, px)

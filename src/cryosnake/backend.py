@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -31,16 +33,20 @@ from cryosnake.errors import CryosnakeError
 __all__ = [
     "Device",
     "cupy_available",
+    "fft_kwargs",
     "fft_module",
     "fft_workers",
     "get_array_module",
     "gpu_available",
+    "parallel_map",
     "resolve_device",
     "to_device",
     "to_host",
 ]
 
 Device = Literal["cpu", "gpu"]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
 
 
@@ -130,9 +136,29 @@ def fft_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def fft_kwargs(xp: ModuleType) -> dict[str, Any]:
-    """Keyword arguments for the FFT calls of ``fft_module(xp)`` (workers on CPU)."""
-    return {"workers": fft_workers()} if xp is np else {}
+def fft_kwargs(xp: ModuleType, workers: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for the FFT calls of ``fft_module(xp)``: on the CPU, ``workers``
+    threads (default :func:`fft_workers`)."""
+    if xp is not np:
+        return {}
+    return {"workers": fft_workers() if workers is None else workers}
+
+
+def parallel_map(function: Callable[[_T], _R], items: Iterable[_T], xp: ModuleType) -> Iterator[_R]:
+    """``map(function, items)``, in order, on :func:`fft_workers` threads for NumPy.
+
+    For work made of independent pieces (tiles, patches) whose NumPy and scipy.fft
+    calls on large arrays release the GIL: each piece then runs on one core, with
+    ``fft_kwargs(xp, workers=1)`` inside, which also parallelises the element-wise
+    work that a multi-threaded FFT alone leaves on one core. On CuPy the pieces run one
+    after the other (the GPU is already parallel).
+    """
+    threads = fft_workers() if xp is np else 1
+    if threads <= 1:
+        yield from map(function, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        yield from pool.map(function, items)
 
 
 def to_device(array: Any, device: Device) -> Any:

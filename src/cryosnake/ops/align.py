@@ -14,11 +14,12 @@ Convention (ARCHITECTURE.md): ``frame_i(r) ~ reference(r - shift_i)``, shifts as
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
 
-from cryosnake.backend import fft_kwargs, fft_module, get_array_module, to_host
+from cryosnake.backend import fft_kwargs, fft_module, get_array_module, parallel_map, to_host
 from cryosnake.ops.fourier import fast_size
 
 __all__ = [
@@ -85,8 +86,12 @@ def bin_frames(frames: Any, factor: int) -> Any:
         raise ValueError(f"bin_frames: factor must be >= 1, got {factor}")
     h, w = ny // f, nx // f
     out = xp.empty((n, h, w), dtype=xp.float32)
-    rows = xp.empty((h, w * f), dtype=xp.float32)
-    for i in range(n):
+    buffers = threading.local()
+
+    def one_frame(i: int) -> None:
+        if not hasattr(buffers, "rows"):
+            buffers.rows = xp.empty((h, w * f), dtype=xp.float32)
+        rows = buffers.rows
         frame = xp.asarray(frames[i], dtype=xp.float32)
         # Whole rows first (contiguous adds), then columns, without temporaries.
         xp.copyto(rows, frame[0 : h * f : f, : w * f])
@@ -95,7 +100,10 @@ def bin_frames(frames: Any, factor: int) -> Any:
         xp.copyto(out[i], rows[:, 0::f])
         for dx in range(1, f):
             out[i] += rows[:, dx::f]
-    out *= 1.0 / (f * f)
+        out[i] *= 1.0 / (f * f)
+
+    for _ in parallel_map(one_frame, range(n), xp):
+        pass
     return out
 
 
@@ -171,18 +179,22 @@ def _cropped_spectra(frames: Any, crop: tuple[int, int]) -> Any:
     """rfft2 of every frame, keeping the central ``crop`` (ny, nx) frequencies."""
     xp = get_array_module(frames)
     fft = fft_module(xp)
-    kw = fft_kwargs(xp)
+    kw = fft_kwargs(xp, workers=1)  # frames in parallel, see parallel_map
     n, ny, nx = frames.shape
     cy, cx = crop
     out = xp.empty((n, cy, cx // 2 + 1), dtype=xp.complex64)
     window = _edge_taper((ny, nx), xp)
-    for i in range(n):  # frame by frame: a movie's full spectrum may not fit in memory
+
+    def one_frame(i: int) -> None:  # frame by frame: a movie's spectra may not fit
         frame = xp.asarray(frames[i], dtype=xp.float32)
         # Without the taper the frame edges, fixed on the detector, correlate at zero
         # shift in every frame and pull the alignment towards no motion.
         f = fft.rfft2((frame - frame.mean()) * window, **kw)
         out[i, : cy // 2] = f[: cy // 2, : cx // 2 + 1]
         out[i, cy // 2 :] = f[ny - cy // 2 :, : cx // 2 + 1]
+
+    for _ in parallel_map(one_frame, range(n), xp):
+        pass
     return out
 
 
@@ -242,7 +254,7 @@ def align_frames(
     """
     xp = get_array_module(frames)
     fft = fft_module(xp)
-    kw = fft_kwargs(xp)
+    one = fft_kwargs(xp, workers=1)  # frames in parallel, see parallel_map
     target = max(pixel_size, 2.0) if align_pixel_size is None else align_pixel_size
     binning = max(1, int(target / pixel_size + 1e-6))
     if binning > 1:  # most of the way by block averaging, the rest by Fourier cropping
@@ -286,9 +298,12 @@ def align_frames(
         low = start.min(axis=0) - 3
         width = start.max(axis=0) + 4 - low
         if iteration == 1 or width.max() > 13:  # a wide search: whole correlation maps
-            for i in range(n):
+
+            def peak(i: int, total: Any = total, aligned: Any = aligned) -> tuple[float, float]:
                 cross = spectra[i] * xp.conj(total - aligned[i]) * filt
-                new[i] = _peak_offset(fft.irfft2(cross, s=crop, **kw), max_shift_px)
+                return _peak_offset(fft.irfft2(cross, s=crop, **one), max_shift_px)
+
+            new[:] = list(parallel_map(peak, range(n), xp))
         else:  # near the last answer: +-3 px around each frame's shift, by matrix DFT
             xp.subtract(total[None], aligned, out=aligned)
             xp.conj(aligned, out=aligned)

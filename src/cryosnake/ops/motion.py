@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cryosnake.backend import fft_kwargs, fft_module, get_array_module, to_host
+from cryosnake.backend import fft_kwargs, fft_module, get_array_module, parallel_map, to_host
 from cryosnake.ops.align import _edge_taper, correlation_box, peak_in_window
 from cryosnake.ops.dose import critical_exposure, dose_weight_norm
 from cryosnake.ops.fourier import fast_size, phase_ramps_1d
@@ -32,6 +33,7 @@ __all__ = [
     "fit_local_motion",
     "local_motion",
     "replace_defects",
+    "sum_frames",
 ]
 
 
@@ -46,7 +48,7 @@ def find_defects(total: Any, *, threshold: float = 8.0) -> Any:
     where it can matter: pixels that deviate from the mean of their four neighbours by
     more than 0.4 ``threshold`` robust SDs (a looser screen that every defect passes,
     clusters of up to 2x2 included), zeros, and the 8 neighbours of each (the centre of
-    a 3x3 cluster). The robust SD is estimated on a regular lattice of ~65,000 pixels.
+    a 3x3 cluster). The robust SDs are estimated on a regular lattice of ~65,000 pixels.
 
     Parameters
     ----------
@@ -69,21 +71,47 @@ def find_defects(total: Any, *, threshold: float = 8.0) -> Any:
         return 1.4826 * mad if mad > 0 else float(xp.std(values)) or 1.0
 
     sigma = robust_sd(t[ly, lx] - _median5(pad, ly, lx))
-    neighbours = pad[1:-3, 2:-2] + pad[3:-1, 2:-2] + pad[2:-2, 1:-3] + pad[2:-2, 3:-1]
-    screen = t - 0.25 * neighbours
-    screen_sd = robust_sd(screen[ly, lx])
-    candidate = (xp.abs(screen) > 0.4 * threshold * screen_sd) | (t == 0)
-    cy, cx = xp.nonzero(candidate)
+    # The screen: deviation from the mean of the four neighbours, in bands of rows in
+    # parallel; its robust SD from the same lattice.
+    at = pad[ly + 1, lx + 2] + pad[ly + 3, lx + 2] + pad[ly + 2, lx + 1] + pad[ly + 2, lx + 3]
+    limit = 0.4 * threshold * robust_sd(t[ly, lx] - 0.25 * at)
+    candidate = xp.zeros((ny + 2, nx + 2), dtype=bool)  # a border of False for the growth
+    grown = xp.empty((ny, nx), dtype=bool)
+    bands = [(a, min(a + 256, ny)) for a in range(0, ny, 256)]
+
+    def screen(band: tuple[int, int]) -> None:
+        a, b = band
+        deviation = pad[a + 1 : b + 1, 2:-2] + pad[a + 3 : b + 3, 2:-2]
+        deviation += pad[a + 2 : b + 2, 1:-3]
+        deviation += pad[a + 2 : b + 2, 3:-1]
+        deviation *= -0.25
+        deviation += t[a:b]
+        xp.abs(deviation, out=deviation)
+        out = candidate[a + 1 : b + 1, 1:-1]
+        xp.greater(deviation, limit, out=out)
+        out |= t[a:b] == 0
+
+    def grow(band: tuple[int, int]) -> None:  # each candidate and its 8 neighbours
+        a, b = band
+        rows = candidate[a : b + 2]
+        vertical = rows[:-2] | rows[1:-1]
+        vertical |= rows[2:]
+        out = grown[a:b]
+        xp.bitwise_or(vertical[:, :-2], vertical[:, 1:-1], out=out)
+        out |= vertical[:, 2:]
+
+    for _ in parallel_map(screen, bands, xp):
+        pass
+    for _ in parallel_map(grow, bands, xp):
+        pass
     mask = xp.zeros((ny, nx), dtype=bool)
-    if cy.size == 0:
+    yy, xx = xp.nonzero(grown)
+    if yy.size == 0:
         return mask
-    around = xp.asarray(np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]))
-    yy = xp.clip(cy[:, None] + around[None, :, 0], 0, ny - 1).ravel()
-    xx = xp.clip(cx[:, None] + around[None, :, 1], 0, nx - 1).ravel()
-    flat = xp.unique(yy * nx + xx)
+    flat = yy * nx + xx
     if flat.size > 0.05 * ny * nx:  # not a detector with a few defects: check everywhere
         flat = xp.arange(ny * nx)
-    yy, xx = flat // nx, flat % nx
+        yy, xx = flat // nx, flat % nx
     for lo in range(0, int(flat.size), 1 << 20):  # bounded memory for the gathers
         y, x = yy[lo : lo + (1 << 20)], xx[lo : lo + (1 << 20)]
         local = _median5(pad, y, x)
@@ -100,6 +128,22 @@ def _median5(padded: Any, y: Any, x: Any) -> Any:
     rows = (y[:, None] + d[None, :])[:, :, None]
     cols = (x[:, None] + d[None, :])[:, None, :]
     return xp.median(padded[rows, cols].reshape(y.size, 25), axis=1)
+
+
+def sum_frames(frames: Any) -> Any:
+    """(ny, nx) float32 sum over the frames of (n, ny, nx), bands of rows in parallel."""
+    xp = get_array_module(frames)
+    _, ny, nx = frames.shape
+    total = xp.empty((ny, nx), dtype=xp.float32)
+    bands = [(a, min(a + 256, ny)) for a in range(0, ny, 256)]
+
+    def one_band(band: tuple[int, int]) -> None:
+        a, b = band
+        xp.sum(frames[:, a:b], axis=0, dtype=xp.float32, out=total[a:b])
+
+    for _ in parallel_map(one_band, bands, xp):
+        pass
+    return total
 
 
 def fill_defects(frames: Any, mask: Any, fill: float) -> None:
@@ -316,7 +360,6 @@ def local_motion(
     """
     xp = get_array_module(frames)
     fft = fft_module(xp)
-    kw = fft_kwargs(xp)
     n, ny, nx = frames.shape
     rows, cols = patches
     group = max(1, min(int(group), n // 2 if n >= 4 else 1))
@@ -338,30 +381,39 @@ def local_motion(
     kx = xp.fft.rfftfreq(pw, d=pixel_size).astype(xp.float32)[None, :]
     filt = xp.exp(-bfactor * (ky**2 + kx**2) / 4.0).astype(xp.float32)
     filt[0, 0] = 0.0
+    inner = fft_kwargs(xp, workers=1)  # patches run in parallel, see parallel_map
+    buffers = threading.local()
+
+    def one_patch(index: tuple[int, int]) -> tuple[tuple[float, float], np.ndarray]:
+        r, c = index
+        if not hasattr(buffers, "stack"):
+            buffers.stack = xp.empty((m, ph, pw), dtype=xp.float32)
+            buffers.cut = xp.empty((ph, pw), dtype=xp.float32)
+        stack, cut = buffers.stack, buffers.cut
+        cy = (r + 0.5) * ny / rows
+        cx = (c + 0.5) * nx / cols
+        y0 = int(round(min(max(cy - ph / 2, 0), ny - ph)))
+        x0 = int(round(min(max(cx - pw / 2, 0), nx - pw)))
+        for j, g in enumerate(members):
+            stack[j] = 0.0
+            for t in g:
+                _cut(frames[t], y0 + whole[t, 1], x0 + whole[t, 0], cut, means[t])
+                stack[j] += cut
+        stack -= stack.mean(axis=(1, 2), keepdims=True)
+        stack *= window
+        spectra = fft.rfft2(stack, axes=(-2, -1), **inner)
+        spectra *= ry[:, :, None]
+        spectra *= rx[:, None, :]
+        found = _align_stack(spectra, filt, radius, max_iterations, tolerance, ph / 4, inner)
+        return (x0 + (pw - 1) / 2.0, y0 + (ph - 1) / 2.0), found[:, ::-1]  # (x, y)
+
+    grid = [(r, c) for r in range(rows) for c in range(cols)]
     centres, shifts = [], []
-    stack = xp.empty((m, ph, pw), dtype=xp.float32)
-    cut = xp.empty((ph, pw), dtype=xp.float32)
-    for r in range(rows):
-        for c in range(cols):
-            cy = (r + 0.5) * ny / rows
-            cx = (c + 0.5) * nx / cols
-            y0 = int(round(min(max(cy - ph / 2, 0), ny - ph)))
-            x0 = int(round(min(max(cx - pw / 2, 0), nx - pw)))
-            for j, g in enumerate(members):
-                stack[j] = 0.0
-                for t in g:
-                    _cut(frames[t], y0 + whole[t, 1], x0 + whole[t, 0], cut, means[t])
-                    stack[j] += cut
-            stack -= stack.mean(axis=(1, 2), keepdims=True)
-            stack *= window
-            spectra = fft.rfft2(stack, axes=(-2, -1), **kw)
-            spectra *= ry[:, :, None]
-            spectra *= rx[:, None, :]
-            found = _align_stack(spectra, filt, radius, max_iterations, tolerance, ph / 4)
-            centres.append((x0 + (pw - 1) / 2.0, y0 + (ph - 1) / 2.0))
-            shifts.append(found[:, ::-1])  # (x, y)
-            if progress is not None:
-                progress(f"patch {r * cols + c + 1}/{rows * cols}")
+    for centre, found in parallel_map(one_patch, grid, xp):
+        centres.append(centre)
+        shifts.append(found)
+        if progress is not None:
+            progress(f"patch {len(centres)}/{rows * cols}")
     patch_shifts = np.stack(shifts, axis=1)  # (m, p, 2)
     # What all patches share is whole-frame motion the global alignment missed (it was
     # measured at lower resolution); the smooth model is fitted to the rest.
@@ -379,6 +431,7 @@ def _align_stack(
     max_iterations: int,
     tolerance: float,
     limit: float,
+    fft_options: dict[str, Any],
 ) -> np.ndarray:
     """(m, 2) (dy, dx) shifts, mean zero, of each spectrum against the sum of the others.
 
@@ -389,7 +442,6 @@ def _align_stack(
     m, ny, _ = spectra.shape
     nx = 2 * (spectra.shape[2] - 1)
     fft = fft_module(xp)
-    kw = fft_kwargs(xp)
     # conj(S filt) (T - A) is the conjugate of the cross-power spectrum S filt conj(T - A):
     # its inverse transform is the cross-correlation mirrored, read at minus the shift.
     weighted = xp.conj(spectra * filt)
@@ -411,7 +463,7 @@ def _align_stack(
             cols = start[:, 1:] - low[1] + offsets[None, :]
             windows = box[np.arange(m)[:, None, None], rows[:, :, None], cols[:, None, :]]
         else:
-            cc = fft.irfft2(others, s=(ny, nx), axes=(-2, -1), **kw)
+            cc = fft.irfft2(others, s=(ny, nx), axes=(-2, -1), **fft_options)
             rows = xp.asarray((-(start[:, :1] + offsets[None, :])) % ny)
             cols = xp.asarray((-(start[:, 1:] + offsets[None, :])) % nx)
             windows = to_host(cc[index[:, None, None], rows[:, :, None], cols[:, None, :]])
@@ -467,7 +519,6 @@ def corrected_sums(
     """
     xp = get_array_module(frames)
     fft = fft_module(xp)
-    kw = fft_kwargs(xp)
     n, ny, nx = frames.shape
     size = int(min(tile, max(ny, nx)))
     starts_y = list(range(0, ny, size))
@@ -491,42 +542,52 @@ def corrected_sums(
     edge = (box - size) // 2 - zero  # half-width of the raised-cosine edges
     margin = edge + zero  # box pixel 0 is output pixel (tile start - margin)
     weights = _dose_factors((box, box), pixel_size, exposures, xp)
-    means = np.array([float(frames[t].mean()) for t in range(n)])
+    # Beyond the frame, tiles see the frame's mean level (every 8th row is plenty).
+    means = np.array([float(frames[t, ::8].mean()) for t in range(n)])
     canvas = xp.zeros((2, len(starts_y) * size + 2 * margin, len(starts_x) * size + 2 * margin))
     canvas = canvas.astype(xp.float32)
     coords = np.arange(box, dtype=np.float64) - margin
-    # Frames go through the FFT in chunks of at most ~24 MB: the buffers are then reused
-    # from the heap instead of being mapped (and faulted in) afresh for every tile.
+    # Frames go through the FFT in chunks of at most ~24 MB (the buffers are reused
+    # from the heap), each frame's window and phase ramp built at a time (they stay in
+    # the cache while the frame's tile is multiplied by them).
     chunk = max(1, min(n, (24 << 20) // (4 * box * box)))
-    stack = xp.empty((chunk, box, box), dtype=xp.float32)
-    # One frame's window and phase ramp at a time: small enough to stay in the cache
-    # while the frame's tile is multiplied by them.
-    window = xp.empty((box, box), dtype=xp.float32)
-    ramp = xp.empty((box, box // 2 + 1), dtype=xp.complex64)
-    for iy, ya in enumerate(starts_y):
-        for ix, xa in enumerate(starts_x):
-            vy = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 1:2], size, edge))
-            vx = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 0:1], size, edge))
-            ry, rx = phase_ramps_1d((box, box), -rest[:, iy, ix, ::-1], xp)
-            parts = None
-            for c0 in range(0, n, chunk):
-                k = min(chunk, n - c0)
-                for i, t in enumerate(range(c0, c0 + k)):
-                    xp.multiply(vy[t][:, None], vx[t][None, :], out=window)
-                    _cut(frames[t], ya - margin + whole[t, 1], xa - margin + whole[t, 0],
-                         stack[i], means[t], window)  # fmt: skip
-                spectra = fft.rfft2(stack[:k], axes=(-2, -1), **kw)
-                for i, t in enumerate(range(c0, c0 + k)):
-                    xp.multiply(ry[t][:, None], rx[t][None, :], out=ramp)
-                    spectra[i] *= ramp
-                part = weights.project(spectra, c0)
-                if parts is None:
-                    parts = part
-                else:
-                    parts += part
-            images = fft.irfft2(weights.sums(parts), s=(box, box), axes=(-2, -1), **kw)
-            canvas[:, iy * size : iy * size + box, ix * size : ix * size + box] += images
-        if progress is not None:
+    chunk = -(-n // -(-n // chunk))  # as even as possible: 40 frames as 14 + 13 + 13
+    inner = fft_kwargs(xp, workers=1)  # tiles run in parallel, see parallel_map
+    buffers = threading.local()
+
+    def one_tile(index: tuple[int, int]) -> Any:
+        iy, ix = index
+        ya, xa = starts_y[iy], starts_x[ix]
+        if not hasattr(buffers, "stack"):
+            buffers.stack = xp.empty((chunk, box, box), dtype=xp.float32)
+            buffers.window = xp.empty((box, box), dtype=xp.float32)
+            buffers.ramp = xp.empty((box, box // 2 + 1), dtype=xp.complex64)
+        stack, window, ramp = buffers.stack, buffers.window, buffers.ramp
+        vy = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 1:2], size, edge))
+        vx = xp.asarray(_window(coords[None, :] - rest[:, iy, ix, 0:1], size, edge))
+        ry, rx = phase_ramps_1d((box, box), -rest[:, iy, ix, ::-1], xp)
+        parts = None
+        for c0 in range(0, n, chunk):
+            k = min(chunk, n - c0)
+            for i, t in enumerate(range(c0, c0 + k)):
+                xp.multiply(vy[t][:, None], vx[t][None, :], out=window)
+                _cut(frames[t], ya - margin + whole[t, 1], xa - margin + whole[t, 0],
+                     stack[i], means[t], window)  # fmt: skip
+            spectra = fft.rfft2(stack[:k], axes=(-2, -1), **inner)
+            for i, t in enumerate(range(c0, c0 + k)):
+                xp.multiply(ry[t][:, None], rx[t][None, :], out=ramp)
+                spectra[i] *= ramp
+            part = weights.project(spectra, c0)
+            if parts is None:
+                parts = part
+            else:
+                parts += part
+        return fft.irfft2(weights.sums(parts), s=(box, box), axes=(-2, -1), **inner)
+
+    tiles = [(iy, ix) for iy in range(len(starts_y)) for ix in range(len(starts_x))]
+    for (iy, ix), images in zip(tiles, parallel_map(one_tile, tiles, xp), strict=True):
+        canvas[:, iy * size : iy * size + box, ix * size : ix * size + box] += images
+        if progress is not None and ix == len(starts_x) - 1:
             progress(f"tile row {iy + 1}/{len(starts_y)}")
     out = canvas[:, margin : margin + ny, margin : margin + nx]
     # The windows sum to one except within ``edge`` of the frame's first rows and

@@ -47,6 +47,7 @@ from cryosnake.ops.motion import (
     fill_defects,
     find_defects,
     local_motion,
+    sum_frames,
 )
 from cryosnake.stages._common import positive, run_stage
 from cryosnake.stages._movie import add_eer_arg, add_gain_args, check_header_pixel_size, load_gain
@@ -178,7 +179,7 @@ def _load_frames(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, 
         info.update(gain_rotate=rotate, gain_flip=flip)
         raw *= gain
     frames = to_device(raw, device)  # on the CPU, the same array
-    total = frames.sum(axis=0)
+    total = sum_frames(frames)
     defects = find_defects(total)
     count = int(defects.sum())
     if count:
