@@ -9,7 +9,7 @@ from cryosnake.ops import shift_image
 from cryosnake.ops.align import align_frames
 from cryosnake.ops.dose import damage_attenuation, dose_weight_norm, frame_exposures
 from cryosnake.ops.gain import find_gain_orientation, orient_gain
-from cryosnake.ops.motion import corrected_sums, find_defects, fit_local_motion, replace_defects
+from cryosnake.ops.motion import corrected_sums, fill_defects, find_defects, fit_local_motion
 
 
 def blobs(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -65,8 +65,10 @@ def test_defects_are_found_and_replaced() -> None:
     total[30, 40] = 0.0  # dead
     mask = find_defects(total)
     assert {tuple(p) for p in np.argwhere(mask)} == {*hot, (30, 40)}
-    fixed = replace_defects(total, mask, 300.0)
-    assert fixed[64, 64] == 300.0 and fixed[1, 1] == total[1, 1]
+    frames = np.stack([total, 2 * total])
+    fill_defects(frames, mask, 300.0)
+    assert np.all(frames[:, 64, 64] == 300.0) and np.all(frames[:, 30, 40] == 300.0)
+    assert frames[0, 1, 1] == total[1, 1] and frames[1, 1, 1] == 2 * total[1, 1]
 
 
 def test_dose_weights_sum_to_one_in_quadrature() -> None:

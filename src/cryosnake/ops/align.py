@@ -13,6 +13,7 @@ Convention (ARCHITECTURE.md): ``frame_i(r) ~ reference(r - shift_i)``, shifts as
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from typing import Any
@@ -223,6 +224,33 @@ def _peak_offset(cc: Any, max_shift: float) -> tuple[float, float]:
     return iy - r + dy, ix - r + dx
 
 
+def _frame_peak(
+    i: int,
+    *,
+    spectra: Any,
+    aligned: Any,
+    total: Any,
+    filt: Any,
+    crop: tuple[int, int],
+    start: np.ndarray | None,
+    max_shift: float,
+    fft_options: dict[str, Any],
+) -> tuple[float, float]:
+    """(dy, dx) of frame ``i`` against the sum of the other aligned frames.
+
+    With ``start`` None the whole correlation map is searched (inverse FFT, peaks
+    within ``max_shift``), else +-3 px around ``start[i]``, by matrix DFT.
+    """
+    xp = get_array_module(spectra)
+    cross = spectra[i] * xp.conj(total - aligned[i]) * filt
+    if start is None:
+        cc = fft_module(xp).irfft2(cross, s=crop, **fft_options)
+        return _peak_offset(cc, max_shift)
+    box = correlation_box(cross[None], start[i] - 3, np.array([7, 7]))
+    dy, dx, _ = peak_in_window(to_host(box)[0])
+    return start[i, 0] + dy, start[i, 1] + dx
+
+
 def align_frames(
     frames: Any,
     pixel_size: float,
@@ -253,7 +281,6 @@ def align_frames(
     GlobalAlignment with ``shifts`` (n, 2) (x, y), ``frame_i(r) ~ frame_0(r - shift_i)``.
     """
     xp = get_array_module(frames)
-    fft = fft_module(xp)
     one = fft_kwargs(xp, workers=1)  # frames in parallel, see parallel_map
     target = max(pixel_size, 2.0) if align_pixel_size is None else align_pixel_size
     binning = max(1, int(target / pixel_size + 1e-6))
@@ -293,27 +320,20 @@ def align_frames(
         for i, (dy, dx) in enumerate(shifts):
             xp.multiply(spectra[i], ramp(-dy, -dx), out=aligned[i])
         total = aligned.sum(axis=0)
-        new = np.empty_like(shifts)
-        start = np.rint(shifts).astype(int)
-        low = start.min(axis=0) - 3
-        width = start.max(axis=0) + 4 - low
-        if iteration == 1 or width.max() > 13:  # a wide search: whole correlation maps
-
-            def peak(i: int, total: Any = total, aligned: Any = aligned) -> tuple[float, float]:
-                cross = spectra[i] * xp.conj(total - aligned[i]) * filt
-                return _peak_offset(fft.irfft2(cross, s=crop, **one), max_shift_px)
-
-            new[:] = list(parallel_map(peak, range(n), xp))
-        else:  # near the last answer: +-3 px around each frame's shift, by matrix DFT
-            xp.subtract(total[None], aligned, out=aligned)
-            xp.conj(aligned, out=aligned)
-            aligned *= spectra
-            aligned *= filt
-            box = to_host(correlation_box(aligned, low, width))
-            for i in range(n):
-                ry, rx = start[i] - 3 - low  # the window starts 3 px before
-                dy, dx, _ = peak_in_window(box[i, ry : ry + 7, rx : rx + 7])
-                new[i] = start[i] + (dy, dx)
+        peak = functools.partial(
+            _frame_peak,
+            spectra=spectra,
+            aligned=aligned,
+            total=total,
+            filt=filt,
+            crop=crop,
+            # The first pass searches whole correlation maps, later ones near the last
+            # answer.
+            start=None if iteration == 1 else np.rint(shifts).astype(int),
+            max_shift=max_shift_px,
+            fft_options=one,
+        )
+        new = np.array(list(parallel_map(peak, range(n), xp)))
         new -= new.mean(axis=0)
         change = np.abs((new - shifts) * (scale_y, scale_x)).max()
         shifts = new

@@ -32,7 +32,6 @@ __all__ = [
     "find_defects",
     "fit_local_motion",
     "local_motion",
-    "replace_defects",
     "sum_frames",
 ]
 
@@ -152,12 +151,6 @@ def fill_defects(frames: Any, mask: Any, fill: float) -> None:
     ys, xs = xp.nonzero(mask)
     if ys.size:
         frames[:, ys, xs] = fill
-
-
-def replace_defects(frame: Any, mask: Any, fill: Any) -> Any:
-    """``frame`` with the pixels of ``mask`` set to ``fill`` (an image or a scalar)."""
-    xp = get_array_module(frame)
-    return xp.where(mask, fill, frame).astype(xp.float32)
 
 
 @dataclass(frozen=True)
