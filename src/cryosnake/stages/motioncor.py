@@ -117,6 +117,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 ALIGN_PIXEL_SIZE = 2.0  # Å: patches, and the refinement of whole-frame shifts
 COARSE_PIXEL_SIZE = 4.0  # Å: the first whole-frame alignment
+MIN_PATCH_ANGSTROM = 600.0  # smallest patch side before neighbouring patches overlap
 
 
 def measure_motion(
@@ -131,10 +132,11 @@ def measure_motion(
 
     The frames are block-averaged to about 2 Å per pixel once. Whole frames are aligned
     at 4 Å (B-factor ``bfactor_global``, MotionCor2's 500 Å²): cheap, with a wide search.
-    Then patches at 2 Å (``bfactor``), each frame on its own, are aligned around those
-    shifts; their common part refines the whole-frame shifts (at the resolution of the
-    patches) and the rest is fitted with the smooth deformation model. With
-    ``patches == (1, 1)`` one patch covers the frame: the refinement alone.
+    Then patches at 2 Å (``bfactor``; at least 600 Å wide, overlapping where the grid
+    is finer), each frame on its own, are aligned around those shifts; their common
+    part refines the whole-frame shifts (at the resolution of the patches) and the rest
+    is fitted with the smooth deformation model. With ``patches == (1, 1)`` one patch
+    covers the frame: the refinement alone.
 
     Returns
     -------
@@ -149,8 +151,12 @@ def measure_motion(
     coarse = align_frames(
         level, level_px, bfactor=bfactor_global, align_pixel_size=COARSE_PIXEL_SIZE
     )
+    # Patches as wide as the grid spacing, but at least MIN_PATCH_ANGSTROM (signal grows
+    # with the area): neighbours then overlap, by up to half a spacing.
+    spacing = min(ny / patches[0], nx / patches[1]) * pixel_size
+    overlap = min(0.5, max(0.0, MIN_PATCH_ANGSTROM / spacing - 1.0))
     measured = local_motion(
-        level, coarse.shifts, level_px, patches=patches, bfactor=bfactor, overlap=0.0,
+        level, coarse.shifts, level_px, patches=patches, bfactor=bfactor, overlap=overlap,
         tolerance=0.05, max_iterations=3,
     )  # fmt: skip
     whole = (coarse.shifts + measured.global_correction()) * factor
