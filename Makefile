@@ -10,8 +10,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cryosnake-installed
 PYTEST_ARGS ?=
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.cryosnake-bench-installed
 
-.PHONY: help install demo dag test test-slow test-gpu lint format clean clean-all
+.PHONY: help install demo dag test test-slow test-gpu lint format bench-env clean clean-all
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +28,18 @@ $(STAMP): $(BIN)/python pyproject.toml envs/constraints.txt
 	touch $@
 
 install: $(STAMP) ## create .venv and install cryosnake with its pinned dependencies
+
+$(BENCH_VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(BENCH_VENV)
+
+$(BENCH_STAMP): $(BENCH_VENV)/bin/python pyproject.toml envs/constraints.txt benchmarks/requirements-peers.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c envs/constraints.txt -e '.[dev]'
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c envs/constraints.txt -r benchmarks/requirements-peers.txt
+	touch $@
+
+bench-env: $(BENCH_STAMP) ## create .venv-bench: cryosnake plus the benchmark peers (torch, ASPIRE)
 
 demo: $(STAMP) ## run the workflow on the demo dataset (simulated first if absent)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/default
