@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from cryosnake.errors import CryosnakeError
 
@@ -157,7 +158,9 @@ def parallel_map(function: Callable[[_T], _R], items: Iterable[_T], xp: ModuleTy
     if threads <= 1:
         yield from map(function, items)
         return
-    with ThreadPoolExecutor(threads) as pool:
+    # BLAS calls inside the pieces run on one thread each: OpenBLAS's own threads on
+    # top of ours would oversubscribe the cores (and spin), costing a third of the time.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         yield from pool.map(function, items)
 
 
