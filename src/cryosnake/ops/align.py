@@ -28,6 +28,7 @@ __all__ = [
     "align_frames",
     "bin_frames",
     "correlation_box",
+    "edge_taper",
     "peak_in_window",
 ]
 
@@ -48,7 +49,7 @@ class GlobalAlignment:
         self.converged = converged
 
 
-def _edge_taper(shape: tuple[int, int], xp: Any, fraction: float = 0.1) -> Any:
+def edge_taper(shape: tuple[int, int], xp: Any, fraction: float = 0.1) -> Any:
     """Separable window: 1 inside, a raised cosine to 0 over ``fraction`` of each edge."""
 
     def ramp(n: int) -> Any:
@@ -184,7 +185,7 @@ def _cropped_spectra(frames: Any, crop: tuple[int, int]) -> Any:
     n, ny, nx = frames.shape
     cy, cx = crop
     out = xp.empty((n, cy, cx // 2 + 1), dtype=xp.complex64)
-    window = _edge_taper((ny, nx), xp)
+    window = edge_taper((ny, nx), xp)
 
     def one_frame(i: int) -> None:  # frame by frame: a movie's spectra may not fit
         frame = xp.asarray(frames[i], dtype=xp.float32)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module, parallel_map, to_host
-from cryosnake.ops.align import _edge_taper, correlation_box, peak_in_window
+from cryosnake.ops.align import correlation_box, edge_taper, peak_in_window
 from cryosnake.ops.dose import critical_exposure, dose_weight_norm
 from cryosnake.ops.fourier import fast_size, phase_ramps_1d
 
@@ -369,7 +369,7 @@ def local_motion(
     offsets = np.array([frac[g].mean(axis=0) for g in members])  # (m, 2) (x, y)
     ry, rx = phase_ramps_1d((ph, pw), -offsets[:, ::-1], xp)
     means = [float(frames[t].mean()) for t in range(n)]
-    window = _edge_taper((ph, pw), xp)
+    window = edge_taper((ph, pw), xp)
     ky = xp.fft.fftfreq(ph, d=pixel_size).astype(xp.float32)[:, None]
     kx = xp.fft.rfftfreq(pw, d=pixel_size).astype(xp.float32)[None, :]
     filt = xp.exp(-bfactor * (ky**2 + kx**2) / 4.0).astype(xp.float32)
