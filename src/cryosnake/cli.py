@@ -1,7 +1,9 @@
 """``cryosnake <stage> ...``: one command per pipeline stage.
 
 Every stage module in :mod:`cryosnake.stages` provides ``add_args(parser)`` and
-``main(argv) -> int``; this dispatcher builds the sub-commands from them. A
+``main(argv) -> int``; this dispatcher builds the sub-commands from them. The tools
+around the stages (data transfer to and from S3, the AWS profile, DAG pictures)
+follow the same pattern in their own modules. A
 :class:`~cryosnake.errors.CryosnakeError` is printed as one line on stderr, without a
 traceback, and the command exits with status 1.
 """
@@ -18,19 +20,23 @@ from cryosnake.stages._common import OneLineParser
 
 __all__ = ["STAGES", "main"]
 
-# command name -> module in cryosnake.stages
+# command name -> module in cryosnake (each has add_args(parser) and main(argv) -> int)
 STAGES: dict[str, str] = {
-    "simulate": "simulate",
-    "inspect": "inspect_movie",
-    "import": "import_movies",
-    "motioncor": "motioncor",
-    "ctf": "ctf",
-    "curate": "curate",
+    "simulate": "stages.simulate",
+    "inspect": "stages.inspect_movie",
+    "import": "stages.import_movies",
+    "motioncor": "stages.motioncor",
+    "ctf": "stages.ctf",
+    "curate": "stages.curate",
+    "upload": "aws.upload",
+    "download": "aws.download",
+    "aws": "aws.command",
+    "dag": "dag",
 }
 
 
 def _load(command: str) -> object:
-    return importlib.import_module(f"cryosnake.stages.{STAGES[command]}")
+    return importlib.import_module(f"cryosnake.{STAGES[command]}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
