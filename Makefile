@@ -42,14 +42,12 @@ $(BENCH_STAMP): $(BENCH_VENV)/bin/python pyproject.toml envs/constraints.txt ben
 bench-env: $(BENCH_STAMP) ## create .venv-bench: cryosnake plus the benchmark peers (torch, ASPIRE)
 
 demo: $(STAMP) ## run the workflow on the demo dataset (simulated first if absent)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/default
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all
 	@echo "demo done: see results/ (micrographs_selected.star, motioncor/, ctf/, inspect/)"
 
-dag: $(STAMP) ## draw the job graph of the current configuration (needs graphviz: dot)
+dag: $(STAMP) ## draw the rule and job graphs into results/dag (SVG needs graphviz: dot)
 	@command -v dot >/dev/null || { echo "make: graphviz 'dot' not found (apt-get install graphviz)"; exit 1; }
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --rulegraph | dot -Tsvg > rulegraph.svg
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --dag | dot -Tsvg > dag.svg
-	@echo "wrote rulegraph.svg and dag.svg"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cryosnake dag $(DAG_ARGS)
 
 lint: $(STAMP) ## ruff, ruff format, mypy, snakefmt and snakemake --lint
 	$(BIN)/ruff check src tests benchmarks scripts

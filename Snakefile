@@ -42,3 +42,7 @@ rule all:
     default_target: True
     input:
         final_targets(),
+
+
+onerror:
+    report_stage_errors()

@@ -3,12 +3,61 @@ import os
 import re
 import shlex
 import sys
+import time
 
 from cryosnake.config import movie_table, simulated_gain
 from cryosnake.errors import ConfigError
 
+STARTED = time.time()
+
+
+def s3_storage():
+    """(prefix, endpoint, region) of the S3 default storage (profiles/aws), else None."""
+    default = workflow.storage_settings
+    if default is None or default.default_storage_provider != "s3":
+        return None
+    settings = workflow.storage_provider_settings.get("s3")
+    s3 = settings.get_settings() if settings is not None else None
+    return (
+        default.default_storage_prefix,
+        getattr(s3, "endpoint_url", None),
+        getattr(s3, "region", None),
+    )
+
+
+def storage_lister():
+    """With S3 as default storage, movies are listed in the bucket (else: local glob)."""
+    s3 = s3_storage()
+    if s3 is None:
+        return None
+    from cryosnake.aws.storage import glob_s3
+
+    prefix, endpoint, region = s3
+    return lambda pattern: glob_s3(
+        prefix, pattern, endpoint_url=endpoint, region=region
+    )
+
+
+def report_stage_errors():
+    """After a failed run on S3 storage, print the stage errors of the failed jobs.
+
+    Their log files are in S3, where Snakemake's main process does not look.
+    """
+    s3 = s3_storage()
+    if s3 is None or workflow.remote_exec:
+        return
+    from cryosnake.aws.storage import stage_errors
+
+    prefix, endpoint, region = s3
+    errors = stage_errors(prefix, LOGS, STARTED, endpoint_url=endpoint, region=region)
+    if errors:
+        print("cryosnake: errors reported by the failed jobs:", file=sys.stderr)
+    for url, line in errors:
+        print(f"  {line}   [{url}]", file=sys.stderr)
+
+
 try:
-    MOVIES = movie_table(config)
+    MOVIES = movie_table(config, storage_lister())
 except ConfigError as err:
     sys.exit(f"cryosnake: config error: {err}")
 

@@ -1,5 +1,5 @@
-# CTF estimation per micrograph (in group "preprocess" with motioncor) and the
-# curation of all micrographs.
+# CTF estimation per micrograph (in group "preprocess" with motioncor; a CPU stage,
+# about 0.1 s per micrograph) and the curation of all micrographs.
 
 
 rule ctf:
@@ -15,12 +15,11 @@ rule ctf:
     group:
         "preprocess"
     container:
-        CONTAINER_GPU
+        CONTAINER_CPU
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=2048,
         runtime=10,
-        gpu=1,
     params:
         acquisition=(
             f"--pixel-size {ACQ['pixel_size'] * config['motioncor']['bin']} "
@@ -49,7 +48,7 @@ rule curate:
         CONTAINER_CPU
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=2048,
         runtime=5,
     params:
         out_dir=output_dir,

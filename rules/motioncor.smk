@@ -1,5 +1,8 @@
 # Motion correction of every movie (GPU rule; runs on the CPU where there is none).
 # In group "preprocess" with inspect, so a cluster/Batch job handles a chunk of movies.
+# A GPU rule declares gpu=1 (SLURM, local --resources) and _gpus=1 (the AWS Batch
+# executor reads only _gpus). Its threads take a whole job's cores (profiles/aws:
+# cores) so that a group job runs one GPU stage at a time and asks for one GPU.
 
 
 rule motioncor:
@@ -20,11 +23,12 @@ rule motioncor:
         "preprocess"
     container:
         CONTAINER_GPU
-    threads: 2
+    threads: 8
     resources:
-        mem_mb=8000,
+        mem_mb=16384,
         runtime=30,
         gpu=1,
+        _gpus=1,
     params:
         gain=gain_args,
         eer=f"--eer-group {config['input']['eer_group']}",

@@ -19,7 +19,7 @@ rule inspect:
         CONTAINER_CPU
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=2048,
         runtime=10,
     params:
         gain=gain_args,
@@ -53,7 +53,7 @@ rule import_movies:
         CONTAINER_CPU
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=2048,
         runtime=5,
     params:
         optics=(

@@ -14,7 +14,7 @@ if SIM["enabled"]:
             CONTAINER_CPU
         threads: 2
         resources:
-            mem_mb=4000,
+            mem_mb=4096,
             runtime=60,
         params:
             out_dir=simulate_out_dir,

@@ -20,7 +20,7 @@ import copy
 import fnmatch
 import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -190,11 +190,15 @@ def _check_consistency(config: Mapping[str, Any], suffix: str) -> None:
         )
 
 
-def movie_table(config: Mapping[str, Any]) -> dict[str, str]:
+def movie_table(
+    config: Mapping[str, Any], list_files: Callable[[str], list[str]] | None = None
+) -> dict[str, str]:
     """Movie name (file name without suffix) -> path, sorted by name.
 
     With ``simulate.enabled`` the movies are those the simulator will write (they
-    need not exist yet); otherwise the files matching ``input.movies``.
+    need not exist yet); otherwise the files matching ``input.movies``, found with
+    ``list_files(pattern)`` (default: a local glob; the workflow lists S3 when its
+    default storage is S3).
 
     Raises
     ------
@@ -204,7 +208,10 @@ def movie_table(config: Mapping[str, Any]) -> dict[str, str]:
     if config["simulate"]["enabled"]:
         return _simulated_movies(config)
     pattern = config["input"]["movies"]
-    paths = sorted(p for p in glob.glob(pattern) if not Path(p).is_dir())
+    if list_files is None:
+        paths = sorted(p for p in glob.glob(pattern) if not Path(p).is_dir())
+    else:
+        paths = sorted(list_files(pattern))
     if not paths:
         raise ConfigError(f"input.movies: no movie file matches {pattern!r}")
     odd = [p for p in paths if Path(p).suffix.lower() not in MOVIE_SUFFIXES]

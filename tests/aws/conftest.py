@@ -8,6 +8,7 @@ credentials are fake and every client is pointed at 127.0.0.1.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ def moto_endpoint() -> Iterator[str]:
     """URL of a moto server (S3, IAM, Batch, CloudFormation, ...) on 127.0.0.1."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

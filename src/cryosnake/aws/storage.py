@@ -1,0 +1,123 @@
+"""Movie discovery in S3, for runs whose default storage is S3 (profiles/aws).
+
+With ``default-storage-provider: s3`` every relative path of the workflow lives under
+the default storage prefix (``s3://BUCKET/PROJECT``), ``input.movies`` included. A
+local glob cannot see those files, so the workflow lists the bucket instead.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+from typing import Any
+
+from cryosnake.errors import ConfigError
+
+__all__ = ["glob_s3", "split_s3_url", "stage_errors"]
+
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")`` (no trailing slash).
+
+    Raises
+    ------
+    ConfigError
+        ``url`` is not of the form ``s3://bucket[/prefix]``.
+    """
+    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
+        raise ConfigError(f"not an S3 URL of the form s3://bucket[/prefix]: {url!r}")
+    bucket, _, prefix = url[5:].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def glob_s3(
+    storage_prefix: str,
+    pattern: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    client: Any = None,
+) -> list[str]:
+    """Paths (relative to ``storage_prefix``) of the objects matching ``pattern``.
+
+    ``pattern`` is a shell pattern relative to the storage prefix, as
+    ``input.movies`` is in a run on S3 (e.g. ``movies/*.tiff``); ``*`` does not match
+    ``/``. Objects are listed from the longest constant part of the pattern only.
+
+    Raises
+    ------
+    ConfigError
+        The bucket does not exist or cannot be listed (the message names it).
+    """
+    import boto3
+    import botocore.exceptions
+
+    bucket, base = split_s3_url(storage_prefix)
+    pattern = pattern.lstrip("/")
+    constant = _WILDCARD.split(pattern, 1)[0]
+    list_prefix = posixpath.join(base, constant) if base else constant
+    if client is None:
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+    regex = re.compile(fnmatch.translate(pattern).replace(".*", "[^/]*"))
+    found = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=list_prefix
+        ):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                relative = key[len(base) + 1 :] if base else key
+                if not key.endswith("/") and regex.fullmatch(relative):
+                    found.append(relative)
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(
+            f"input.movies: cannot list s3://{bucket}/{list_prefix} ({code})"
+        ) from err
+    except botocore.exceptions.BotoCoreError as err:
+        raise ConfigError(f"input.movies: cannot list s3://{bucket}/{list_prefix} ({err})") from err
+    return sorted(found)
+
+
+_STAGE_ERROR = re.compile(r"^cryosnake [\w-]+: error: .*$", re.MULTILINE)
+
+
+def stage_errors(
+    storage_prefix: str,
+    logs: str,
+    since: float,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    client: Any = None,
+) -> list[tuple[str, str]]:
+    """The one-line stage errors in the log files written to S3 since ``since``.
+
+    A job that fails on AWS Batch uploads its log files, but Snakemake's main process
+    looks for them on its own disk and reports them as not found. This reads the logs
+    under ``logs`` (relative to the storage prefix) that were written at or after
+    ``since`` (seconds since the epoch) and returns ``(s3 url, error line)`` for each
+    ``cryosnake <stage>: error: ...`` line in them, oldest first.
+    """
+    import boto3
+    import botocore.exceptions
+
+    bucket, base = split_s3_url(storage_prefix)
+    prefix = posixpath.join(base, logs.strip("/")) + "/" if base else logs.strip("/") + "/"
+    if client is None:
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+    found = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["LastModified"].timestamp() >= since - 1:
+                    found.append((item["LastModified"], item["Key"]))
+        errors = []
+        for _, key in sorted(found):
+            text = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            for line in _STAGE_ERROR.findall(text.decode("utf-8", "replace")):
+                errors.append((f"s3://{bucket}/{key}", line))
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        return []  # reporting only: the failure itself is already reported
+    return errors

@@ -1,0 +1,100 @@
+"""Upload a file or a folder to S3: parallel multipart parts, skip, resume, verify.
+
+A folder is sent recursively; each file goes to the key ``prefix/<path relative to the
+folder>`` (a single file to ``prefix/<name>``). Files larger than ``--part-size`` are
+sent as multipart uploads by ``--jobs`` threads, smaller ones in one request. Every
+request carries a SHA-256 that S3 checks, and every object gets the SHA-256 of the whole
+file as metadata ``x-amz-meta-sha256``; once sent, S3 must report the expected size,
+metadata and checksum.
+
+An object that already has the file's size and SHA-256 is skipped (``--verify``:
+downloaded and hashed first, and sent again if its bytes are corrupt); one with the same
+key but another size or SHA-256 is replaced. A multipart upload cut short (killed,
+network lost) is resumed by the next run: the parts already in S3 that match the local
+bytes are kept and only the missing ones are sent. Pending uploads that belong to another
+version of the file are aborted.
+
+Example::
+
+    cryosnake upload data/movies s3://my-bucket/project1/movies --jobs 16 --part-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from cryosnake.aws import transfer
+from cryosnake.stages._common import run_stage
+
+__all__ = ["add_args", "add_transfer_options", "main"]
+
+
+def _jobs(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _part_size(text: str) -> int:
+    """argparse type: MiB (>= 5, S3's minimum part size) -> bytes."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    minimum = transfer.MIN_PART_SIZE // transfer.MIB
+    if not value >= minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum} (MiB, S3's minimum), got {text}")
+    return int(value * transfer.MIB)
+
+
+def add_transfer_options(parser: argparse.ArgumentParser) -> None:
+    """``--jobs``, ``--part-size`` and ``--quiet``, shared with ``cryosnake download``."""
+    parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=transfer.DEFAULT_JOBS,
+        metavar="N",
+        help=f"parallel requests (default {transfer.DEFAULT_JOBS})",
+    )
+    parser.add_argument(
+        "--part-size",
+        type=_part_size,
+        default=transfer.DEFAULT_PART_SIZE,
+        metavar="MB",
+        help=f"part size in MiB, at least 5 (default {transfer.DEFAULT_PART_SIZE // transfer.MIB})",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="file or folder to upload (folders recursively)")
+    parser.add_argument("url", help="destination s3://bucket[/prefix]")
+    add_transfer_options(parser)
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="download and hash objects that look up to date; upload again any that differ",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    stats = transfer.upload(
+        args.src,
+        args.url,
+        part_size=args.part_size,
+        jobs=args.jobs,
+        verify=args.verify,
+        quiet=args.quiet,
+    )
+    print(stats.summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("upload", __doc__, add_args, _run, argv)

@@ -1,0 +1,377 @@
+"""`snakemake --profile profiles/aws` end to end, against moto on 127.0.0.1.
+
+The workflow (a copy of Snakefile, rules/, config/ and profiles/ in a git repository
+of its own, as a user's checkout) runs with the AWS profile unchanged except for the
+per-account values and the endpoint overrides: jobs are submitted to moto's AWS Batch
+by snakemake-executor-plugin-aws-batch, each job runs as a local subprocess
+(tests/aws/batchfake.py) that fetches its inputs from the moto bucket through
+snakemake-storage-plugin-s3 and uploads its outputs there. The tests of this module
+share one fake account and run in order: dry run, full run, nothing-to-do, a forced
+rerun of ctf; then a corrupt movie and a spot reclaim in projects of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mrcfile
+import pytest
+import requests
+import starfile
+import yaml
+from batchfake import FakeDocker, Launch
+from snakemake_executor_plugin_aws_batch.constant import VALID_RESOURCES_MAPPING
+
+pytestmark = pytest.mark.workflow
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+REGION = "us-east-1"
+BUCKET = "cryosnake-e2e"
+SECRET = "e2e-secret-access-key-value"
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles"]
+GPU_RULES = {"motioncor"}
+
+
+@dataclass
+class Account:
+    """The fake AWS account of this module and the workflow checkout."""
+
+    endpoint: str
+    docker: FakeDocker
+    workflow: Path
+    dataset: Path
+    s3: Any
+    batch: Any
+
+    def objects(self, prefix: str) -> dict[str, dict[str, Any]]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return {item["Key"]: item for page in pages for item in page.get("Contents", [])}
+
+    def read(self, key: str) -> bytes:
+        return bytes(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    def fetch(self, key: str, folder: Path) -> Path:
+        path = folder / key.replace("/", "_")
+        path.write_bytes(self.read(key))
+        return path
+
+    def upload_dataset(self, project: str, corrupt: str | None = None) -> None:
+        """The simulated movies and gain under s3://BUCKET/PROJECT (one truncated)."""
+        for path in [*sorted((self.dataset / "movies").glob("*.mrc")), self.dataset / "gain.mrc"]:
+            folder = "movies/" if path.parent.name == "movies" else ""
+            key = f"{project}/{folder}{path.name}"
+            body = path.read_bytes()
+            if path.stem == corrupt:
+                body = body[: len(body) // 2]
+            self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    def snakemake(self, project: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`snakemake --profile profiles/aws` with the endpoint overrides only."""
+        cmd = [
+            str(BIN / "snakemake"),
+            "--profile",
+            "profiles/aws",
+            "--storage-s3-endpoint-url",
+            self.endpoint,
+            "--default-storage-prefix",
+            f"s3://{BUCKET}/{project}",
+            *args,
+        ]
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        proc = subprocess.run(
+            cmd, cwd=self.workflow, env=env, capture_output=True, text=True, timeout=600
+        )
+        proc.stdout += proc.stderr  # snakemake reports on both; the tests read both
+        return proc
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The 'Job stats' table of snakemake's output as {rule: count}."""
+    lines = output.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    counts = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def make_workflow_checkout(
+    dest: Path, queue: str, role: str, dataset_config: dict[str, Any]
+) -> Path:
+    """A user's checkout: the workflow files in a git repository, profile values set."""
+    dest.mkdir(parents=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    profile = dest / "profiles" / "aws" / "config.yaml"
+    values = {
+        "aws-batch-region": REGION,
+        "aws-batch-job-queue": queue,
+        "aws-batch-job-role": role,
+        "storage-s3-region": REGION,
+    }
+    text = profile.read_text()
+    for key, value in values.items():
+        text, n = re.subn(rf"^{key}: .*$", f"{key}: {value}", text, flags=re.MULTILINE)
+        assert n == 1, key
+    profile.write_text(text)
+    config_path = dest / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["simulate"]["enabled"] = False
+    config["input"].update({"movies": "movies/*.mrc", "gain": "gain.mrc"})
+    config["acquisition"].update(dataset_config)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    git = ["git", "-c", "user.name=cryosnake", "-c", "user.email=tests@cryosnake.invalid"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "checkout"]):
+        subprocess.run([*git, *args], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def wheelhouse() -> Path:
+    """Wheels of the storage plugin, as the job image holds them at /opt/wheels."""
+    path = ROOT / ".venv" / "wheelhouse"
+    if not any(path.glob("snakemake_storage_plugin_s3-*.whl")):
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(path)),
+                *("-c", str(ROOT / "envs" / "constraints.txt"), "snakemake-storage-plugin-s3"),
+            ],
+            check=True,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def account(
+    moto_endpoint: str, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Account]:
+    import boto3
+    from moto.utilities.docker_utilities import DockerModel
+
+    root = tmp_path_factory.mktemp("aws-e2e")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(("AWS_", "SNAKEMAKE_STORAGE_S3_")):
+                mp.delenv(name)
+        # The submitting machine's credentials (a user's, with a secret of its own).
+        mp.setenv("AWS_ACCESS_KEY_ID", "AKIAE2ETESTINGUSER01")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        mp.setenv("AWS_DEFAULT_REGION", REGION)
+        mp.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+        mp.setenv("AWS_CONFIG_FILE", "/dev/null")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        requests.post(f"{moto_endpoint}/moto-api/reset", timeout=30).raise_for_status()
+        # What the job image and the instance's role give every job (not the job
+        # definition): the image's PATH and wheels, the role's credentials.
+        image_env = {
+            "PATH": f"{BIN}{os.pathsep}/usr/bin{os.pathsep}/bin",
+            "LANG": "C.UTF-8",
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(wheelhouse()),
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "AWS_ACCESS_KEY_ID": "ASIAINSTANCEROLE0001",
+            "AWS_SECRET_ACCESS_KEY": "instance-role-session-secret",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": moto_endpoint,
+        }
+        docker = FakeDocker(root / "containers", image_env)
+        mp.setattr(DockerModel, "docker_client", property(lambda self: docker))
+
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        iam = boto3.client("iam")
+
+        def role(name: str, service: str) -> str:
+            trust = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": service},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+            created = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+            return str(created["Role"]["Arn"])
+
+        batch = boto3.client("batch")
+        environment = batch.create_compute_environment(
+            computeEnvironmentName="cryosnake-e2e",
+            type="UNMANAGED",
+            state="ENABLED",
+            serviceRole=role("cryosnake-batch-service", "batch.amazonaws.com"),
+        )["computeEnvironmentArn"]
+        queue = batch.create_job_queue(
+            jobQueueName="cryosnake-e2e",
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
+        )["jobQueueArn"]
+        params = yaml.safe_load((tiny_dataset / "simulation.yaml").read_text())["parameters"]
+        acquisition = {
+            "pixel_size": params["pixel_size"],
+            "dose_per_frame": params["dose_per_frame"],
+            "voltage": params["voltage"],
+            "cs": params["cs"],
+            "amplitude_contrast": params["amplitude_contrast"],
+        }
+        workflow = make_workflow_checkout(
+            root / "checkout", queue, role("cryosnake-job", "ecs-tasks.amazonaws.com"), acquisition
+        )
+        yield Account(moto_endpoint, docker, workflow, tiny_dataset, s3, batch)
+
+
+def launches_since(account: Account, start: int) -> list[Launch]:
+    return account.docker.launches[start:]
+
+
+def job_definitions(account: Account) -> list[dict[str, Any]]:
+    pages = account.batch.get_paginator("describe_job_definitions").paginate()
+    return [d for page in pages for d in page["jobDefinitions"]]
+
+
+def test_dry_run_submits_nothing(account: Account) -> None:
+    account.upload_dataset("main")
+    proc = account.snakemake("main", "-n")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    stats = job_stats(proc.stdout)
+    assert stats["motioncor"] == 2 and stats["ctf"] == 2 and stats["curate"] == 1
+    assert account.docker.launches == []
+    assert job_definitions(account) == []
+
+
+def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
+    proc = account.snakemake("main")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    results = account.objects("main/results/")
+    for name in ("movies.star", "micrographs_ctf.star", "micrographs_selected.star"):
+        assert f"main/results/{name}" in results
+    for movie in ("movie_0001", "movie_0002"):
+        for path in (f"motioncor/{movie}.mrc", f"motioncor/{movie}.star", f"ctf/{movie}.star"):
+            assert f"main/results/{path}" in results, path
+    star = tmp_path / "micrographs_ctf.star"
+    star.write_bytes(account.read("main/results/micrographs_ctf.star"))
+    ctf = starfile.read(star)
+    assert len(ctf["micrographs"]) == 2
+    with mrcfile.open(account.fetch("main/results/motioncor/movie_0001.mrc", tmp_path)) as mrc:
+        assert mrc.data.ndim == 2
+
+    launches = account.docker.launches
+    assert all(launch.returncode == 0 for launch in launches)
+    # Per-movie work arrives as one grouped job (both movies: group-components 24).
+    grouped = [launch for launch in launches if "preprocess" in launch.name]
+    assert len(grouped) == 1
+    assert all(m in " ".join(grouped[0].command) for m in ("movie_0001", "movie_0002"))
+    assert len(launches) == 3  # the group, import_movies, curate
+
+    definitions = job_definitions(account)
+    assert len(definitions) == len(launches)
+    for definition in definitions:
+        props = definition["containerProperties"]
+        needs = {r["type"]: int(r["value"]) for r in props["resourceRequirements"]}
+        name = definition["jobDefinitionName"]
+        # GPU requirement exactly for the jobs that contain a GPU rule.
+        has_gpu_rule = any(rule in name for rule in GPU_RULES)
+        assert ("GPU" in needs) == has_gpu_rule, name
+        # The (vCPU, memory) pair is one the plugin keeps as it is.
+        assert needs["VCPU"] in VALID_RESOURCES_MAPPING.get(needs["MEMORY"], []), name
+        # No credential or secret in the job definition: the job role grants access.
+        text = json.dumps(definition)
+        assert SECRET not in text and "AKIAE2ETESTINGUSER01" not in text
+        for variable in props["environment"]:
+            assert not re.search(r"KEY|SECRET|TOKEN|PASSWORD", variable["name"]), variable
+        assert props["jobRoleArn"].endswith(":role/cryosnake-job")
+
+
+def test_second_run_has_nothing_to_do(account: Account) -> None:
+    before = len(account.docker.launches)
+    proc = account.snakemake("main")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Nothing to be done" in proc.stdout
+    assert len(account.docker.launches) == before
+
+
+def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> None:
+    before = len(account.docker.launches)
+    objects = account.objects("main/results/")
+    proc = account.snakemake("main", "--forcerun", "ctf")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert job_stats(proc.stdout) == {"all": 1, "ctf": 2, "curate": 1, "total": 4}
+    new = launches_since(account, before)
+    assert len(new) == 2 and all(launch.returncode == 0 for launch in new)
+    assert not any("motioncor" in launch.name or "inspect" in launch.name for launch in new)
+    after = account.objects("main/results/")
+    for movie in ("movie_0001", "movie_0002"):
+        # The motion-corrected micrographs are read from S3, not made again.
+        key = f"main/results/motioncor/{movie}_noDW.mrc"
+        assert after[key]["LastModified"] == objects[key]["LastModified"]
+        key = f"main/results/ctf/{movie}.star"
+        assert after[key]["LastModified"] > objects[key]["LastModified"]
+
+
+def test_corrupt_movie_fails_with_the_stage_error(account: Account) -> None:
+    account.upload_dataset("broken", corrupt="movie_0002")
+    before = len(account.docker.launches)
+    proc = account.snakemake("broken", "--retries", "0")
+    assert proc.returncode != 0
+    # The stage's one-line error, read from the job's log in S3, names the movie.
+    errors = [line for line in proc.stdout.splitlines() if ": error: " in line]
+    assert any(
+        re.search(r"cryosnake (inspect|motioncor): error: .*movie_0002\.mrc", line)
+        for line in errors
+    ), proc.stdout[-5000:]
+    assert any(launch.returncode != 0 for launch in launches_since(account, before))
+    # Nothing is left in S3 as if it were a result: only logs and benchmarks.
+    left = [k for k in account.objects("broken/results/") if "/logs/" not in k]
+    assert all("/benchmarks/" in key for key in left), left
+
+
+def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path) -> None:
+    account.upload_dataset("reclaim")
+    reclaimed: list[Launch] = []
+
+    def reclaim(launch: Launch) -> bool:
+        # Kill the first group job once motioncor has written a micrograph in it.
+        if reclaimed or "preprocess" not in launch.name:
+            return False
+        if any(launch.workdir.rglob("reclaim/results/motioncor/*.mrc")):
+            reclaimed.append(launch)
+            return True
+        return False
+
+    account.docker.containers.reclaim = reclaim
+    before = len(account.docker.launches)
+    try:
+        proc = account.snakemake("reclaim")
+    finally:
+        account.docker.containers.reclaim = None
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert len(reclaimed) == 1 and reclaimed[0].killed
+    grouped = [launch for launch in launches_since(account, before) if "preprocess" in launch.name]
+    assert [launch.returncode for launch in grouped] == [137, 0]
+    results = account.objects("reclaim/results/")
+    expected = account.objects("main/results/")
+    assert {k.split("/", 1)[1] for k in results} >= {
+        k.split("/", 1)[1] for k in expected if "/logs/" not in k and "/benchmarks/" not in k
+    }
+    for key in results:
+        if key.endswith(".mrc"):
+            with mrcfile.open(account.fetch(key, tmp_path)) as mrc:
+                assert mrc.data.ndim == 2, key
