@@ -1,0 +1,175 @@
+"""The execution profiles and the rules' resources they depend on.
+
+Every rule's (threads, mem_mb) pair must be one that snakemake-executor-plugin-aws-batch
+keeps as it is: the plugin applies AWS Fargate's vCPU/memory table to EC2 jobs and
+silently lowers (or rejects) any other pair. The pairs are read from a dry run of the
+whole workflow (with the AWS profile's core count) and checked with the plugin's own
+validation. GPU rules must declare both gpu=1 (SLURM, local) and _gpus=1 (the only
+GPU resource the AWS Batch executor reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from snakemake_executor_plugin_aws_batch.batch_job_builder import BatchJobBuilder
+from snakemake_interface_common.exceptions import WorkflowError
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def profile(name: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text()))
+
+
+def dry_run_jobs(tmp: Path, cores: int) -> dict[str, dict[str, str]]:
+    """{rule: {"threads": ..., resource: value}} from a dry run of every rule."""
+    config = {
+        "results": str(tmp / "results"),
+        "input": {"movies": str(tmp / "data/movies/*.mrc"), "gain": str(tmp / "data/gain.mrc")},
+        "simulate": {
+            "enabled": True,
+            "preset": "tiny",
+            "n_movies": 2,
+            "out_dir": str(tmp / "data"),
+        },
+    }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    common = ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp)]
+    common += ["--configfile", str(path), "--workflow-profile", "none"]
+    cmd = [str(SNAKEMAKE), "-n", "--cores", str(cores), *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs: dict[str, dict[str, str]] = {}
+    rule = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        start = re.match(r"^\s*(?:local)?rule (\w+):$", line)
+        if start:
+            rule = start.group(1)
+            jobs.setdefault(rule, {"threads": "1"})
+        elif rule and (match := re.match(r"^\s+threads: (\d+)$", line)):
+            jobs[rule]["threads"] = match.group(1)
+        elif rule and (match := re.match(r"^\s+resources: (.*)$", line)):
+            for item in match.group(1).split(", "):
+                key, _, value = item.partition("=")
+                jobs[rule][key] = value
+    listed = subprocess.run(
+        [str(SNAKEMAKE), "--list-rules", *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp,
+    ).stdout.split()
+    assert set(listed) - {"all"} <= set(jobs), "a rule is missing from the dry run"
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    return dry_run_jobs(tmp_path_factory.mktemp("resources"), int(profile("aws")["cores"]))
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def plugin_keeps(vcpu: int, mem_mb: int) -> bool:
+    """True if the AWS Batch plugin submits (vcpu, mem_mb) unchanged."""
+    builder = BatchJobBuilder.__new__(BatchJobBuilder)
+    logger = logging.getLogger("cryosnake-test-aws-batch")
+    recorder = _Recorder()
+    logger.addHandler(recorder)
+    builder.logger = logger
+    try:
+        kept = builder._validate_resources(str(vcpu), str(mem_mb))
+    except WorkflowError:
+        return False
+    finally:
+        logger.removeHandler(recorder)
+    return kept == (str(vcpu), str(mem_mb)) and not recorder.messages
+
+
+def test_plugin_check_can_fail() -> None:
+    assert plugin_keeps(8, 16384) and plugin_keeps(1, 2048)
+    assert not plugin_keeps(8, 60000)  # the issue's example: lowered to 16384
+    assert not plugin_keeps(2, 8000) and not plugin_keeps(3, 8192)
+
+
+def test_every_rule_has_a_pair_the_batch_plugin_keeps(jobs: dict[str, dict[str, str]]) -> None:
+    for rule, resources in jobs.items():
+        if rule == "all":  # a local rule: never submitted
+            continue
+        assert "mem_mb" in resources, rule
+        pair = (int(resources["threads"]), int(resources["mem_mb"]))
+        assert plugin_keeps(*pair), (
+            f"rule {rule}: (threads, mem_mb) {pair} is changed by the plugin"
+        )
+
+
+def test_gpu_rules_declare_both_gpu_resources(jobs: dict[str, dict[str, str]]) -> None:
+    gpu_rules = {rule for rule, res in jobs.items() if "gpu" in res or "_gpus" in res}
+    assert "motioncor" in gpu_rules
+    for rule in gpu_rules:
+        assert jobs[rule].get("gpu") == "1" and jobs[rule].get("_gpus") == "1", rule
+
+
+def test_aws_profile_settings() -> None:
+    aws = profile("aws")
+    assert aws["executor"] == "aws-batch"
+    assert aws["default-storage-provider"] == "s3"
+    assert aws["default-storage-prefix"].startswith("s3://")
+    assert int(aws["aws-batch-task-timeout"]) >= 3600  # the plugin's default is 300 s
+    assert int(aws["retries"]) >= 1
+    assert "preprocess" in aws["group-components"]
+    for key in ("aws-batch-region", "aws-batch-job-queue", "aws-batch-job-role", "container-image"):
+        assert aws[key], key
+    # Nothing in the profile is a credential.
+    text = (ROOT / "profiles" / "aws" / "config.yaml").read_text()
+    assert not re.search(r"(?i)(access.?key|secret|token|password)\s*:", text)
+
+
+def test_default_profile_does_not_override_remote_profiles() -> None:
+    # profiles/default is read as the workflow profile of every run, and wins.
+    default = profile("default")
+    for key in ("cores", "jobs", "executor", "default-resources", "set-resources", "resources"):
+        assert key not in default, key
+
+
+def test_slurm_profile_dry_run(tmp_path: Path) -> None:
+    slurm = profile("slurm")
+    assert slurm["executor"] == "slurm" and "preprocess" in slurm["group-components"]
+    config = {
+        "results": str(tmp_path / "results"),
+        "input": {"movies": str(tmp_path / "d/movies/*.mrc"), "gain": str(tmp_path / "d/gain.mrc")},
+        "simulate": {
+            "enabled": True,
+            "preset": "tiny",
+            "n_movies": 2,
+            "out_dir": str(tmp_path / "d"),
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [str(SNAKEMAKE), "--profile", "profiles/slurm", "-n", "--configfile", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "motioncor" in proc.stdout
