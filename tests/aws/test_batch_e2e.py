@@ -31,6 +31,8 @@ import yaml
 from batchfake import FakeDocker, Launch
 from snakemake_executor_plugin_aws_batch.constant import VALID_RESOURCES_MAPPING
 
+from cryosnake import cli
+
 pytestmark = pytest.mark.workflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,14 +68,20 @@ class Account:
         return path
 
     def upload_dataset(self, project: str, corrupt: str | None = None) -> None:
-        """The simulated movies and gain under s3://BUCKET/PROJECT (one truncated)."""
-        for path in [*sorted((self.dataset / "movies").glob("*.mrc")), self.dataset / "gain.mrc"]:
-            folder = "movies/" if path.parent.name == "movies" else ""
-            key = f"{project}/{folder}{path.name}"
-            body = path.read_bytes()
-            if path.stem == corrupt:
-                body = body[: len(body) // 2]
-            self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        """The simulated movies and gain -> s3://BUCKET/PROJECT with `cryosnake upload`.
+
+        With ``corrupt``, that movie is uploaded cut to half its length.
+        """
+        movies = self.dataset / "movies"
+        if corrupt is not None:
+            copy = self.workflow.parent / f"{project}-movies"
+            shutil.copytree(movies, copy)
+            body = (copy / f"{corrupt}.mrc").read_bytes()
+            (copy / f"{corrupt}.mrc").write_bytes(body[: len(body) // 2])
+            movies = copy
+        url = f"s3://{BUCKET}/{project}"
+        for args in ([movies, f"{url}/movies"], [self.dataset / "gain.mrc", url]):
+            assert cli.main(["upload", *map(str, args), "--quiet"]) == 0
 
     def snakemake(self, project: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`snakemake --profile profiles/aws` with the endpoint overrides only."""
