@@ -325,6 +325,16 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
     new = launches_since(account, before)
     assert len(new) == 2 and all(launch.returncode == 0 for launch in new)
     assert not any("motioncor" in launch.name or "inspect" in launch.name for launch in new)
+    # The group now holds ctf only, a CPU rule: its job asks for no GPU.
+    definitions = job_definitions(account)
+    for launch in new:
+        definition = next(
+            d
+            for d in definitions
+            if launch.name.startswith(d["jobDefinitionName"].replace("snakejob-def-", "snakejob-"))
+        )
+        kinds = {r["type"] for r in definition["containerProperties"]["resourceRequirements"]}
+        assert "GPU" not in kinds, launch.name
     after = account.objects("main/results/")
     for movie in ("movie_0001", "movie_0002"):
         # The motion-corrected micrographs are read from S3, not made again.
@@ -354,6 +364,7 @@ def test_corrupt_movie_fails_with_the_stage_error(account: Account) -> None:
 def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path) -> None:
     account.upload_dataset("reclaim")
     reclaimed: list[Launch] = []
+    in_s3_at_kill: list[str] = []
 
     def reclaim(launch: Launch) -> bool:
         # Kill the first group job once motioncor has written a micrograph in it.
@@ -361,6 +372,7 @@ def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path
             return False
         if any(launch.workdir.rglob("reclaim/results/motioncor/*.mrc")):
             reclaimed.append(launch)
+            in_s3_at_kill.extend(account.objects("reclaim/results/motioncor/"))
             return True
         return False
 
@@ -372,6 +384,10 @@ def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path
         account.docker.containers.reclaim = None
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert len(reclaimed) == 1 and reclaimed[0].killed
+    # The micrograph written in the container had not reached S3: outputs are sent
+    # only once their job has finished.
+    assert in_s3_at_kill == []
+    assert "Trying to restart job" in proc.stdout
     grouped = [launch for launch in launches_since(account, before) if "preprocess" in launch.name]
     assert [launch.returncode for launch in grouped] == [137, 0]
     results = account.objects("reclaim/results/")
