@@ -12,25 +12,12 @@ import posixpath
 import re
 from typing import Any
 
+from cryosnake.aws.transfer import parse_s3_url
 from cryosnake.errors import ConfigError
 
-__all__ = ["glob_s3", "split_s3_url", "stage_errors"]
+__all__ = ["glob_s3", "stage_errors"]
 
 _WILDCARD = re.compile(r"[*?\[]")
-
-
-def split_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")`` (no trailing slash).
-
-    Raises
-    ------
-    ConfigError
-        ``url`` is not of the form ``s3://bucket[/prefix]``.
-    """
-    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
-        raise ConfigError(f"not an S3 URL of the form s3://bucket[/prefix]: {url!r}")
-    bucket, _, prefix = url[5:].partition("/")
-    return bucket, prefix.strip("/")
 
 
 def glob_s3(
@@ -54,7 +41,7 @@ def glob_s3(
     import boto3
     import botocore.exceptions
 
-    bucket, base = split_s3_url(storage_prefix)
+    bucket, base = parse_s3_url(storage_prefix)
     pattern = pattern.lstrip("/")
     constant = _WILDCARD.split(pattern, 1)[0]
     list_prefix = posixpath.join(base, constant) if base else constant
@@ -103,7 +90,7 @@ def stage_errors(
     import boto3
     import botocore.exceptions
 
-    bucket, base = split_s3_url(storage_prefix)
+    bucket, base = parse_s3_url(storage_prefix)
     prefix = posixpath.join(base, logs.strip("/")) + "/" if base else logs.strip("/") + "/"
     if client is None:
         client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
