@@ -1,0 +1,443 @@
+"""The CloudFormation template of the AWS side and ``cryosnake aws profile``.
+
+The template is linted with cfn-lint and its security- and cost-relevant structure is
+checked on the parsed YAML. ``cryosnake aws profile`` runs against a stack that moto's
+CloudFormation creates from infra/cryosnake.yaml itself, with two moto-only changes (see
+``create_stack``); the values it writes are compared with what the stack created.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from botocore.stub import Stubber
+from cfnlint.decode import decode
+
+from cryosnake import cli
+from cryosnake.aws import stack as aws_stack
+from cryosnake.errors import CryosnakeError
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "infra" / "cryosnake.yaml"
+CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+GPU_FAMILIES = {"g5", "g6", "p3", "p4d"}
+STACK = "cryosnake-test"
+# moto's CloudFormation skips the bucket policy; the structure test checks it.
+MOTO_SKIPS_BUCKET_POLICY = pytest.mark.filterwarnings(
+    "ignore:Tried to parse AWS..S3..BucketPolicy:UserWarning"
+)
+
+# A small profile with the keys the command fills, other keys and comments around them.
+PROFILE = """\
+# AWS profile (test copy)
+executor: aws-batch
+aws-batch-region: eu-west-1  # filled by cryosnake aws profile
+aws-batch-job-queue: arn:aws:batch:eu-west-1:000000000000:job-queue/old
+aws-batch-job-role: "arn:aws:iam::000000000000:role/old"
+default-storage-prefix: s3://old-bucket/old
+storage-s3-region: eu-west-1
+container-image: old/cryosnake:0.0.1-gpu
+
+# other settings stay as they are
+default-storage-provider: s3
+aws-batch-task-timeout: 43200
+default-resources:
+  mem_mb: 2048
+"""
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    parsed, matches = decode(str(TEMPLATE))
+    assert not matches, matches
+    assert parsed is not None
+    return dict(parsed)
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def resolve_list(template: dict[str, Any], value: Any) -> list[str]:
+    """A list property, or a Ref to a CommaDelimitedList parameter, as its default."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return str(template["Parameters"][value["Ref"]]["Default"]).split(",")
+    return [str(v) for v in value]
+
+
+def family(instance_type: str) -> str:
+    return instance_type.split(".")[0]
+
+
+# ------------------------------------------------------------------ lint and structure
+
+
+def test_cfn_lint_clean() -> None:
+    proc = subprocess.run(
+        [str(CFN_LINT), str(TEMPLATE)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def test_outputs_match_the_code(template: dict[str, Any]) -> None:
+    assert set(template["Outputs"]) == set(aws_stack.OUTPUT_NAMES)
+
+
+def test_bucket_is_encrypted_versioned_private_and_tls_only(template: dict[str, Any]) -> None:
+    (bucket_id, bucket), *others = resources(template, "AWS::S3::Bucket").items()
+    assert not others
+    props = bucket["Properties"]
+    rules = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (policy,) = resources(template, "AWS::S3::BucketPolicy").values()
+    assert policy["Properties"]["Bucket"] == {"Ref": bucket_id}
+    denies = [
+        s
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny"
+        and s["Condition"]["Bool"]["aws:SecureTransport"] in ("false", False)
+    ]
+    assert denies and denies[0]["Action"] in ("s3:*", ["s3:*"])
+    assert {"Fn::GetAtt": [bucket_id, "Arn"]} in denies[0]["Resource"]
+    assert {"Fn::Sub": f"${{{bucket_id}.Arn}}/*"} in denies[0]["Resource"]
+
+
+def test_bucket_lifecycle(template: dict[str, Any]) -> None:
+    (bucket,) = resources(template, "AWS::S3::Bucket").values()
+    rules = {r["Id"]: r for r in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert all(r["Status"] == "Enabled" for r in rules.values())
+    archive = [
+        r
+        for r in rules.values()
+        if any(t["StorageClass"] == "DEEP_ARCHIVE" for t in r.get("Transitions", []))
+    ]
+    assert len(archive) == 1
+    # The rule matches what `cryosnake upload` tags raw movies with, whatever the project.
+    key, value = aws_stack.RAW_MOVIE_TAG
+    assert archive[0]["TagFilters"] == [{"Key": key, "Value": value}]
+    days = archive[0]["Transitions"][0]["TransitionInDays"]
+    assert days == {"Ref": "RawMoviesArchiveDays"}
+    assert template["Parameters"]["RawMoviesArchiveDays"]["Default"] == 30
+    scratch = [r for r in rules.values() if "ExpirationInDays" in r]
+    assert len(scratch) == 1 and scratch[0]["Prefix"] == {"Ref": "ScratchPrefix"}
+    assert template["Parameters"]["ScratchPrefix"]["Default"] == "scratch/"
+    # An empty scratch prefix would expire the whole bucket: the parameter forbids it.
+    pattern = template["Parameters"]["ScratchPrefix"]["AllowedPattern"]
+    assert not re.fullmatch(pattern, "")
+    assert any("NoncurrentVersionExpiration" in r for r in rules.values())
+    aborts = [
+        r["AbortIncompleteMultipartUpload"]
+        for r in rules.values()
+        if "AbortIncompleteMultipartUpload" in r
+    ]
+    assert aborts == [{"DaysAfterInitiation": 7}]
+
+
+def test_job_role_reaches_only_the_bucket(template: dict[str, Any]) -> None:
+    (bucket_id,) = resources(template, "AWS::S3::Bucket")
+    role = template["Resources"]["JobRole"]["Properties"]
+    principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "ecs-tasks.amazonaws.com"}
+    assert "ManagedPolicyArns" not in role
+    allowed = [
+        {"Fn::GetAtt": [bucket_id, "Arn"]},
+        {"Fn::Sub": f"${{{bucket_id}.Arn}}/*"},
+    ]
+    actions: set[str] = set()
+    for policy in role["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            found = statement["Resource"]
+            for resource in found if isinstance(found, list) else [found]:
+                assert resource in allowed, resource
+            acts = statement["Action"]
+            actions |= set(acts if isinstance(acts, list) else [acts])
+    assert actions == {
+        "s3:ListBucket",
+        "s3:GetBucketLocation",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+    }
+
+
+def test_one_queue_cpu_spot_then_gpu_spot_then_gpu_on_demand(template: dict[str, Any]) -> None:
+    (queue,) = resources(template, "AWS::Batch::JobQueue").values()
+    order = sorted(queue["Properties"]["ComputeEnvironmentOrder"], key=lambda o: o["Order"])
+    envs = template["Resources"]
+    cpu, gpu_spot, gpu_od = (envs[o["ComputeEnvironment"]["Ref"]] for o in order)
+    assert len(resources(template, "AWS::Batch::ComputeEnvironment")) == 3
+
+    def compute(env: dict[str, Any]) -> dict[str, Any]:
+        assert env["Properties"]["Type"] == "MANAGED"
+        res = dict(env["Properties"]["ComputeResources"])
+        assert res["MinvCpus"] == 0
+        assert isinstance(res["MaxvCpus"], dict) and "Ref" in res["MaxvCpus"]
+        assert res["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": "InstanceLaunchTemplate"}
+        return res
+
+    cpu_res, spot_res, od_res = compute(cpu), compute(gpu_spot), compute(gpu_od)
+    assert cpu_res["Type"] == "SPOT"
+    cpu_families = {family(t) for t in resolve_list(template, cpu_res["InstanceTypes"])}
+    assert cpu_families and not any(f[0] in "gp" for f in cpu_families), cpu_families
+    for res in (spot_res, od_res):
+        types = resolve_list(template, res["InstanceTypes"])
+        assert types and {family(t) for t in types} <= GPU_FAMILIES, types
+        assert res["Ec2Configuration"][0]["ImageType"] in {"ECS_AL2_NVIDIA", "ECS_AL2023_NVIDIA"}
+    assert spot_res["Type"] == "SPOT"
+    assert spot_res["AllocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    assert od_res["Type"] == "EC2"
+    assert od_res["AllocationStrategy"] == "BEST_FIT_PROGRESSIVE"
+
+
+def test_root_volume_and_log_group(template: dict[str, Any]) -> None:
+    (launch,) = resources(template, "AWS::EC2::LaunchTemplate").values()
+    (device,) = launch["Properties"]["LaunchTemplateData"]["BlockDeviceMappings"]
+    assert device["Ebs"]["VolumeType"] == "gp3"
+    assert device["Ebs"]["VolumeSize"] == {"Ref": "RootVolumeSize"}
+    assert template["Parameters"]["RootVolumeSize"]["Default"] == 200
+    (group,) = resources(template, "AWS::Logs::LogGroup").values()
+    assert group["Properties"]["LogGroupName"] == "/aws/batch/job"
+    assert group["Condition"] == "CreateLogGroupCondition"
+    assert template["Conditions"]["CreateLogGroupCondition"] == {
+        "Fn::Equals": [{"Ref": "CreateLogGroup"}, "true"]
+    }
+
+
+# ------------------------------------------------------------------ the command on moto
+
+
+def create_stack(template: dict[str, Any], name: str = STACK) -> dict[str, str]:
+    """Create the real template in moto and return its outputs.
+
+    Two changes for moto only: moto's model of AWS::Batch::ComputeEnvironment requires
+    a ServiceRole (real Batch uses its service-linked role when none is given), and
+    moto does not split the default of a CommaDelimitedList parameter, so those
+    parameters are passed explicitly with their defaults.
+    """
+    body = json.loads(json.dumps(template))
+    iam = boto3.client("iam")
+    role = iam.create_role(
+        RoleName="moto-batch-service-role",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    for resource in body["Resources"].values():
+        if resource["Type"] == "AWS::Batch::ComputeEnvironment":
+            assert "ServiceRole" not in resource["Properties"]
+            resource["Properties"]["ServiceRole"] = role
+    params = [
+        {"ParameterKey": key, "ParameterValue": str(p["Default"])}
+        for key, p in body["Parameters"].items()
+        if p["Type"] == "CommaDelimitedList"
+    ]
+    cfn = boto3.client("cloudformation")
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=json.dumps(body),
+        Parameters=params,
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    (described,) = cfn.describe_stacks(StackName=name)["Stacks"]
+    assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
+    return {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
+
+
+@pytest.fixture
+def profile_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "aws"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(PROFILE)
+    return folder
+
+
+@MOTO_SKIPS_BUCKET_POLICY
+def test_profile_from_the_stack(
+    aws_env: str, template: dict[str, Any], profile_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outputs = create_stack(template)
+    assert set(outputs) == set(aws_stack.OUTPUT_NAMES)
+    argv = ["aws", "profile", "--stack", STACK, "--profile-dir", str(profile_dir)]
+    assert cli.main([*argv, "--project", "apoferritin"]) == 0
+
+    # The values name what the stack created.
+    bucket = boto3.client("s3").list_buckets()["Buckets"][0]["Name"]
+    (queue,) = boto3.client("batch").describe_job_queues()["jobQueues"]
+    role = boto3.client("iam").get_role(RoleName=f"{STACK}-job-role")["Role"]["Arn"]
+    repo = boto3.client("ecr").describe_repositories()["repositories"][0]["repositoryUri"]
+    expected = {
+        "aws-batch-region": "us-east-1",
+        "aws-batch-job-queue": queue["jobQueueArn"],
+        "aws-batch-job-role": role,
+        "storage-s3-region": "us-east-1",
+        "default-storage-prefix": f"s3://{bucket}/apoferritin",
+        "container-image": f"{repo}:{aws_stack.default_image_tag()}",
+    }
+    assert expected["container-image"].endswith("/cryosnake:0.1.0-gpu")
+    written = (profile_dir / "config.yaml").read_text()
+    assert {k: v for k, v in yaml.safe_load(written).items() if k in expected} == expected
+
+    # Only the values changed: comments, other lines and a trailing comment stay.
+    old, new = PROFILE.splitlines(), written.splitlines()
+    assert len(old) == len(new)
+    changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    assert {b.split(":")[0] for _, b in changed} == set(expected)
+    assert "aws-batch-region: us-east-1  # filled by cryosnake aws profile" in new
+
+    out = capsys.readouterr().out
+    for key, value in expected.items():
+        assert f"{key}: {value}" in out
+
+    # The job queue tries CPU spot first, then GPU spot, then GPU on-demand.
+    envs = {
+        e["computeEnvironmentArn"]: e["computeResources"]
+        for e in boto3.client("batch").describe_compute_environments()["computeEnvironments"]
+    }
+    order = sorted(queue["computeEnvironmentOrder"], key=lambda o: o["order"])
+    kinds = [envs[o["computeEnvironment"]]["type"] for o in order]
+    assert kinds == ["SPOT", "SPOT", "EC2"]
+    assert "g5" not in envs[order[0]["computeEnvironment"]]["instanceTypes"]
+    assert "g5" in envs[order[1]["computeEnvironment"]]["instanceTypes"]
+
+    # The image tag and project are options.
+    assert cli.main([*argv, "--image-tag", "dev", "--dry-run"]) == 0
+    assert yaml.safe_load((profile_dir / "config.yaml").read_text()) == yaml.safe_load(written)
+    assert f"container-image: {repo}:dev" in capsys.readouterr().out
+
+
+def test_missing_stack_is_one_line_error(
+    aws_env: str, profile_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["aws", "profile", "--stack", "nope", "--profile-dir", str(profile_dir)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("cryosnake aws: error: stack nope: not found")
+    assert (profile_dir / "config.yaml").read_text() == PROFILE
+
+
+@MOTO_SKIPS_BUCKET_POLICY
+def test_profile_missing_a_key_is_left_unchanged(
+    aws_env: str, template: dict[str, Any], profile_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    create_stack(template)
+    path = profile_dir / "config.yaml"
+    text = PROFILE.replace("storage-s3-region: eu-west-1\n", "")
+    path.write_text(text)
+    argv = ["aws", "profile", "--stack", STACK, "--profile-dir", str(profile_dir)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "no top-level key storage-s3-region" in err and str(path) in err
+    assert path.read_text() == text
+    assert sorted(p.name for p in profile_dir.iterdir()) == ["config.yaml"]
+
+
+def test_nested_key_does_not_count(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    text = PROFILE.replace("storage-s3-region: eu-west-1\n", "").replace(
+        "  mem_mb: 2048\n", "  mem_mb: 2048\n  storage-s3-region: eu-west-1\n"
+    )
+    path.write_text(text)
+    values = dict.fromkeys(aws_stack.PROFILE_KEYS, "x")
+    with pytest.raises(CryosnakeError, match="no top-level key storage-s3-region"):
+        aws_stack.update_profile(path, values)
+    assert path.read_text() == text
+
+
+def test_values_that_need_quotes_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(PROFILE)
+    values = dict.fromkeys(aws_stack.PROFILE_KEYS, "x")
+    values["aws-batch-region"] = "yes"  # a YAML 1.1 boolean if unquoted
+    values["container-image"] = "repo:1 # not a comment"
+    aws_stack.update_profile(path, values)
+    assert {k: v for k, v in yaml.safe_load(path.read_text()).items() if k in values} == values
+
+
+def describe(status: str, outputs: dict[str, str]) -> dict[str, Any]:
+    return {
+        "Stacks": [
+            {
+                "StackName": STACK,
+                "CreationTime": "2026-01-01T00:00:00Z",
+                "StackStatus": status,
+                "Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in outputs.items()],
+            }
+        ]
+    }
+
+
+FULL = {name: f"value-of-{name}" for name in aws_stack.OUTPUT_NAMES}
+
+
+@pytest.mark.parametrize(
+    ("status", "outputs", "message"),
+    [
+        ("CREATE_IN_PROGRESS", FULL, "status CREATE_IN_PROGRESS"),
+        ("ROLLBACK_COMPLETE", FULL, "status ROLLBACK_COMPLETE"),
+        ("UPDATE_ROLLBACK_FAILED", FULL, "status UPDATE_ROLLBACK_FAILED"),
+        (
+            "CREATE_COMPLETE",
+            {k: v for k, v in FULL.items() if k != "JobRoleArn"},
+            "no output JobRoleArn",
+        ),
+    ],
+)
+def test_unusable_stacks(status: str, outputs: dict[str, str], message: str) -> None:
+    client = boto3.client(
+        "cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    with Stubber(client) as stub:
+        stub.add_response("describe_stacks", describe(status, outputs), {"StackName": STACK})
+        with pytest.raises(CryosnakeError, match=message) as info:
+            aws_stack.stack_outputs(STACK, client=client)
+    assert "\n" not in str(info.value)
+
+
+def test_usable_after_update_rollback() -> None:
+    client = boto3.client(
+        "cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    with Stubber(client) as stub:
+        stub.add_response("describe_stacks", describe("UPDATE_ROLLBACK_COMPLETE", FULL))
+        assert aws_stack.stack_outputs(STACK, client=client) == FULL
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("project", "/abs"), ("project", "a b"), ("image_tag", "0.1+x")]
+)
+def test_bad_project_or_tag(option: str, value: str) -> None:
+    with pytest.raises(CryosnakeError, match=r"--project|--image-tag"):
+        aws_stack.profile_values(FULL, **{option: value})
+
+
+def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["aws", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "cryosnake aws" in out and "Example::" in out
+
+
+def test_profile_keys_exist_in_aws_profile() -> None:
+    config = yaml.safe_load((ROOT / "profiles" / "aws" / "config.yaml").read_text())
+    missing = [key for key in aws_stack.PROFILE_KEYS if key not in config]
+    assert not missing, f"profiles/aws/config.yaml lacks {missing}"
