@@ -445,3 +445,26 @@ def test_access_denied_is_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert "s3://cryo-test-data/run1: access denied (AccessDenied" in lines[0]
+
+
+def test_raw_movies_are_tagged_for_the_archive_rule(
+    s3: Any, tree: tuple[Path, dict[str, bytes]]
+) -> None:
+    from cryosnake.aws.stack import RAW_MOVIE_TAG
+
+    root, files = tree
+    tag = [{"Key": RAW_MOVIE_TAG[0], "Value": RAW_MOVIE_TAG[1]}]
+
+    def tags(key: str) -> list[dict[str, str]]:
+        return list(s3.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"])
+
+    # Without the option: no tag, neither on a single put nor on a multipart upload.
+    _upload(root)
+    assert tags("run1/a.txt") == [] and tags("run1/big.bin") == []
+    # With it: objects already there are skipped, but get the tag.
+    assert _cli(["upload", str(root), URL, "--part-size", "5", "--raw-movies", "--quiet"]) == 0
+    for rel in files:
+        assert tags(f"run1/{rel}") == tag, rel
+    # New objects carry it from the start (put and multipart).
+    assert _cli(["upload", str(root), f"{URL}/again", "--part-size", "5", "--raw-movies"]) == 0
+    assert tags("run1/again/a.txt") == tag and tags("run1/again/big.bin") == tag

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 import boto3
 from botocore.config import Config
@@ -416,11 +417,19 @@ def _upload_part(
 class _Uploader:
     """State shared by the worker threads of one :func:`upload` call."""
 
-    def __init__(self, client: S3Client, bucket: str, part_size: int, verify: bool) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        part_size: int,
+        verify: bool,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.part_size = part_size
         self.verify = verify
+        self.tagging = urlencode(tags) if tags else None
         self.stats = UploadStats()
         self.lock = threading.Lock()
         self.pending: dict[str, list[str]] = {}  # key -> upload ids in progress
@@ -556,6 +565,7 @@ class _Uploader:
                 Key=item.key,
                 Metadata={SHA256_METADATA: item.sha256},
                 ChecksumAlgorithm="SHA256",
+                **self.tag_args(),
             )
             item.upload_id = str(response["UploadId"])
             self.client.upload_part(
@@ -567,6 +577,17 @@ class _Uploader:
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64(hashlib.sha256(marker).digest()),
             )
+
+    def tag_args(self) -> dict[str, str]:
+        return {"Tagging": self.tagging} if self.tagging else {}
+
+    def tag_existing(self, key: str) -> None:
+        """Give an object that is already there (and skipped) the requested tags."""
+        if not self.tagging:
+            return
+        tags = [{"Key": k, "Value": v} for k, v in parse_qsl(self.tagging)]
+        with _s3(_url(self.bucket, key), self.bucket):
+            self.client.put_object_tagging(Bucket=self.bucket, Key=key, Tagging={"TagSet": tags})
 
     # -- sending ------------------------------------------------------------------------
 
@@ -605,6 +626,7 @@ class _Uploader:
                 Metadata={SHA256_METADATA: item.sha256},
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64(digest.digest()),
+                **self.tag_args(),
             )
         self.send.update(len(data))
         with self.lock:
@@ -696,6 +718,7 @@ def upload(
     verify: bool = False,
     quiet: bool = False,
     client: S3Client | None = None,
+    tags: dict[str, str] | None = None,
 ) -> UploadStats:
     """Upload a file or a folder to S3, skipping what is there and resuming what was cut.
 
@@ -718,6 +741,9 @@ def upload(
         No progress bars.
     client
         A boto3 S3 client; by default one from the environment.
+    tags
+        S3 object tags of every uploaded object (also set on objects skipped because
+        they are already there), e.g. the raw-movie tag of the stack's lifecycle rule.
 
     Returns
     -------
@@ -734,7 +760,7 @@ def upload(
     bucket, prefix = parse_s3_url(url)
     _check_jobs_part_size(jobs, part_size)
     items = _local_files(Path(src), prefix)
-    up = _Uploader(client or _client(jobs), bucket, part_size, verify)
+    up = _Uploader(client or _client(jobs), bucket, part_size, verify, tags)
     up.stats.destination = f"s3://{bucket}/{prefix}"
     up.stats.files = len(items)
     up.list_pending(prefix)
@@ -745,6 +771,7 @@ def upload(
     finally:
         up.check.close()
     up.stats.skipped = [i.key for i in items if i.action == "skip"]
+    _run_pool(jobs, up.stats.skipped, up.tag_existing)
 
     tasks: list[tuple[_Upload, int | None]] = []
     for item in items:

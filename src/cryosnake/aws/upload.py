@@ -7,6 +7,10 @@ request carries a SHA-256 that S3 checks, and every object gets the SHA-256 of t
 file as metadata ``x-amz-meta-sha256``; once sent, S3 must report the expected size,
 metadata and checksum.
 
+With ``--raw-movies`` every object gets the S3 tag ``cryosnake-class=raw-movie``, which
+the lifecycle rule of infra/cryosnake.yaml moves to Glacier Deep Archive after
+RawMoviesArchiveDays (objects already there get the tag too).
+
 An object that already has the file's size and SHA-256 is skipped (``--verify``:
 downloaded and hashed first, and sent again if its bytes are corrupt); one with the same
 key but another size or SHA-256 is replaced. A multipart upload cut short (killed,
@@ -16,7 +20,7 @@ version of the file are aborted.
 
 Example::
 
-    cryosnake upload data/movies s3://my-bucket/project1/movies --jobs 16 --part-size 128
+    cryosnake upload data/movies s3://my-bucket/project1/movies --raw-movies --jobs 16
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 from collections.abc import Sequence
 
 from cryosnake.aws import transfer
+from cryosnake.aws.stack import RAW_MOVIE_TAG
 from cryosnake.stages._common import run_stage
 
 __all__ = ["add_args", "add_transfer_options", "main"]
@@ -81,6 +86,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="download and hash objects that look up to date; upload again any that differ",
     )
+    key, value = RAW_MOVIE_TAG
+    parser.add_argument(
+        "--raw-movies",
+        action="store_true",
+        help=f"tag the objects {key}={value}: the stack's lifecycle rule (infra/cryosnake.yaml) "
+        "moves them to Glacier Deep Archive after RawMoviesArchiveDays",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -91,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         verify=args.verify,
         quiet=args.quiet,
+        tags=dict([RAW_MOVIE_TAG]) if args.raw_movies else None,
     )
     print(stats.summary())
     return 0
