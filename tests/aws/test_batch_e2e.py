@@ -1,8 +1,11 @@
 """`snakemake --profile profiles/aws` end to end, against moto on 127.0.0.1.
 
-The workflow (a copy of Snakefile, rules/, config/ and profiles/ in a git repository
-of its own, as a user's checkout) runs with the AWS profile unchanged except for the
-per-account values and the endpoint overrides: jobs are submitted to moto's AWS Batch
+The account is made as a user makes it: moto's CloudFormation creates the stack of
+infra/cryosnake.yaml (with test_infra.create_stack's two moto-only changes), and
+`cryosnake aws profile --stack` writes the per-account values into the profile of a
+user's checkout (Snakefile, rules/, config/ and profiles/ in a git repository of its
+own). The workflow then runs with that profile and the endpoint override only: jobs
+are submitted to moto's AWS Batch
 by snakemake-executor-plugin-aws-batch, each job runs as a local subprocess
 (tests/aws/batchfake.py) that fetches its inputs from the moto bucket through
 snakemake-storage-plugin-s3 and uploads its outputs there. The tests of this module
@@ -29,16 +32,18 @@ import requests
 import starfile
 import yaml
 from batchfake import FakeDocker, Launch
+from cfnlint.decode import decode
 from snakemake_executor_plugin_aws_batch.constant import VALID_RESOURCES_MAPPING
+from test_infra import MOTO_SKIPS_BUCKET_POLICY, TEMPLATE, create_stack
 
 from cryosnake import cli
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, MOTO_SKIPS_BUCKET_POLICY]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REGION = "us-east-1"
-BUCKET = "cryosnake-e2e"
+STACK = "cryosnake-e2e"
 SECRET = "e2e-secret-access-key-value"
 WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles"]
 GPU_RULES = {"motioncor"}
@@ -49,6 +54,7 @@ class Account:
     """The fake AWS account of this module and the workflow checkout."""
 
     endpoint: str
+    bucket: str
     docker: FakeDocker
     workflow: Path
     dataset: Path
@@ -56,11 +62,11 @@ class Account:
     batch: Any
 
     def objects(self, prefix: str) -> dict[str, dict[str, Any]]:
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return {item["Key"]: item for page in pages for item in page.get("Contents", [])}
 
     def read(self, key: str) -> bytes:
-        return bytes(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def fetch(self, key: str, folder: Path) -> Path:
         path = folder / key.replace("/", "_")
@@ -79,22 +85,21 @@ class Account:
             body = (copy / f"{corrupt}.mrc").read_bytes()
             (copy / f"{corrupt}.mrc").write_bytes(body[: len(body) // 2])
             movies = copy
-        url = f"s3://{BUCKET}/{project}"
+        url = f"s3://{self.bucket}/{project}"
         for args in ([movies, f"{url}/movies"], [self.dataset / "gain.mrc", url]):
-            assert cli.main(["upload", *map(str, args), "--quiet"]) == 0
+            assert cli.main(["upload", *map(str, args), "--raw-movies", "--quiet"]) == 0
 
     def snakemake(self, project: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """`snakemake --profile profiles/aws` with the endpoint overrides only."""
-        cmd = [
-            str(BIN / "snakemake"),
-            "--profile",
-            "profiles/aws",
-            "--storage-s3-endpoint-url",
-            self.endpoint,
-            "--default-storage-prefix",
-            f"s3://{BUCKET}/{project}",
-            *args,
-        ]
+        """`snakemake --profile profiles/aws` with the endpoint override only.
+
+        Project "main" is the one `cryosnake aws profile` wrote into the profile; the
+        others are given on the command line.
+        """
+        cmd = [str(BIN / "snakemake"), "--profile", "profiles/aws"]
+        cmd += ["--storage-s3-endpoint-url", self.endpoint]
+        if project != "main":
+            cmd += ["--default-storage-prefix", f"s3://{self.bucket}/{project}"]
+        cmd += args
         env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         proc = subprocess.run(
             cmd, cwd=self.workflow, env=env, capture_output=True, text=True, timeout=600
@@ -116,10 +121,12 @@ def job_stats(output: str) -> dict[str, int]:
     return counts
 
 
-def make_workflow_checkout(
-    dest: Path, queue: str, role: str, dataset_config: dict[str, Any]
-) -> Path:
-    """A user's checkout: the workflow files in a git repository, profile values set."""
+def make_workflow_checkout(dest: Path, dataset_config: dict[str, Any]) -> Path:
+    """A user's checkout: the workflow files in a git repository, a session's config.
+
+    The config is the one value the README asks for (``input.movies``, relative to the
+    storage prefix) plus the acquisition of the session (and no simulated dataset).
+    """
     dest.mkdir(parents=True)
     for name in WORKFLOW_FILES:
         src = ROOT / name
@@ -127,18 +134,6 @@ def make_workflow_checkout(
             shutil.copytree(src, dest / name)
         else:
             shutil.copy2(src, dest / name)
-    profile = dest / "profiles" / "aws" / "config.yaml"
-    values = {
-        "aws-batch-region": REGION,
-        "aws-batch-job-queue": queue,
-        "aws-batch-job-role": role,
-        "storage-s3-region": REGION,
-    }
-    text = profile.read_text()
-    for key, value in values.items():
-        text, n = re.subn(rf"^{key}: .*$", f"{key}: {value}", text, flags=re.MULTILINE)
-        assert n == 1, key
-    profile.write_text(text)
     config_path = dest / "config" / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["simulate"]["enabled"] = False
@@ -201,37 +196,11 @@ def account(
         docker = FakeDocker(root / "containers", image_env)
         mp.setattr(DockerModel, "docker_client", property(lambda self: docker))
 
+        template, matches = decode(str(TEMPLATE))
+        assert template is not None and not matches
+        outputs = create_stack(dict(template), STACK)
         s3 = boto3.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        iam = boto3.client("iam")
-
-        def role(name: str, service: str) -> str:
-            trust = {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Service": service},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
-            }
-            created = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
-            return str(created["Role"]["Arn"])
-
         batch = boto3.client("batch")
-        environment = batch.create_compute_environment(
-            computeEnvironmentName="cryosnake-e2e",
-            type="UNMANAGED",
-            state="ENABLED",
-            serviceRole=role("cryosnake-batch-service", "batch.amazonaws.com"),
-        )["computeEnvironmentArn"]
-        queue = batch.create_job_queue(
-            jobQueueName="cryosnake-e2e",
-            state="ENABLED",
-            priority=1,
-            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
-        )["jobQueueArn"]
         params = yaml.safe_load((tiny_dataset / "simulation.yaml").read_text())["parameters"]
         acquisition = {
             "pixel_size": params["pixel_size"],
@@ -240,10 +209,20 @@ def account(
             "cs": params["cs"],
             "amplitude_contrast": params["amplitude_contrast"],
         }
-        workflow = make_workflow_checkout(
-            root / "checkout", queue, role("cryosnake-job", "ecs-tasks.amazonaws.com"), acquisition
+        workflow = make_workflow_checkout(root / "checkout", acquisition)
+        profile = str(workflow / "profiles" / "aws")
+        command = ["aws", "profile", "--stack", STACK, "--project", "main"]
+        assert cli.main([*command, "--profile-dir", profile]) == 0
+        yield Account(
+            moto_endpoint, outputs["BucketName"], docker, workflow, tiny_dataset, s3, batch
         )
-        yield Account(moto_endpoint, docker, workflow, tiny_dataset, s3, batch)
+
+
+def stack_outputs(account: Account) -> dict[str, str]:
+    import boto3
+
+    (stack,) = boto3.client("cloudformation").describe_stacks(StackName=STACK)["Stacks"]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
 
 
 def launches_since(account: Account, start: int) -> list[Launch]:
@@ -305,7 +284,7 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
         assert SECRET not in text and "AKIAE2ETESTINGUSER01" not in text
         for variable in props["environment"]:
             assert not re.search(r"KEY|SECRET|TOKEN|PASSWORD", variable["name"]), variable
-        assert props["jobRoleArn"].endswith(":role/cryosnake-job")
+        assert props["jobRoleArn"] == stack_outputs(account)["JobRoleArn"]
 
 
 def test_second_run_has_nothing_to_do(account: Account) -> None:
