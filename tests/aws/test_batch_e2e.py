@@ -34,6 +34,7 @@ import yaml
 from batchfake import FakeDocker, Launch
 from cfnlint.decode import decode
 from snakemake_executor_plugin_aws_batch.constant import VALID_RESOURCES_MAPPING
+from snakemake_output import job_counts
 from test_infra import MOTO_SKIPS_BUCKET_POLICY, TEMPLATE, create_stack
 
 from cryosnake import cli
@@ -106,19 +107,6 @@ class Account:
         )
         proc.stdout += proc.stderr  # snakemake reports on both; the tests read both
         return proc
-
-
-def job_stats(output: str) -> dict[str, int]:
-    """The 'Job stats' table of snakemake's output as {rule: count}."""
-    lines = output.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("Job stats"))
-    counts = {}
-    for line in lines[start + 3 :]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def make_workflow_checkout(dest: Path, dataset_config: dict[str, Any]) -> Path:
@@ -238,7 +226,7 @@ def test_dry_run_submits_nothing(account: Account) -> None:
     account.upload_dataset("main")
     proc = account.snakemake("main", "-n")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    stats = job_stats(proc.stdout)
+    stats = job_counts(proc.stdout)
     assert stats["motioncor"] == 2 and stats["ctf"] == 2 and stats["curate"] == 1
     assert account.docker.launches == []
     assert job_definitions(account) == []
@@ -300,7 +288,7 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
     objects = account.objects("main/results/")
     proc = account.snakemake("main", "--forcerun", "ctf")
     assert proc.returncode == 0, proc.stdout[-5000:]
-    assert job_stats(proc.stdout) == {"all": 1, "ctf": 2, "curate": 1, "total": 4}
+    assert job_counts(proc.stdout) == {"all": 1, "ctf": 2, "curate": 1, "total": 4}
     new = launches_since(account, before)
     assert len(new) == 2 and all(launch.returncode == 0 for launch in new)
     assert not any("motioncor" in launch.name or "inspect" in launch.name for launch in new)

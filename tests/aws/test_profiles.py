@@ -30,8 +30,8 @@ def profile(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text()))
 
 
-def dry_run_jobs(tmp: Path, cores: int) -> dict[str, dict[str, str]]:
-    """{rule: {"threads": ..., resource: value}} from a dry run of every rule."""
+def tiny_config(tmp: Path) -> Path:
+    """A config file that simulates two tiny movies under ``tmp`` (every rule runs)."""
     config = {
         "results": str(tmp / "results"),
         "input": {"movies": str(tmp / "data/movies/*.mrc"), "gain": str(tmp / "data/gain.mrc")},
@@ -44,6 +44,12 @@ def dry_run_jobs(tmp: Path, cores: int) -> dict[str, dict[str, str]]:
     }
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def dry_run_jobs(tmp: Path, cores: int) -> dict[str, dict[str, str]]:
+    """{rule: {"threads": ..., resource: value}} from a dry run of every rule."""
+    path = tiny_config(tmp)
     common = ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp)]
     common += ["--configfile", str(path), "--workflow-profile", "none"]
     cmd = [str(SNAKEMAKE), "-n", "--cores", str(cores), *common]
@@ -152,18 +158,7 @@ def test_default_profile_does_not_override_remote_profiles() -> None:
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     slurm = profile("slurm")
     assert slurm["executor"] == "slurm" and "preprocess" in slurm["group-components"]
-    config = {
-        "results": str(tmp_path / "results"),
-        "input": {"movies": str(tmp_path / "d/movies/*.mrc"), "gain": str(tmp_path / "d/gain.mrc")},
-        "simulate": {
-            "enabled": True,
-            "preset": "tiny",
-            "n_movies": 2,
-            "out_dir": str(tmp_path / "d"),
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = tiny_config(tmp_path)
     proc = subprocess.run(
         [str(SNAKEMAKE), "--profile", "profiles/slurm", "-n", "--configfile", str(path)],
         cwd=ROOT,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import starfile
 import yaml
+from snakemake_output import job_counts
 
 from cryosnake.io import read_mrc, read_star
 
@@ -68,19 +69,6 @@ def tiny_config(root: Path, n_movies: int = 2, fmt: str = "mrc") -> dict[str, An
             "out_dir": str(data),
         },
     }
-
-
-def job_counts(stdout: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
-    counts = {}
-    for line in lines[start + 3 :]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> None:
