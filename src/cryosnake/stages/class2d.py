@@ -1,0 +1,601 @@
+"""Reference-free 2D classification of particle images (maximum likelihood, RELION-style).
+
+Reads ``particles.star`` (RELION 3.1: ``optics`` + ``particles`` blocks, images named
+``000001@stack.mrcs`` relative to the working directory, or else to the STAR file's
+folder; RELION-normalised, contrast-inverted), and classifies the particles into
+``--classes`` classes by expectation-maximisation over classes, in-plane rotations
+(every ``--psi-step`` degrees) and translations (within ``--max-shift`` Å), with the
+CTF in the model, a noise spectrum estimated from the data, class averages that are
+Wiener-filtered with their own SNR and masked with a soft circle of ``--diameter``, and
+a start from random classes (see :mod:`cryosnake.ops.class2d`). Images are Fourier-
+cropped to a working box of at most ``--box`` pixels (default 64) for speed. The
+search widens in resolution as the classes improve; the run stops when fewer than 1 %
+of the particles change class and the log-likelihood has levelled off (or after
+``--iterations``).
+
+Outputs in ``--out-dir``:
+
+- ``run_classes.mrcs``: the class averages at the particles' box and pixel size;
+- ``run_data.star``: the input optics and particles plus ``rlnClassNumber``,
+  ``rlnAnglePsi``, ``rlnOriginXAngst``, ``rlnOriginYAngst`` (the particle centre is at
+  the box centre minus the origin), ``rlnMaxValueProbDistribution`` and
+  ``rlnLogLikeliContribution`` (log marginal likelihood of the image under the model);
+- ``run_model.star``: ``model_general``; ``model_classes`` with ``rlnReferenceImage``,
+  ``rlnClassDistribution``, ``rlnClassParticleCount``, ``rlnEstimatedResolution`` (Å,
+  where the class SSNR falls below 1) and the class score ``rlnClassScore`` with what
+  it is made of, ``rlnClassContainment``, ``rlnClassLowResSsnr`` and
+  ``rlnClassMassRatio`` (see ``cryosnake select2d --help``); per-class SSNR and signal
+  spectra (``model_class_N``) and the noise spectrum (``model_noise``);
+- ``run_classes.png``: a gallery of the classes with their sizes, scores, resolutions.
+
+A checkpoint (``run_checkpoint.json``) is written atomically after every iteration; a
+run started again with the same arguments (and the same particles) continues from the
+last finished iteration, and ends where an uninterrupted run would. ``--no-resume``
+starts over.
+
+Example::
+
+    cryosnake class2d --particles results/extract/particles.star --classes 50 \\
+        --diameter 180 --out-dir results/class2d
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cryosnake.backend import get_array_module, resolve_device, to_device, to_host
+from cryosnake.errors import CryosnakeError, FileFormatError
+from cryosnake.io import (
+    read_json,
+    read_mrc,
+    read_mrc_header,
+    read_star,
+    save_figure,
+    write_json,
+    write_mrc,
+    write_star,
+)
+from cryosnake.ops import class2d as c2
+from cryosnake.stages._common import positive, run_stage
+
+__all__ = ["add_args", "main"]
+
+MAX_BOX = 64
+CHECKPOINT = "run_checkpoint.json"
+CHECKPOINT_VERSION = 1
+NEW_COLUMNS = (
+    "rlnClassNumber",
+    "rlnAnglePsi",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
+    "rlnMaxValueProbDistribution",
+    "rlnLogLikeliContribution",
+)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--particles", required=True, help="particles STAR file (RELION 3.1)")
+    parser.add_argument("--classes", type=_count, required=True, help="number of classes K")
+    parser.add_argument("--out-dir", required=True, help="folder for the run_* outputs")
+    parser.add_argument("--iterations", type=_count, default=25, help="most EM iterations (25)")
+    parser.add_argument(
+        "--diameter",
+        type=positive,
+        default=None,
+        help="Å, mask diameter: a little more than the particle's (default 80 %% of the box)",
+    )
+    parser.add_argument(
+        "--psi-step", type=positive, default=5.0, help="degrees between in-plane rotations (5)"
+    )
+    parser.add_argument(
+        "--max-shift",
+        type=_non_negative,
+        default=None,
+        help="Å, translation search radius (default 10 %% of the diameter)",
+    )
+    parser.add_argument(
+        "--box",
+        type=_count,
+        default=MAX_BOX,
+        help=f"px, largest working box; images are Fourier-cropped to it ({MAX_BOX})",
+    )
+    parser.add_argument(
+        "--tau2-fudge",
+        type=positive,
+        default=2.0,
+        help="regularisation T: > 1 trusts the data more (RELION's 2D default, 2)",
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "gpu"), default="auto", help="where to compute"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the start (1)")
+    parser.add_argument(
+        "--batch", type=_count, default=None, help="particles per batch (default: by memory)"
+    )
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+    )
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _image_path(name: str, star: Path) -> tuple[int, Path]:
+    index, sep, path = str(name).partition("@")
+    if not sep or not index.strip().isdigit():
+        raise FileFormatError(f"{star}: rlnImageName {name!r} is not of the form 000001@stack")
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (star.parent / p).exists():
+        p = star.parent / p
+    return int(index), p
+
+
+def _read_particles(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(optics, particles, per-particle optics values) of a particles STAR file."""
+    blocks = read_star(path)
+    if "particles" not in blocks:
+        raise FileFormatError(
+            f"{path}: no data_particles block (found: {', '.join(sorted(blocks))})"
+        )
+    particles = blocks["particles"].reset_index(drop=True)
+    if len(particles) == 0:
+        raise FileFormatError(f"{path}: data_particles is empty")
+    required = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
+    missing = [c for c in required if c not in particles.columns]
+    if missing:
+        raise FileFormatError(f"{path}: data_particles lacks label(s) {', '.join(missing)}")
+    optics = blocks.get("optics")
+    acq = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+    if optics is None:
+        if not all(c in particles.columns for c in (*acq, "rlnImagePixelSize")):
+            raise FileFormatError(f"{path}: no data_optics block")
+        values = particles[[*acq, "rlnImagePixelSize"]].astype(float)
+        return pd.DataFrame(), particles, values
+    for label in (*acq, "rlnImagePixelSize"):
+        if label not in optics.columns:
+            raise FileFormatError(f"{path}: data_optics lacks label {label}")
+    group = (
+        particles["rlnOpticsGroup"].astype(int)
+        if "rlnOpticsGroup" in particles.columns
+        else pd.Series(np.ones(len(particles), dtype=int))
+    )
+    table = optics.set_index(
+        optics["rlnOpticsGroup"].astype(int) if "rlnOpticsGroup" in optics else pd.Index([1])
+    )
+    unknown = sorted(set(group) - set(table.index))
+    if unknown:
+        raise FileFormatError(
+            f"{path}: particles refer to optics group(s) {unknown} not in data_optics"
+        )
+    values = table.loc[group.to_numpy(), [*acq, "rlnImagePixelSize"]].astype(float)
+    return optics, particles, values.reset_index(drop=True)
+
+
+def _ctf_table(particles: pd.DataFrame, values: pd.DataFrame) -> np.ndarray:
+    phase = (
+        particles["rlnPhaseShift"].astype(float).to_numpy()
+        if "rlnPhaseShift" in particles.columns
+        else np.zeros(len(particles))
+    )
+    return np.column_stack(
+        [
+            particles["rlnDefocusU"].astype(float),
+            particles["rlnDefocusV"].astype(float),
+            particles["rlnDefocusAngle"].astype(float),
+            phase,
+            values["rlnVoltage"],
+            values["rlnSphericalAberration"],
+            values["rlnAmplitudeContrast"],
+        ]
+    )
+
+
+def _image_groups(star: Path, particles: pd.DataFrame) -> dict[Path, list[tuple[int, int]]]:
+    """Stack file -> [(row, image number)], every stack checked to exist."""
+    groups: dict[Path, list[tuple[int, int]]] = {}
+    for row, name in enumerate(particles["rlnImageName"]):
+        number, path = _image_path(name, star)
+        groups.setdefault(path, []).append((row, number))
+    for path in groups:
+        if not path.is_file():
+            raise FileFormatError(f"{path}: no such file (named in {star})")
+    return groups
+
+
+def _load_spectra(
+    groups: dict[Path, list[tuple[int, int]]],
+    n: int,
+    pixel_size: float,
+    box: int,
+    big: int,
+    device: Any,
+) -> Any:
+    """Read every particle image, mask it by the box and crop it to ``box``: the
+    (n, box, box//2+1) spectra on ``device``."""
+    mask = (big - 2 * c2.MASK_EDGE) * pixel_size
+    spectra = None
+    for path, items in groups.items():
+        stack, _ = read_mrc(path, mmap=True)
+        if stack.ndim == 2:
+            stack = stack[None]
+        if stack.shape[-1] != big or stack.shape[-2] != big:
+            raise FileFormatError(f"{path}: images of {stack.shape[-2:]} px, expected {big}")
+        rows = np.array([r for r, _ in items])
+        index = np.array([i for _, i in items]) - 1
+        if index.min() < 0 or index.max() >= stack.shape[0]:
+            raise FileFormatError(
+                f"{path}: image {index.max() + 1} requested, the stack has {stack.shape[0]}"
+            )
+        for start in range(0, len(rows), 1024):
+            chunk = np.asarray(stack[index[start : start + 1024]], dtype=np.float32)
+            spec = c2.prepare_spectra(to_device(chunk, device), pixel_size, box, mask)
+            xp = get_array_module(spec)
+            if spectra is None:
+                spectra = xp.empty((n, box, box // 2 + 1), dtype=xp.complex64)
+            spectra[xp.asarray(rows[start : start + 1024])] = spec
+        del stack
+    assert spectra is not None
+    return spectra
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+_DEVICE_FIELDS = ("classes", "unmasked")
+_ARRAY_FIELDS = (
+    "sigma2",
+    "tau2",
+    "ssnr",
+    "fractions",
+    "assignment",
+    "psi",
+    "shift",
+    "max_prob",
+    "loglik",
+)
+_SCALAR_FIELDS = (
+    "sigma_offset",
+    "r_max",
+    "tau2_shells",
+    "iteration",
+    "log_likelihood",
+    "changes",
+    "converged",
+    "history",
+    "reseeded",
+)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _save_checkpoint(
+    path: Path, state: c2.Class2DState, rng: np.random.Generator, fingerprint: dict[str, Any]
+) -> None:
+    record: dict[str, Any] = {
+        "version": CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "rng": rng.bit_generator.state,
+    }
+    for name in _DEVICE_FIELDS:
+        arr = to_host(getattr(state, name))
+        record[name] = {"shape": list(arr.shape), "data": arr.astype(np.float64).ravel().tolist()}
+    for name in _ARRAY_FIELDS:
+        arr = np.asarray(getattr(state, name))
+        record[name] = {
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+            "data": arr.ravel().tolist(),
+        }
+    for name in _SCALAR_FIELDS:
+        value = getattr(state, name)
+        record[name] = (
+            [_json_value(v) for v in value] if isinstance(value, list) else _json_value(value)
+        )
+    write_json(path, record)
+
+
+def _load_checkpoint(
+    path: Path, fingerprint: dict[str, Any], device: Any
+) -> tuple[c2.Class2DState, np.random.Generator] | None:
+    """The saved state and generator, or None when ``path`` is absent or belongs to
+    other arguments (said on stdout)."""
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path)
+        if record.get("version") != CHECKPOINT_VERSION:
+            raise ValueError("another checkpoint version")
+        if record.get("fingerprint") != fingerprint:
+            print(f"class2d: {path} was made with other arguments or particles; starting over")
+            return None
+        fields: dict[str, Any] = {}
+        for name in _DEVICE_FIELDS:
+            arr = np.asarray(record[name]["data"], dtype=np.float32).reshape(record[name]["shape"])
+            fields[name] = to_device(arr, device)
+        for name in _ARRAY_FIELDS:
+            item = record[name]
+            fields[name] = np.asarray(item["data"], dtype=item["dtype"]).reshape(item["shape"])
+        for name in _SCALAR_FIELDS:
+            value = record[name]
+            if name == "log_likelihood":
+                value = float("nan") if value is None else float(value)
+            fields[name] = value
+        rng = np.random.default_rng()
+        rng.bit_generator.state = record["rng"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise FileFormatError(
+            f"{path}: unreadable checkpoint ({err}); rerun with --no-resume"
+        ) from err
+    return c2.Class2DState(**fields), rng
+
+
+def _fingerprint(
+    args: argparse.Namespace, particles: pd.DataFrame, settings: dict[str, Any]
+) -> dict[str, Any]:
+    names = "\n".join(map(str, particles["rlnImageName"])).encode()
+    return {
+        "particles": str(Path(args.particles).resolve()),
+        "n": len(particles),
+        "images": hashlib.sha1(names).hexdigest(),
+        "seed": int(args.seed),
+        **settings,
+    }
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _gallery(path: Path, images: np.ndarray, table: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(images)
+    cols = min(k, 8)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ax in enumerate(axes.ravel()[:k]):
+        row = table.iloc[i]
+        ax.imshow(images[i], cmap="gray")
+        ax.set_title(
+            f"{i + 1}: {int(row.rlnClassParticleCount)} ({100 * row.rlnClassDistribution:.1f} %)\n"
+            f"score {row.rlnClassScore:.2f}, {row.rlnEstimatedResolution:.0f} Å",
+            fontsize=8,
+        )
+    fig.suptitle("2D classes: number, particles (share), score, resolution", fontsize=10)
+    save_figure(path, fig)
+
+
+def _write_outputs(
+    out: Path,
+    optics: pd.DataFrame,
+    particles: pd.DataFrame,
+    state: c2.Class2DState,
+    settings: c2.Class2DSettings,
+    pixel_size: float,
+    work_pixel: float,
+    big: int,
+    diameter: float,
+) -> pd.DataFrame:
+    k = settings.n_classes
+    box = int(state.classes.shape[-1])
+    classes = to_host(c2.resize_images(state.classes, big))
+    write_mrc(out / "run_classes.mrcs", classes, pixel_size, kind="stack")
+    counts = np.bincount(state.assignment, minlength=k)
+    scores = c2.class_scores(state.unmasked, state.ssnr, work_pixel, diameter, counts)
+    resolution = state.resolution(work_pixel)
+    model_classes = pd.DataFrame(
+        {
+            "rlnReferenceImage": [f"{i + 1:06d}@{out / 'run_classes.mrcs'}" for i in range(k)],
+            "rlnClassDistribution": state.fractions,
+            "rlnClassParticleCount": counts,
+            "rlnEstimatedResolution": resolution,
+            "rlnClassScore": scores["score"],
+            "rlnClassContainment": scores["containment"],
+            "rlnClassLowResSsnr": scores["ssnr_low"],
+            "rlnClassMassRatio": scores["mass_ratio"],
+        }
+    )
+    general = pd.DataFrame(
+        [
+            {
+                "rlnReferenceDimensionality": 2,
+                "rlnDataDimensionality": 2,
+                "rlnOriginalImageSize": big,
+                "rlnCurrentImageSize": box,
+                "rlnPixelSize": pixel_size,
+                "rlnCurrentResolution": float(resolution.min()),
+                "rlnNrClasses": k,
+                "rlnParticleDiameter": diameter,
+                "rlnTau2FudgeFactor": settings.tau2_fudge,
+                "rlnLogLikelihood": state.log_likelihood,
+                "rlnAveragePmax": float(np.mean(state.max_prob)),
+                "rlnSigmaOffsetsAngst": state.sigma_offset * work_pixel,
+                "rlnCurrentIteration": state.iteration,
+            }
+        ]
+    )
+    shells = np.arange(box // 2 + 1)
+    freq = shells / (box * work_pixel)
+    ang = np.where(shells > 0, box * work_pixel / np.maximum(shells, 1), 999.0)
+    blocks: dict[str, pd.DataFrame] = {"model_general": general, "model_classes": model_classes}
+    for i in range(k):
+        blocks[f"model_class_{i + 1}"] = pd.DataFrame(
+            {
+                "rlnSpectralIndex": shells,
+                "rlnResolution": freq,
+                "rlnAngstromResolution": ang,
+                "rlnSsnrMap": state.ssnr[i],
+                "rlnReferenceSigma2": state.tau2[i],
+            }
+        )
+    blocks["model_noise"] = pd.DataFrame(
+        {
+            "rlnSpectralIndex": shells,
+            "rlnResolution": freq,
+            "rlnAngstromResolution": ang,
+            "rlnSigma2Noise": state.sigma2,
+        }
+    )
+    write_star(out / "run_model.star", blocks)
+    data = particles.copy()
+    data["rlnClassNumber"] = state.assignment + 1
+    data["rlnAnglePsi"] = state.psi
+    # image(r) = class(R^-1 (r - t)): the particle centre is at the box centre + t, and
+    # RELION's origin is the shift that recentres it.
+    data["rlnOriginXAngst"] = -state.shift[:, 0] * work_pixel
+    data["rlnOriginYAngst"] = -state.shift[:, 1] * work_pixel
+    data["rlnMaxValueProbDistribution"] = state.max_prob
+    data["rlnLogLikeliContribution"] = state.loglik
+    blocks_out = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
+    write_star(out / "run_data.star", blocks_out)
+    _gallery(out / "run_classes.png", classes, model_classes)
+    return model_classes
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _auto_batch(n_t: int, box: int, kr: int, device: str) -> int:
+    """Particles per batch for a working set of ~256 MB (CPU) or ~2 GB (GPU)."""
+    n_f = math.pi * (box / 2) ** 2 / 2
+    per_particle = n_t * (2 * n_f * 4 * 3 + kr * 4 * 3)
+    budget = (2 << 30) if device == "gpu" else (256 << 20)
+    return int(max(8, min(4096, budget // max(per_particle, 1))))
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    star = Path(args.particles)
+    out = Path(args.out_dir)
+    optics, particles, values = _read_particles(star)
+    sizes = values["rlnImagePixelSize"].unique()
+    if len(sizes) != 1:
+        raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
+    pixel_size = float(sizes[0])
+    if not pixel_size > 0:
+        raise FileFormatError(f"{star}: rlnImagePixelSize must be positive")
+    groups = _image_groups(star, particles)
+    first_path = next(iter(groups))
+    big = int(read_mrc_header(first_path)["shape"][-1])  # type: ignore[index]
+    if big % 2:
+        raise CryosnakeError(f"{first_path}: odd box ({big} px); extract with an even box")
+    box = min(big, args.box - args.box % 2)
+    if box < 16:
+        raise CryosnakeError(f"--box: a working box of {box} px is too small (>= 16)")
+    diameter = args.diameter if args.diameter else 0.8 * big * pixel_size
+    if diameter > big * pixel_size:
+        raise CryosnakeError(
+            f"--diameter {diameter:g} Å is larger than the box ({big * pixel_size:g} Å)"
+        )
+    work_pixel = pixel_size * big / box
+    max_shift = 0.1 * diameter if args.max_shift is None else args.max_shift
+    settings = c2.Class2DSettings(
+        n_classes=args.classes,
+        mask_diameter=diameter / work_pixel,
+        psi_step=args.psi_step,
+        max_shift=max_shift / work_pixel,
+        tau2_fudge=args.tau2_fudge,
+        batch=1,
+        reseed_until=max(1, args.iterations // 2),
+    )
+    kr = settings.n_classes * settings.n_rotations
+    batch = args.batch or _auto_batch(len(settings.translations), box, kr, device)
+    settings = replace(settings, batch=batch)
+    fingerprint = _fingerprint(
+        args,
+        particles,
+        {
+            "classes": settings.n_classes,
+            "diameter": float(diameter),
+            "psi_step": float(settings.psi_step),
+            "max_shift": float(max_shift),
+            "box": box,
+            "tau2_fudge": float(settings.tau2_fudge),
+            "reseed_until": settings.reseed_until,
+        },
+    )
+    n = len(particles)
+    print(
+        f"class2d: {n} particles of {big} px at {pixel_size:g} Å, working box {box} px "
+        f"({work_pixel:.2f} Å/px), K = {settings.n_classes}, {settings.n_rotations} rotations, "
+        f"{len(settings.translations)} translations, on {device}",
+        flush=True,
+    )
+    spectra = _load_spectra(groups, n, pixel_size, box, big, device)
+    data = c2.ParticleData(
+        spectra=spectra, ctf=_ctf_table(particles, values), pixel_size=work_pixel
+    )
+    checkpoint = out / CHECKPOINT
+    loaded = None if args.no_resume else _load_checkpoint(checkpoint, fingerprint, device)
+    if loaded is not None:
+        state, rng = loaded
+        print(f"class2d: resuming from {checkpoint} after iteration {state.iteration}", flush=True)
+    else:
+        rng = np.random.default_rng(args.seed)
+        state = c2.initial_state(data, settings, rng)
+    while not state.converged and state.iteration < args.iterations:
+        tick = time.perf_counter()
+        state = c2.em_iteration(data, state, settings, rng)
+        _save_checkpoint(checkpoint, state, rng, fingerprint)
+        res = state.resolution(work_pixel)
+        note = f"  re-seeded class(es) {[k + 1 for k in state.reseeded]}" if state.reseeded else ""
+        print(
+            f"class2d: iteration {state.iteration}/{args.iterations}  "
+            f"logL {state.log_likelihood:.6g}  changes {100 * state.changes:.1f} %  "
+            f"best class {res.min():.1f} Å (shells <= {state.r_max})  "
+            f"{time.perf_counter() - tick:.1f} s{note}",
+            flush=True,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    model = _write_outputs(
+        out, optics, particles, state, settings, pixel_size, work_pixel, big, diameter
+    )
+    status = "converged" if state.converged else "stopped"
+    print(
+        f"class2d: {status} after {state.iteration} iterations, "
+        f"{int((model.rlnClassParticleCount > 0).sum())} of {settings.n_classes} classes used, "
+        f"{time.perf_counter() - started:.1f} s -> {out / 'run_model.star'}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("class2d", __doc__, add_args, _run, argv)
