@@ -36,6 +36,7 @@ include: "rules/simulate.smk"
 include: "rules/preprocess.smk"
 include: "rules/motioncor.smk"
 include: "rules/ctf.smk"
+include: "rules/particles.smk"
 
 
 rule all:

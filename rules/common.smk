@@ -124,6 +124,57 @@ def output_dir(wildcards, output):
     return os.path.dirname(output[0])
 
 
+def job_root(logical):
+    """params function: the folder the workflow's relative paths start from in a job.
+
+    ``logical`` is the pattern of the rule's first output. Locally that folder is the
+    working directory ("."). With remote storage (profiles/aws) a job sees each file
+    under its local copy of the storage prefix (.snakemake/storage/s3/BUCKET/PREFIX/...),
+    and the stages that write file names into STAR files (rlnImageName,
+    rlnMicrographName) run from there, so that the names read
+    ``results/extract/m.mrcs`` wherever the job ran.
+    """
+
+    def root(wildcards, output):
+        local = os.path.normpath(str(output[0]))
+        path = os.path.normpath(logical.format(**dict(wildcards.items())))
+        if os.path.isabs(path) or local == path:
+            return "."
+        if not local.endswith(os.sep + path):
+            raise ValueError(f"output {local} does not end with {path}")
+        return local[: -len(path) - 1]
+
+    return root
+
+
+def rel(name, logical):
+    """params function: input or output ``name`` relative to the job root, quoted.
+
+    ``name`` is "input.NAME" or "output.NAME"; a list of files gives a quoted list.
+    """
+    kind, key = name.split(".")
+
+    def paths(wildcards, input, output):
+        root = job_root(logical)(wildcards, output)
+        value = (input if kind == "input" else output)[key]
+        items = [value] if isinstance(value, str) else list(value)
+        return " ".join(shlex.quote(os.path.relpath(str(v), root)) for v in items)
+
+    return paths
+
+
+def rel_dir(name, logical):
+    """params function: the folder of output ``name`` relative to the job root, quoted."""
+    kind, key = name.split(".")
+
+    def folder(wildcards, input, output):
+        root = job_root(logical)(wildcards, output)
+        path = os.path.relpath(os.path.dirname(str(output[key])), root)
+        return shlex.quote(path)
+
+    return folder
+
+
 def motioncor_options():
     """Options of `cryosnake motioncor` from the config's motioncor section."""
     mc = config["motioncor"]
@@ -156,6 +207,49 @@ def curate_options():
     return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in c.items())
 
 
+def pick_templates(wildcards):
+    """The template stack of template picking (none: blob picking)."""
+    templates = config["pick"]["templates"]
+    return [] if templates is None else [templates]
+
+
+def pick_options(wildcards, input):
+    """Options of `cryosnake pick` from the config's pick section."""
+    p = config["pick"]
+    options = f"--diameter {p['diameter']} --device {p['device']}"
+    if p["threshold"] != "auto":
+        options += f" --threshold {p['threshold']}"
+    if input.templates:
+        options += f" --templates {shlex.quote(input.templates[0])}"
+    return options
+
+
+def extract_options():
+    """Options of `cryosnake extract` from the config's extract section."""
+    e = config["extract"]
+    options = f"--diameter {config['pick']['diameter']}"
+    if e["box"]:
+        options += f" --box {e['box']}"
+    if e["bin_to"]:
+        options += f" --bin-to {e['bin_to']}"
+    return options
+
+
+def class2d_options():
+    """Options of `cryosnake class2d` from the config's class2d section."""
+    c = config["class2d"]
+    return (
+        f"--classes {c['classes']} --iterations {c['iterations']} --seed {c['seed']} "
+        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']}"
+    )
+
+
+def select2d_options():
+    """Options of `cryosnake select2d`: the listed classes, or none (automatic)."""
+    classes = config["select2d"]["classes"]
+    return f"--classes {','.join(map(str, classes))}" if classes else ""
+
+
 def final_targets():
     """Everything `rule all` asks for with the stages wired in so far."""
     return [
@@ -171,4 +265,8 @@ def final_targets():
         f"{RESULTS}/micrographs_ctf.star",
         f"{RESULTS}/micrographs_selected.star",
         f"{RESULTS}/rejected.tsv",
+        *expand(f"{RESULTS}/pick/{{movie}}.png", movie=MOVIES),
+        f"{RESULTS}/particles.star",
+        f"{RESULTS}/class2d/run_classes.png",
+        f"{RESULTS}/particles_selected.star",
     ]

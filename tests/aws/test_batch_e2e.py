@@ -47,7 +47,7 @@ REGION = "us-east-1"
 STACK = "cryosnake-e2e"
 SECRET = "e2e-secret-access-key-value"
 WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles"]
-GPU_RULES = {"motioncor"}
+GPU_RULES = {"motioncor", "pick", "class2d"}
 
 
 @dataclass
@@ -127,6 +127,11 @@ def make_workflow_checkout(dest: Path, dataset_config: dict[str, Any]) -> Path:
     config["simulate"]["enabled"] = False
     config["input"].update({"movies": "movies/*.mrc", "gain": "gain.mrc"})
     config["acquisition"].update(dataset_config)
+    # Tiny micrographs (as tests/workflow's tiny_config): every CTF fit accepted,
+    # boxes that leave a few particles clear of the edges, two classes.
+    config["curate"]["max_resolution"] = 0
+    config["extract"]["box"] = 80
+    config["class2d"].update({"classes": 2, "iterations": 3})
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     git = ["git", "-c", "user.name=cryosnake", "-c", "user.email=tests@cryosnake.invalid"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "checkout"]):
@@ -236,7 +241,14 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     proc = account.snakemake("main")
     assert proc.returncode == 0, proc.stdout[-5000:]
     results = account.objects("main/results/")
-    for name in ("movies.star", "micrographs_ctf.star", "micrographs_selected.star"):
+    for name in (
+        "movies.star",
+        "micrographs_ctf.star",
+        "micrographs_selected.star",
+        "particles.star",
+        "class2d/run_classes.mrcs",
+        "particles_selected.star",
+    ):
         assert f"main/results/{name}" in results
     for movie in ("movie_0001", "movie_0002"):
         for path in (f"motioncor/{movie}.mrc", f"motioncor/{movie}.star", f"ctf/{movie}.star"):
@@ -245,6 +257,13 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     star.write_bytes(account.read("main/results/micrographs_ctf.star"))
     ctf = starfile.read(star)
     assert len(ctf["micrographs"]) == 2
+    # File names inside STAR files are the workflow's paths, as in a local run, not
+    # those of the jobs' local copies of S3 (.snakemake/storage/...).
+    star = tmp_path / "particles.star"
+    star.write_bytes(account.read("main/results/particles.star"))
+    names = starfile.read(star)["particles"]["rlnImageName"]
+    assert len(names) > 0
+    assert all(name.split("@")[1].startswith("results/extract/movie_") for name in names)
     with mrcfile.open(account.fetch("main/results/motioncor/movie_0001.mrc", tmp_path)) as mrc:
         assert mrc.data.ndim == 2
 
@@ -254,7 +273,8 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     grouped = [launch for launch in launches if "preprocess" in launch.name]
     assert len(grouped) == 1
     assert all(m in " ".join(grouped[0].command) for m in ("movie_0001", "movie_0002"))
-    assert len(launches) == 3  # the group, import_movies, curate
+    # the group, import_movies, curate, merge_particles, class2d, select2d
+    assert len(launches) == 6
 
     definitions = job_definitions(account)
     assert len(definitions) == len(launches)
@@ -288,11 +308,21 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
     objects = account.objects("main/results/")
     proc = account.snakemake("main", "--forcerun", "ctf")
     assert proc.returncode == 0, proc.stdout[-5000:]
-    assert job_counts(proc.stdout) == {"all": 1, "ctf": 2, "curate": 1, "total": 4}
+    assert job_counts(proc.stdout) == {
+        "all": 1,
+        "ctf": 2,
+        "pick": 2,
+        "extract": 2,
+        "curate": 1,
+        "merge_particles": 1,
+        "class2d": 1,
+        "select2d": 1,
+        "total": 11,
+    }
     new = launches_since(account, before)
-    assert len(new) == 2 and all(launch.returncode == 0 for launch in new)
+    assert len(new) == 5 and all(launch.returncode == 0 for launch in new)
     assert not any("motioncor" in launch.name or "inspect" in launch.name for launch in new)
-    # The group now holds ctf only, a CPU rule: its job asks for no GPU.
+    # A job asks for a GPU exactly when it holds a GPU rule (the group: pick; not ctf).
     definitions = job_definitions(account)
     for launch in new:
         definition = next(
@@ -301,7 +331,7 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
             if launch.name.startswith(d["jobDefinitionName"].replace("snakejob-def-", "snakejob-"))
         )
         kinds = {r["type"] for r in definition["containerProperties"]["resourceRequirements"]}
-        assert "GPU" not in kinds, launch.name
+        assert ("GPU" in kinds) == any(rule in launch.name for rule in GPU_RULES), launch.name
     after = account.objects("main/results/")
     for movie in ("movie_0001", "movie_0002"):
         # The motion-corrected micrographs are read from S3, not made again.

@@ -68,6 +68,11 @@ def tiny_config(root: Path, n_movies: int = 2, fmt: str = "mrc") -> dict[str, An
             "format": fmt,
             "out_dir": str(data),
         },
+        # 256 px micrographs at 2.5 Å/px: every CTF fit accepted, boxes of 80 px (not
+        # 1.8 x 60 px) so that a few particles clear the edges; two classes.
+        "curate": {"max_resolution": 0},
+        "extract": {"box": 80},
+        "class2d": {"classes": 2, "iterations": 3},
     }
 
 
@@ -82,8 +87,13 @@ def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> No
         "motioncor": 6,
         "ctf": 6,
         "curate": 1,
+        "pick": 6,
+        "extract": 6,
+        "merge_particles": 1,
+        "class2d": 1,
+        "select2d": 1,
         "all": 1,
-        "total": 22,
+        "total": 37,
     }
 
 
@@ -151,7 +161,12 @@ def test_existing_movies_are_discovered_by_glob(tmp_path: Path) -> None:
         "motioncor": 2,
         "ctf": 2,
         "curate": 1,
-        "total": 9,
+        "pick": 2,
+        "extract": 2,
+        "merge_particles": 1,
+        "class2d": 1,
+        "select2d": 1,
+        "total": 16,
     }
 
 
@@ -191,6 +206,21 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
     assert set(micrographs) == {"optics", "micrographs"} and len(micrographs["micrographs"]) == 2
     assert (results / "micrographs_selected.star").is_file()
     assert (results / "rejected.tsv").is_file()
+    # Particles: picked, extracted, classified and selected, RELION's layout throughout.
+    particles = read_star(results / "particles.star")
+    assert set(particles) == {"optics", "particles"} and len(particles["particles"]) > 0
+    for name in particles["particles"]["rlnImageName"]:
+        index, stack = name.split("@")
+        assert int(index) >= 1 and (tmp_path / stack).is_file(), name
+    data = read_star(results / "class2d" / "run_data.star")["particles"]
+    assert len(data) == len(particles["particles"])
+    assert set(data["rlnClassNumber"]) <= {1, 2}
+    assert mrcfile.validate(
+        str(results / "class2d" / "run_classes.mrcs"), print_file=open(os.devnull, "w")
+    )
+    # Four particles make no class worth keeping by score; the file is still there.
+    selected = read_star(results / "particles_selected.star")
+    assert "optics" in selected and len(selected.get("particles", [])) <= len(data)
     # The simulated input is valid MRC and the inspect reports saw the dose we gave.
     assert mrcfile.validate(str(tmp_path / "data" / "gain.mrc"), print_file=open(os.devnull, "w"))
     summary = (results / "movies_summary.tsv").read_text().splitlines()

@@ -1,0 +1,864 @@
+"""Particle picking: reference-free blob picking and template matching.
+
+Both pickers work on a Fourier-cropped copy of the micrograph in which the particle
+radius ``r`` (half the ``diameter``, the particle's longest extent) spans about
+:data:`PIXELS_PER_RADIUS` pixels; every filter below is expressed in units of ``r``, so
+the method is the same for any particle size and pixel size. The copy is mirror-padded
+by 1.5 ``r`` so that the FFT filters do not wrap around.
+
+Blob picking (after RELION's LoG picker and Laplacian-of-Gaussian blob detection):
+
+1. Phase-flip the spectrum with the sign of the CTF (without a CTF, invert the contrast:
+   at the usual underfocus the CTF is negative at low frequency), so that particles
+   are bright.
+2. Localisation map ``L``: scale-normalised Laplacian of Gaussian at
+   ``sigma = 0.4 r``, i.e. ``sigma = r_core / sqrt(2)`` for a core of radius ``0.57 r``:
+   a particle's mass sits well inside the sphere of its longest extent, and the CTF
+   leaves little contrast at the scale of the whole particle, so the core is the
+   blob that stands out of the noise (measured against the simulator's truth, this
+   scale detects particles best; ``sigma = r / sqrt(2)`` responds mostly to ice).
+3. Local energy ``E``: the square of the micrograph band-passed between Gaussians
+   of ``0.1 r`` and ``0.53 r``, smoothed over ``0.33 r``. Phase contrast puts most of
+   a particle's signal at frequencies where its sign alternates; the energy collects it
+   whatever its sign.
+4. Candidates: maxima of ``L`` at least 0.8 diameter apart (non-maximum suppression),
+   refined to sub-pixel by parabolas. Figure of merit: ``zL + zE``, robust z-scores
+   (median, 1.4826 MAD) against background pixels, i.e. pixels outside junk and
+   outside the discs of radius ``r`` around provisional particles.
+
+Template picking (after RELION's reference-based autopicking): each template (2D
+class average or projection, protein white, centred on ``b // 2``) is rescaled to the
+working pixel size, rotated in-plane every ``angle_step`` degrees, multiplied by the
+micrograph's CTF (by -1 without one), band-passed (:data:`TEMPLATE_BAND`) and masked
+with a disc of radius :data:`TEMPLATE_MASK` ``r``. The normalised cross-correlation
+(NCC) with the band-passed micrograph, normalised by the micrograph's local mean and
+variance under the same mask, is computed by FFT for every template and rotation; its
+maximum is the localisation map. Figure of merit: ``zNCC + 0.5 zE``
+(:data:`TEMPLATE_ENERGY_WEIGHT`), robust z-scores as for blobs: the NCC says a pick
+has the particle's shape, the energy that it has the signal of one.
+
+Automatic threshold, the same for both: the null distribution of the figure of merit
+comes from white noise of the micrograph's size passed through the same filters (the
+same template bank); a Benjamini-Hochberg procedure then keeps the largest set of best
+candidates in which noise would account for at most :data:`FALSE_PICK_RATE` of the
+picks. Pure noise and empty ice therefore give no pick, while a micrograph full of
+particles is thresholded lower than a single candidate would be. (The micrograph's
+own background is smoother than white noise in these bands, so the null errs on the
+safe side.) ``threshold`` overrides it.
+
+Rejection, the same for both:
+
+- Edges: a particle whose centre lies closer than its radius (less one working pixel)
+  to the border.
+- Ice, carbon and other large contaminants: regions where the micrograph's local mean
+  (Gaussian of ``0.5 r``, before phase flipping: amplitude contrast shows there)
+  departs from a background by more than :data:`CONTRAST_Z` robust standard
+  deviations (grown to the connected pixels beyond half that, dilated by ``r / 4``).
+  The background first is the median, then a smoothing over
+  :data:`BACKGROUND_SCALE` ``r`` that leaves the regions found so far out, so gradual
+  ice-thickness changes are followed and contaminants are not. Picks whose centre
+  falls in a region are rejected, and the background statistics leave out the
+  regions and a radius around them.
+- Aggregates and other particle-sized junk, judged against the population of accepted
+  picks (when there are at least :data:`MIN_POPULATION`): the radial profile of the
+  local energy around a pick, over the pixels closer to it than to any other pick and
+  away from ice, in rings of ``0.2 r`` out to ``1.6 r``. Each ring's value is z-scored
+  robustly against all picks; a pick whose root-mean-square z exceeds
+  :data:`PROFILE_Z` is not like the others (aggregates are larger and lumpier than a
+  particle). A pick whose energy is :data:`DENSE_Z` robust standard deviations above
+  the population's is rejected too (dense clumps), and so is a pick within a diameter
+  of a rejected one whose profile distance exceeds half of :data:`PROFILE_Z` (the
+  other parts of a large aggregate).
+
+Device: the FFT work (cropping, filtering, correlation) follows the input's array
+module; the maps, a few hundred pixels a side, are brought to the host for peak
+finding and statistics, and results come back as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from cryosnake.backend import fft_kwargs, fft_module, get_array_module, to_host
+from cryosnake.ops.ctf import ctf_2d
+from cryosnake.ops.fourier import fourier_crop
+
+__all__ = [
+    "BACKGROUND_SCALE",
+    "CONTRAST_Z",
+    "DENSE_Z",
+    "FALSE_PICK_RATE",
+    "MIN_POPULATION",
+    "PIXELS_PER_RADIUS",
+    "PROFILE_Z",
+    "TEMPLATE_BAND",
+    "TEMPLATE_ENERGY_WEIGHT",
+    "TEMPLATE_MASK",
+    "UNSET_PSI",
+    "MicrographCtf",
+    "Picks",
+    "pick_blobs",
+    "pick_templates",
+    "resample_images",
+    "working_shape",
+]
+
+PIXELS_PER_RADIUS = 12.0  # particle radius in working pixels
+CONTRAST_Z = 5.0  # ice/carbon: local-mean outliers, robust sd
+BACKGROUND_SCALE = 3.0  # ice/carbon: background smoothing, x r
+MIN_POPULATION = 8  # picks needed before outliers are judged against the population
+PROFILE_Z = 2.0  # rms robust z of the radial energy profile
+DENSE_Z = 8.0  # robust z of the local energy against the population
+ENERGY_WEIGHT = 1.0  # figure of merit of blob picks: zL + ENERGY_WEIGHT * zE
+FALSE_PICK_RATE = 0.05  # automatic threshold: false discovery rate of noise peaks
+NOISE_REALISATIONS = 16  # white-noise images for the null distribution of blob scores
+TEMPLATE_REALISATIONS = 2  # ... of template scores (each costs a full correlation)
+NULL_TAIL = 0.05  # fraction of the null peaks the exponential tail is fitted to
+TEMPLATE_ENERGY_WEIGHT = 0.5  # figure of merit of template picks: zNCC + this * zE
+TEMPLATE_MASK = 1.3  # template mask radius, x r
+TEMPLATE_BAND = (0.07, 1.0)  # template matching: low-pass, high-pass Gaussians, x r
+UNSET_PSI = -999.0  # RELION's value of an in-plane angle that was not determined
+
+
+@dataclass(frozen=True)
+class MicrographCtf:
+    """CTF of a micrograph (RELION conventions: Å, degrees, kV, mm)."""
+
+    defocus_u: float
+    defocus_v: float
+    angle: float
+    voltage: float = 300.0
+    cs: float = 2.7
+    amplitude_contrast: float = 0.07
+    phase_shift: float = 0.0
+
+
+@dataclass(frozen=True)
+class Picks:
+    """Result of :func:`pick_blobs` or :func:`pick_templates`.
+
+    Attributes
+    ----------
+    coordinates : (n, 2) float64, (x, y) in micrograph pixels (x = column, y = row,
+        pixel centres at integer positions, as the simulator's truth)
+    scores : (n,) float64, figure of merit (a sum of robust z-scores against the
+        micrograph's background, see the module docstring)
+    classes : (n,) int64, template number (1-based) of template picks, 0 for blobs
+    psi : (n,) float64, degrees: in-plane angle of the best template (RELION's psi:
+        the particle is the template rotated by Rz(psi)); -999 (RELION's "not set")
+        for blobs
+    threshold : the figure of merit a pick had to exceed
+    candidate_scores : (m,) float64, figures of merit of every candidate that was not
+        at an edge or on ice (for a histogram against the threshold)
+    image : (h, w) float32, the working image (downsampled, phase-flipped, band-passed)
+    scale : (sy, sx), micrograph pixels per working pixel
+    rejected : counts of candidates above the threshold rejected as edge, ice
+        (contrast) or outlier (aggregate)
+    """
+
+    coordinates: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    psi: np.ndarray
+    threshold: float
+    candidate_scores: np.ndarray
+    image: np.ndarray
+    scale: tuple[float, float]
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+def working_shape(shape: tuple[int, int], pixel_size: float, diameter: float) -> tuple[int, int]:
+    """Even shape of the working image: the radius spans ~PIXELS_PER_RADIUS pixels.
+
+    Micrographs are never upsampled: when the particle is already small in pixels
+    the working image is the micrograph (cropped to even sizes).
+    """
+    factor = max(1.0, 0.5 * diameter / pixel_size / PIXELS_PER_RADIUS)
+    ny, nx = shape
+    return (max(2, int(ny / factor / 2.0) * 2), max(2, int(nx / factor / 2.0) * 2))
+
+
+def resample_images(images: Any, factor: float) -> Any:
+    """Resample a stack of square images by Fourier cropping or zero-padding.
+
+    Parameters
+    ----------
+    images : (n, b, b) real
+    factor : new size / old size (< 1 shrinks: coarser pixels)
+
+    Returns
+    -------
+    (n, m, m) float32 with m = round(b * factor / 2) * 2 (at least 2); the centre pixel
+    ``b // 2`` maps onto ``m // 2``.
+    """
+    xp = get_array_module(images)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    stack = xp.asarray(images, dtype=xp.float32)
+    b = stack.shape[-1]
+    m = max(2, int(round(b * factor / 2.0)) * 2)
+    if m == b:
+        return stack.copy()
+    f = fft.fftshift(fft.fft2(fft.ifftshift(stack, axes=(-2, -1)), **kw), axes=(-2, -1))
+    if m < b:
+        a = b // 2 - m // 2
+        g = f[:, a : a + m, a : a + m]
+    else:
+        g = xp.zeros((stack.shape[0], m, m), dtype=f.dtype)
+        a = m // 2 - b // 2
+        g[:, a : a + b, a : a + b] = f
+    out = fft.fftshift(fft.ifft2(fft.ifftshift(g, axes=(-2, -1)), **kw), axes=(-2, -1))
+    return (out.real * (m * m / (b * b))).astype(xp.float32)
+
+
+# --------------------------------------------------------------------------------------
+# shared machinery
+
+
+class _Work:
+    """The working image (padded spectrum), its frequency grid and CTF sign."""
+
+    def __init__(
+        self, image: Any, pixel_size: float, diameter: float, ctf: MicrographCtf | None
+    ) -> None:
+        xp = get_array_module(image)
+        self.xp: ModuleType = xp
+        self.fft = fft_module(xp)
+        self.kw = fft_kwargs(xp)
+        img = xp.asarray(image, dtype=xp.float32)
+        ny, nx = (int(n) for n in img.shape)
+        self.micrograph_shape = (ny, nx)
+        my, mx = working_shape((ny, nx), pixel_size, diameter)
+        if (my, mx) == (ny // 2 * 2, nx // 2 * 2):  # no downsampling: crop to even sizes
+            small = img[:my, :mx]
+            self.scale = (1.0, 1.0)
+        else:
+            small = fourier_crop(img, (my, mx))
+            self.scale = (ny / my, nx / mx)
+        self.shape = (my, mx)
+        self.pixel = (pixel_size * self.scale[0], pixel_size * self.scale[1])
+        self.pixel_size = pixel_size
+        self.r = 0.5 * diameter  # Å
+        self.r_px = self.r / (0.5 * (self.pixel[0] + self.pixel[1]))
+        small = small - small.mean()
+        small = small / max(float(small.std()), 1e-20)
+        self.pad = int(math.ceil(1.5 * self.r_px))
+        padded = xp.pad(small, self.pad, mode="reflect")
+        self.padded_shape = (int(padded.shape[0]), int(padded.shape[1]))
+        self.spec = self.fft.rfft2(padded, **self.kw)
+        py, px = self.padded_shape
+        ky = xp.fft.fftfreq(py).astype(xp.float32)[:, None] / self.pixel[0]
+        kx = xp.fft.rfftfreq(px).astype(xp.float32)[None, :] / self.pixel[1]
+        self.s2 = ky * ky + kx * kx
+        if ctf is None:
+            self.ctf = None
+            self.flip: Any = -1.0
+        else:
+            self.ctf = ctf_2d(
+                self.padded_shape,
+                0.5 * (self.pixel[0] + self.pixel[1]),
+                ctf.defocus_u,
+                ctf.defocus_v,
+                ctf.angle,
+                voltage=ctf.voltage,
+                cs=ctf.cs,
+                amplitude_contrast=ctf.amplitude_contrast,
+                phase_shift=ctf.phase_shift,
+                xp=xp,
+            )
+            self.flip = xp.where(self.ctf < 0, -1.0, 1.0).astype(xp.float32)
+        self.crop = (slice(self.pad, self.pad + my), slice(self.pad, self.pad + mx))
+        self._band: Any = None
+
+    def gauss(self, sigma: float) -> Any:
+        """Transfer function of a Gaussian blur of ``sigma`` Å."""
+        return self.xp.exp(-2.0 * math.pi**2 * sigma * sigma * self.s2)
+
+    def log(self, sigma: float) -> Any:
+        """Scale-normalised negative Laplacian of Gaussian: bright blobs respond > 0."""
+        return (2.0 * math.pi * sigma) ** 2 * self.s2 * self.gauss(sigma)
+
+    def blob_filter(self) -> Any:
+        """The blob detector: scale-normalised LoG at sigma = 0.4 r."""
+        return self.log(0.4 * self.r)
+
+    def real(self, spectrum: Any) -> Any:
+        """Inverse FFT on the padded grid (device array)."""
+        return self.fft.irfft2(spectrum, s=self.padded_shape, **self.kw)
+
+    def host(self, padded: Any) -> np.ndarray:
+        """The unpadded part of a padded map, on the host, float64."""
+        return np.asarray(to_host(padded[self.crop]), dtype=np.float64)
+
+    def band_filter(self, low: float = 0.1, high: float = 0.53) -> Any:
+        """Band-pass between Gaussians of ``low`` r and ``high`` r (default: the detail
+        inside a particle)."""
+        return self.gauss(low * self.r) * (1.0 - self.gauss(high * self.r))
+
+    def band(self) -> Any:
+        """The phase-flipped, band-passed micrograph (padded, device)."""
+        if self._band is None:
+            self._band = self.real(self.spec * self.flip * self.band_filter())
+        return self._band
+
+    def energy(self, sigma: float) -> np.ndarray:
+        """Local energy: the band-passed image squared, smoothed over ``sigma`` Å."""
+        b = self.band()
+        return self.host(self.real(self.fft.rfft2(b * b, **self.kw) * self.gauss(sigma)))
+
+    def view(self) -> np.ndarray:
+        """Phase-flipped micrograph low-passed at 0.1 r (for plots), float32."""
+        f = self.spec * self.flip * self.gauss(0.1 * self.r) * (1.0 - self.gauss(2.0 * self.r))
+        return self.host(self.real(f)).astype(np.float32)
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 x median absolute deviation (> 0)."""
+    if values.size == 0:
+        return 0.0, 1.0
+    med = float(np.median(values))
+    mad = 1.4826 * float(np.median(np.abs(values - med)))
+    return med, mad if mad > 0 else max(float(np.std(values)), 1e-20)
+
+
+def _disc(radius: float) -> np.ndarray:
+    h = int(math.ceil(radius))
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    return np.asarray((yy * yy + xx * xx) <= radius * radius)
+
+
+def _stamp(mask: np.ndarray, centres: np.ndarray, radius: float) -> None:
+    """Set discs of ``radius`` around ``centres`` (row, col) to False."""
+    h = int(math.ceil(radius))
+    disc = _disc(radius)
+    ny, nx = mask.shape
+    for i, j in centres:
+        y0, y1 = max(0, i - h), min(ny, i + h + 1)
+        x0, x1 = max(0, j - h), min(nx, j + h + 1)
+        sub = disc[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
+        mask[y0:y1, x0:x1][sub] = False
+
+
+def _peaks(score: np.ndarray, distance: float, border: float) -> np.ndarray:
+    """Local maxima at least ``distance`` apart (greedy, strongest first), clear of
+    ``border`` pixels. Returns (k, 2) int64 (row, col)."""
+    ny, nx = score.shape
+    local = score == ndimage.maximum_filter(score, footprint=_disc(max(distance / 2, 1)))
+    rows, cols = np.nonzero(local)
+    inside = (rows >= border) & (rows <= ny - 1 - border)
+    inside &= (cols >= border) & (cols <= nx - 1 - border)
+    rows, cols = rows[inside], cols[inside]
+    order = np.argsort(score[rows, cols], kind="stable")[::-1]
+    rows, cols = rows[order], cols[order]
+    keep = np.ones(len(rows), dtype=bool)
+    d2 = distance * distance
+    for k in range(len(rows)):
+        if keep[k]:
+            close = (rows[k + 1 :] - rows[k]) ** 2 + (cols[k + 1 :] - cols[k]) ** 2 < d2
+            keep[k + 1 :] &= ~close
+    return np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def _refine(score: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    """Sub-pixel peak positions (row, col): a parabola through 3 points on each axis."""
+    out = peaks.astype(np.float64)
+    if len(peaks) == 0:
+        return out
+    ny, nx = score.shape
+    for axis, n in ((0, ny), (1, nx)):
+        i, j = peaks[:, 0], peaks[:, 1]
+        lo = np.clip(peaks[:, axis] - 1, 0, n - 1)
+        hi = np.clip(peaks[:, axis] + 1, 0, n - 1)
+        a = score[lo, j] if axis == 0 else score[i, lo]
+        c = score[hi, j] if axis == 0 else score[i, hi]
+        b = score[i, j]
+        den = a - 2.0 * b + c
+        ok = (den < 0) & (lo != peaks[:, axis]) & (hi != peaks[:, axis])
+        step = np.zeros(len(peaks))
+        step[ok] = np.clip(0.5 * (a[ok] - c[ok]) / den[ok], -0.5, 0.5)
+        out[:, axis] += step
+    return out
+
+
+def _contrast_outliers(local_mean: np.ndarray, r_px: float) -> np.ndarray:
+    """Ice, carbon and other large contaminants: regions of outlying local mean.
+
+    The background is first the median, then the local mean smoothed over
+    ``BACKGROUND_SCALE r`` by a normalised convolution that leaves the regions found so
+    far out (three more passes), so that it follows gradual thickness changes but not
+    the contaminants. A region is a
+    connected set of pixels more than ``CONTRAST_Z / 2`` robust sd from the background
+    that holds at least one pixel beyond ``CONTRAST_Z``; regions are dilated by r / 4.
+    """
+    sigma = BACKGROUND_SCALE * r_px
+    valid = np.ones(local_mean.shape, dtype=bool)
+    region = np.zeros(local_mean.shape, dtype=bool)
+    for step in range(4):
+        if step == 0:  # first pass: against the median, so that large regions stand out
+            background = np.full_like(local_mean, np.median(local_mean))
+        else:
+            weight = ndimage.gaussian_filter(valid.astype(np.float64), sigma)
+            smooth = ndimage.gaussian_filter(np.where(valid, local_mean, 0.0), sigma)
+            background = smooth / np.maximum(weight, 1e-6)
+        deviation = local_mean - background
+        med, sd = _robust(deviation[valid] if valid.any() else deviation)
+        z = np.abs(deviation - med) / sd
+        extended, n = ndimage.label(z > 0.5 * CONTRAST_Z)
+        if n == 0:
+            region[:] = False
+            if step == 0:
+                continue
+            break
+        has_core = ndimage.maximum(z > CONTRAST_Z, extended, index=np.arange(1, n + 1))
+        region = np.isin(extended, np.flatnonzero(np.asarray(has_core)) + 1)
+        if not region.any():
+            if step == 0:
+                continue
+            break
+        valid = ~ndimage.binary_dilation(region, structure=_disc(0.5 * r_px))
+        if valid.mean() < 0.2:  # mostly contaminated: keep what we have
+            break
+    if region.any():
+        region = ndimage.binary_dilation(region, structure=_disc(0.25 * r_px))
+    return np.asarray(region)
+
+
+def _background_stats(
+    maps: list[np.ndarray], locate: np.ndarray, peaks: np.ndarray, free: np.ndarray, r_px: float
+) -> list[tuple[float, float]]:
+    """Median and robust sd of each map over background pixels.
+
+    Background: outside ``~free`` and outside discs of radius ``r`` around the peaks
+    whose ``locate`` value is more than 3 robust sd above the background (iterated).
+    """
+    stats = [_robust(m[free]) for m in maps]
+    lm, ls = _robust(locate[free])
+    for _ in range(2):
+        values = locate[peaks[:, 0], peaks[:, 1]] if len(peaks) else np.zeros(0)
+        strong = peaks[(values - lm) / ls > 3.0]
+        mask = free.copy()
+        _stamp(mask, strong, r_px)
+        if mask.sum() < 0.1 * mask.size:  # crowded: keep the estimate we have
+            break
+        lm, ls = _robust(locate[mask])
+        stats = [_robust(m[mask]) for m in maps]
+    return stats
+
+
+def _profile_distance(
+    energy: np.ndarray,
+    centres: np.ndarray,
+    owners: np.ndarray,
+    junk: np.ndarray,
+    r_px: float,
+) -> np.ndarray:
+    """Root-mean-square robust z of each centre's radial energy profile.
+
+    The profile is the mean energy in rings of 0.2 r out to 1.6 r over the pixels
+    closer to the centre than to any of ``owners`` and at least ``r`` from junk; each
+    ring is z-scored against all ``centres``.
+    """
+    ny, nx = energy.shape
+    markers = np.zeros((ny, nx), np.int32)
+    for k, (i, j) in enumerate(owners):
+        markers[i, j] = k + 1
+    for k, (i, j) in enumerate(centres):
+        if markers[i, j] == 0:
+            markers[i, j] = len(owners) + k + 1
+    _, (iy, ix) = ndimage.distance_transform_edt(markers == 0, return_indices=True)
+    owner = markers[iy, ix]
+    near_junk = ndimage.binary_dilation(junk, structure=_disc(r_px)) if junk.any() else junk
+    owner[near_junk] = -1
+    background = float(np.median(energy[~near_junk])) if (~near_junk).any() else 0.0
+    edges = np.arange(0.0, 1.6 + 1e-9, 0.2)
+    h = int(math.ceil(1.6 * r_px))
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    ring = np.digitize(np.hypot(yy, xx) / r_px, edges) - 1
+    nb = len(edges) - 1
+    profiles = np.full((len(centres), nb), np.nan)
+    for k, (i, j) in enumerate(centres):
+        y0, y1 = max(0, i - h), min(ny, i + h + 1)
+        x0, x1 = max(0, j - h), min(nx, j + h + 1)
+        sub_e = energy[y0:y1, x0:x1] - background
+        sub_r = ring[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
+        sel = (owner[y0:y1, x0:x1] == markers[i, j]) & (sub_r >= 0) & (sub_r < nb)
+        sums = np.bincount(sub_r[sel], weights=sub_e[sel], minlength=nb)[:nb]
+        counts = np.bincount(sub_r[sel], minlength=nb)[:nb]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            profiles[k] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    med = np.nanmedian(profiles, axis=0)
+    mad = 1.4826 * np.nanmedian(np.abs(profiles - med), axis=0)
+    z = (profiles - med) / np.where(mad > 0, mad, np.inf)
+    z = np.where(np.isfinite(z), z, 0.0)
+    return np.asarray(np.sqrt((z * z).mean(axis=1)))
+
+
+class _Null:
+    """Figures of merit of candidate peaks in pure noise: the null distribution.
+
+    ``scores`` are the peaks of ``realisations`` noise images processed like the
+    micrograph. :meth:`expected` is the expected number of noise peaks at or above a
+    score in one micrograph: counted where there are enough, and beyond the top
+    :data:`NULL_TAIL` peaks from an exponential fitted to them (maximum likelihood),
+    so that small expectations are not zero.
+    """
+
+    def __init__(self, scores: np.ndarray, realisations: int) -> None:
+        self.scores = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+        self.realisations = max(1, realisations)
+        m = min(len(self.scores), max(10, int(NULL_TAIL * len(self.scores))))
+        if m == 0:
+            self.u, self.beta, self.m = 0.0, 1.0, 0
+            return
+        self.m = m
+        self.u = float(self.scores[m - 1])
+        self.beta = max(float(np.mean(self.scores[:m] - self.u)), 1e-6)
+
+    def expected(self, t: float) -> float:
+        """Expected number of noise peaks with a figure of merit >= ``t``."""
+        if self.m == 0:
+            return 0.0
+        if t >= self.u:
+            return self.m / self.realisations * math.exp(-(t - self.u) / self.beta)
+        return float(np.count_nonzero(self.scores >= t)) / self.realisations
+
+    def level(self, expected: float) -> float:
+        """The figure of merit that noise reaches ``expected`` times per micrograph."""
+        if self.m == 0:
+            return 0.0
+        ratio = expected * self.realisations / self.m
+        if ratio <= 1.0:
+            return self.u + self.beta * math.log(1.0 / ratio)
+        k = min(len(self.scores) - 1, int(expected * self.realisations))
+        return float(self.scores[k])
+
+
+def _fdr_threshold(scores: np.ndarray, null: _Null) -> float:
+    """Benjamini-Hochberg threshold: the lowest score ``s_k`` (k-th best) for which the
+    noise is expected to give at most ``FALSE_PICK_RATE * k`` peaks above it.
+
+    With no such score (pure noise) the threshold is the score noise reaches
+    ``FALSE_PICK_RATE`` times per micrograph, above every candidate.
+    """
+    ranked = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    best = 0
+    for k, s in enumerate(ranked, start=1):
+        if null.expected(float(s)) <= FALSE_PICK_RATE * k:
+            best = k
+    if best == 0:
+        return max(null.level(FALSE_PICK_RATE), float(ranked[0]) if len(ranked) else -np.inf)
+    if best < len(ranked):
+        return 0.5 * float(ranked[best - 1] + ranked[best])
+    return float(ranked[best - 1]) - 1e-9
+
+
+def _select(
+    work: _Work,
+    locate: np.ndarray,
+    score_maps: list[np.ndarray],
+    weights: list[float],
+    null: _Null,
+    user_threshold: float | None,
+    energy: np.ndarray,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Picks:
+    """Peaks of ``locate`` -> figure of merit -> threshold -> edge, ice, outliers.
+
+    ``energy`` is the local-energy map whose population outliers are dense clumps.
+    """
+    r_px = work.r_px
+    local_mean = work.host(work.real(work.spec * work.gauss(0.5 * work.r)))
+    junk = _contrast_outliers(local_mean, r_px)
+    peaks = _peaks(locate, 1.6 * r_px, max(0.0, r_px - 2.0))
+    near_junk = ndimage.binary_dilation(junk, structure=_disc(r_px)) if junk.any() else junk
+    stats = _background_stats([*score_maps, energy], locate, peaks, ~near_junk, r_px)
+    rows, cols = peaks[:, 0], peaks[:, 1]
+    zs = [(m[rows, cols] - med) / sd for m, (med, sd) in zip(score_maps, stats[:-1], strict=True)]
+    z_energy = (energy[rows, cols] - stats[-1][0]) / stats[-1][1]
+    score = np.sum([w * z for w, z in zip(weights, zs, strict=True)], axis=0)
+    score = np.asarray(score, dtype=np.float64).reshape(-1)
+
+    refined = _refine(locate, peaks)
+    coords = np.stack([refined[:, 1] * work.scale[1], refined[:, 0] * work.scale[0]], axis=1)
+    coords = coords.reshape(-1, 2)
+    ny, nx = work.micrograph_shape
+    limit = work.r / work.pixel_size - max(work.scale)
+    edge = (coords[:, 0] < limit) | (coords[:, 1] < limit)
+    edge |= (coords[:, 0] > nx - 1 - limit) | (coords[:, 1] > ny - 1 - limit)
+    on_junk = junk[rows, cols] if len(peaks) else np.zeros(0, bool)
+    eligible = ~edge & ~on_junk
+    if user_threshold is None:
+        thr = _fdr_threshold(score[eligible], null)
+    else:
+        thr = float(user_threshold)
+    above = score > thr
+    ok = above & ~edge & ~on_junk
+
+    outlier = np.zeros(len(peaks), dtype=bool)
+    if ok.sum() >= MIN_POPULATION:
+        fine = work.energy(0.1 * work.r)
+        owners = peaks[(score > 0.6 * thr) & ~on_junk]
+        distance = _profile_distance(fine, peaks[ok], owners, junk, r_px)
+        outlier[np.flatnonzero(ok)] = distance > PROFILE_Z
+        dense_z = z_energy[ok]
+        med, sd = _robust(dense_z)
+        outlier[np.flatnonzero(ok)] |= (dense_z - med) / sd > DENSE_Z
+        if outlier.any():
+            # the other parts of an aggregate: picks within a diameter of a rejected one
+            # whose profile is itself off the population's by half as much
+            idx = np.flatnonzero(ok)
+            bad = peaks[outlier]
+            near = np.hypot(*(peaks[idx][:, None, :] - bad[None]).transpose(2, 0, 1)).min(1)
+            outlier[idx[(near < 2.0 * r_px) & (distance > 0.5 * PROFILE_Z)]] = True
+    keep = ok & ~outlier
+    classes = np.zeros(len(peaks), np.int64) if extra is None else extra[0][rows, cols]
+    psi = np.full(len(peaks), UNSET_PSI) if extra is None else extra[1][rows, cols]
+    return Picks(
+        coordinates=coords[keep],
+        scores=score[keep],
+        classes=np.asarray(classes[keep], dtype=np.int64),
+        psi=np.asarray(psi[keep], dtype=np.float64),
+        threshold=float(thr),
+        candidate_scores=score[eligible],
+        image=work.view(),
+        scale=work.scale,
+        rejected={
+            "edge": int((above & edge).sum()),
+            "contrast": int((above & ~edge & on_junk).sum()),
+            "outlier": int(outlier.sum()),
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------
+# blob picking
+
+
+def _blob_maps(work: _Work) -> tuple[Any, Any]:
+    """LoG (localisation) and local energy maps on the padded grid (device)."""
+    lmap = work.real(work.spec * work.flip * work.blob_filter())
+    band = work.band()
+    emap = work.real(work.fft.rfft2(band * band, **work.kw) * work.gauss(0.33 * work.r))
+    return lmap, emap
+
+
+_BLOB_NULL: dict[tuple[Any, ...], _Null] = {}
+
+
+def _blob_null(work: _Work) -> _Null:
+    """Blob figures of merit of the peaks of white noise (NOISE_REALISATIONS images)."""
+    key = (work.padded_shape, round(work.pixel[0], 5), round(work.pixel[1], 5), round(work.r, 4))
+    if key in _BLOB_NULL:
+        return _BLOB_NULL[key]
+    xp, fft, kw = work.xp, work.fft, work.kw
+    rng = np.random.default_rng(20260)
+    scores = []
+    for _ in range(NOISE_REALISATIONS):
+        noise = xp.asarray(rng.standard_normal(work.padded_shape).astype(np.float32))
+        spec = fft.rfft2(noise, **kw)
+        lmap = work.host(work.real(spec * work.blob_filter()))
+        band = work.real(spec * work.band_filter())
+        emap = work.host(work.real(fft.rfft2(band * band, **kw) * work.gauss(0.33 * work.r)))
+        peaks = _peaks(lmap, 1.6 * work.r_px, work.r_px)
+        (ml, sl), (me, se) = _robust(lmap), _robust(emap)
+        rows, cols = peaks[:, 0], peaks[:, 1]
+        scores.append((lmap[rows, cols] - ml) / sl + ENERGY_WEIGHT * (emap[rows, cols] - me) / se)
+    null = _Null(np.concatenate(scores), NOISE_REALISATIONS)
+    _BLOB_NULL[key] = null
+    return null
+
+
+def pick_blobs(
+    micrograph: Any,
+    pixel_size: float,
+    diameter: float,
+    *,
+    ctf: MicrographCtf | None = None,
+    threshold: float | None = None,
+) -> Picks:
+    """Reference-free picking of particles of ``diameter`` Å (see the module docstring).
+
+    Parameters
+    ----------
+    micrograph : (ny, nx) float, NumPy or CuPy
+    pixel_size : Å per pixel
+    diameter : Å, the particle's longest extent
+    ctf : the micrograph's CTF (phase flipping); None inverts the contrast instead
+    threshold : figure of merit to exceed (None: the automatic noise floor)
+    """
+    work = _Work(micrograph, pixel_size, diameter, ctf)
+    lmap, emap = _blob_maps(work)
+    locate, energy = work.host(lmap), work.host(emap)
+    return _select(
+        work,
+        locate,
+        [locate, energy],
+        [1.0, ENERGY_WEIGHT],
+        _blob_null(work),
+        threshold,
+        energy,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# template picking
+
+
+def _rotate_stack(images: np.ndarray, psi: float) -> np.ndarray:
+    """In-plane rotation by Rz(psi) (RELION): the point (x, y) of an image, relative to
+    the centre ``b // 2``, moves to (x cos psi + y sin psi, -x sin psi + y cos psi)."""
+    b = images.shape[-1]
+    c = b // 2
+    t = math.radians(psi)
+    yy, xx = np.mgrid[0:b, 0:b].astype(np.float64) - c
+    # out(p) = in(R^-1 p), R = [[cos, sin], [-sin, cos]] acting on (x, y)
+    src_x = math.cos(t) * xx - math.sin(t) * yy + c
+    src_y = math.sin(t) * xx + math.cos(t) * yy + c
+    out = np.empty_like(images)
+    for k in range(images.shape[0]):
+        out[k] = ndimage.map_coordinates(images[k], [src_y, src_x], order=1, mode="constant")
+    return out
+
+
+class _TemplateBank:
+    """Rotated, CTF-modulated, band-passed, masked and normalised templates (spectra)."""
+
+    def __init__(self, work: _Work, templates: np.ndarray, angle_step: float) -> None:
+        xp = work.xp
+        self.work = work
+        b = templates.shape[-1]
+        c = b // 2
+        yy, xx = np.mgrid[0:b, 0:b] - c
+        outside = (yy * yy + xx * xx) > (0.45 * b) ** 2
+        stack = np.asarray(templates, dtype=np.float32).copy()
+        for k in range(len(stack)):  # background (outside the particle) at 0
+            if outside.any():
+                stack[k] -= stack[k][outside].mean()
+        self.angles = np.arange(0.0, 360.0, angle_step)
+        self.n_templates = len(stack)
+        py, px = work.padded_shape
+        radius = min(TEMPLATE_MASK * work.r_px, 0.5 * b - 1.0)
+        yy, xx = np.mgrid[0:py, 0:px]
+        yy = np.minimum(yy, py - yy)
+        xx = np.minimum(xx, px - xx)
+        mask = ((yy * yy + xx * xx) <= radius * radius).astype(np.float32)
+        self.n_mask = float(mask.sum())
+        self.mask = xp.asarray(mask)
+        self.mask_spec = work.fft.rfft2(self.mask, **work.kw)
+        modulation = work.band_filter(*TEMPLATE_BAND) * (work.ctf if work.ctf is not None else -1.0)
+        self.spectra: list[Any] = []
+        self.labels: list[tuple[int, float]] = []
+        for psi in self.angles:
+            rotated = _rotate_stack(stack, float(psi))
+            for k in range(len(rotated)):
+                full = np.zeros((py, px), np.float32)
+                full[:b, :b] = rotated[k]
+                full = np.roll(full, (-c, -c), axis=(0, 1))  # template centre at (0, 0)
+                t = work.real(work.fft.rfft2(xp.asarray(full), **work.kw) * modulation)
+                t = t * self.mask
+                t = t - self.mask * (t.sum() / self.n_mask)
+                norm = float(xp.sqrt((t * t).sum()))
+                if norm <= 0:
+                    continue
+                self.spectra.append(xp.conj(work.fft.rfft2(t / norm, **work.kw)))
+                self.labels.append((k + 1, float(psi)))
+
+    def correlate(self, spec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best NCC over the bank at each position of the image with spectrum ``spec``
+        (band-limited by the bank). Returns NCC, template number, psi (host maps)."""
+        work, xp = self.work, self.work.xp
+        image = work.real(spec * work.band_filter(*TEMPLATE_BAND))
+        f_img = work.fft.rfft2(image, **work.kw)
+        mean = work.real(f_img * xp.conj(self.mask_spec)) / self.n_mask
+        mean2 = work.real(work.fft.rfft2(image * image, **work.kw) * xp.conj(self.mask_spec))
+        var = xp.maximum(mean2 / self.n_mask - mean * mean, 1e-20)
+        denom = xp.sqrt(var * self.n_mask)
+        best = xp.full(work.padded_shape, -xp.inf, dtype=xp.float32)
+        index = xp.zeros(work.padded_shape, dtype=xp.int32)
+        for k, t_spec in enumerate(self.spectra):
+            ncc = (work.real(f_img * t_spec) / denom).astype(xp.float32)
+            better = ncc > best
+            best = xp.where(better, ncc, best)
+            index = xp.where(better, k, index)
+        idx = np.asarray(to_host(index[work.crop]))
+        labels = np.asarray(self.labels, dtype=np.float64).reshape(-1, 2)
+        return work.host(best), labels[idx, 0].astype(np.int64), labels[idx, 1]
+
+
+_TEMPLATE_NULL: dict[tuple[Any, ...], _Null] = {}
+
+
+def _template_null(work: _Work, bank: _TemplateBank, key: tuple[Any, ...]) -> _Null:
+    """Template figures of merit at the peaks of white noise (TEMPLATE_REALISATIONS
+    images through the same bank)."""
+    if key in _TEMPLATE_NULL:
+        return _TEMPLATE_NULL[key]
+    rng = np.random.default_rng(20261)
+    scores = []
+    for _ in range(TEMPLATE_REALISATIONS):
+        noise = work.xp.asarray(rng.standard_normal(work.padded_shape).astype(np.float32))
+        spec = work.fft.rfft2(noise, **work.kw)
+        ncc, _, _ = bank.correlate(spec)
+        peaks = _peaks(ncc, 1.6 * work.r_px, work.r_px)
+        rows, cols = peaks[:, 0], peaks[:, 1]
+        band = work.real(spec * work.band_filter())
+        emap = work.real(work.fft.rfft2(band * band, **work.kw) * work.gauss(0.33 * work.r))
+        emap = work.host(emap)
+        (mn, sn), (me, se) = _robust(ncc), _robust(emap)
+        z_ncc, z_energy = (ncc[rows, cols] - mn) / sn, (emap[rows, cols] - me) / se
+        scores.append(z_ncc + TEMPLATE_ENERGY_WEIGHT * z_energy)
+    null = _Null(np.concatenate(scores), TEMPLATE_REALISATIONS)
+    _TEMPLATE_NULL[key] = null
+    return null
+
+
+def pick_templates(
+    micrograph: Any,
+    pixel_size: float,
+    diameter: float,
+    templates: np.ndarray,
+    template_pixel_size: float,
+    *,
+    ctf: MicrographCtf | None = None,
+    threshold: float | None = None,
+    angle_step: float = 10.0,
+) -> Picks:
+    """Template matching with CTF-modulated, rotated templates (see the module docstring).
+
+    Parameters
+    ----------
+    micrograph : (ny, nx) float, NumPy or CuPy
+    pixel_size : Å per micrograph pixel
+    diameter : Å, the particle's longest extent
+    templates : (n, b, b) float, protein white (RELION class averages, projections),
+        centred on ``b // 2``; a host array
+    template_pixel_size : Å per template pixel
+    ctf : the micrograph's CTF (None: contrast inversion only)
+    threshold : figure of merit to exceed (None: the automatic noise floor)
+    angle_step : degrees between in-plane rotations
+    """
+    stack = np.asarray(to_host(templates), dtype=np.float32)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3 or stack.shape[1] != stack.shape[2]:
+        raise ValueError(f"templates: expected (n, b, b) square images, got {stack.shape}")
+    if not angle_step > 0:
+        raise ValueError(f"angle_step: must be > 0, got {angle_step}")
+    work = _Work(micrograph, pixel_size, diameter, ctf)
+    factor = template_pixel_size / (0.5 * (work.pixel[0] + work.pixel[1]))
+    small = np.asarray(resample_images(stack, factor))
+    bank = _TemplateBank(work, small, angle_step)
+    if not bank.spectra:
+        raise ValueError("templates: every template is blank")
+    ncc, classes, psi = bank.correlate(work.spec)
+    key = (work.shape, round(work.r, 4), small.tobytes().__hash__(), angle_step, ctf)
+    null = _template_null(work, bank, key)
+    energy = work.energy(0.33 * work.r)
+    weights = [1.0, TEMPLATE_ENERGY_WEIGHT]
+    return _select(work, ncc, [ncc, energy], weights, null, threshold, energy, (classes, psi))
