@@ -30,20 +30,9 @@ from collections.abc import Sequence
 
 from cryosnake.aws import transfer
 from cryosnake.aws.stack import RAW_MOVIE_TAG
-from cryosnake.stages._common import run_stage
+from cryosnake.stages._common import positive_int, run_stage
 
 __all__ = ["add_args", "add_transfer_options", "main"]
-
-
-def _jobs(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def _part_size(text: str) -> int:
@@ -62,7 +51,7 @@ def add_transfer_options(parser: argparse.ArgumentParser) -> None:
     """``--jobs``, ``--part-size`` and ``--quiet``, shared with ``cryosnake download``."""
     parser.add_argument(
         "--jobs",
-        type=_jobs,
+        type=positive_int,
         default=transfer.DEFAULT_JOBS,
         metavar="N",
         help=f"parallel requests (default {transfer.DEFAULT_JOBS})",

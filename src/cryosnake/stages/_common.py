@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["OneLineParser", "positive", "run_stage", "stage_parser"]
+__all__ = ["OneLineParser", "positive", "positive_int", "run_stage", "stage_parser"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -48,4 +48,15 @@ def positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value

@@ -66,7 +66,7 @@ from cryosnake.io import (
     write_star,
 )
 from cryosnake.ops import class2d as c2
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import positive, positive_int, run_stage
 
 __all__ = ["add_args", "main"]
 
@@ -83,16 +83,6 @@ NEW_COLUMNS = (
 )
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -105,9 +95,11 @@ def _non_negative(text: str) -> float:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", required=True, help="particles STAR file (RELION 3.1)")
-    parser.add_argument("--classes", type=_count, required=True, help="number of classes K")
+    parser.add_argument("--classes", type=positive_int, required=True, help="number of classes K")
     parser.add_argument("--out-dir", required=True, help="folder for the run_* outputs")
-    parser.add_argument("--iterations", type=_count, default=25, help="most EM iterations (25)")
+    parser.add_argument(
+        "--iterations", type=positive_int, default=25, help="most EM iterations (25)"
+    )
     parser.add_argument(
         "--diameter",
         type=positive,
@@ -125,7 +117,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--box",
-        type=_count,
+        type=positive_int,
         default=MAX_BOX,
         help=f"px, largest working box; images are Fourier-cropped to it ({MAX_BOX})",
     )
@@ -140,7 +132,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the start (1)")
     parser.add_argument(
-        "--batch", type=_count, default=None, help="particles per batch (default: by memory)"
+        "--batch", type=positive_int, default=None, help="particles per batch (default: by memory)"
     )
     parser.add_argument(
         "--no-resume", action="store_true", help="start over even if a checkpoint exists"
