@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 import cryosnake
 from cryosnake.backend import fft_workers
@@ -58,7 +57,13 @@ from cryosnake.io import read_mrc, read_star, write_mrc, write_star
 from cryosnake.ops.pick import MicrographCtf, pick_blobs, pick_templates
 from cryosnake.ops.project import project_volume
 from cryosnake.ops.rotation import euler_to_matrix
-from cryosnake.simulate import load_specimen, make_detector, make_params, simulate_movie
+from cryosnake.simulate import (
+    load_specimen,
+    make_detector,
+    make_params,
+    matched_picks,
+    simulate_movie,
+)
 
 DIAMETER = 150.0
 PROGRAMS = ("cryosnake-blob", "cryosnake-template", "apple")
@@ -97,16 +102,6 @@ def make_dataset(folder: Path, count: int, seed: int) -> None:
             "junk": pd.DataFrame(junk, columns=[*coords, "csnkJunkDiameterAngst", "csnkJunkType"]),
         },
     )
-
-
-def matched(picks: np.ndarray, truth: np.ndarray, radius: float) -> int:
-    """One-to-one matches (Hungarian) between picks and truth within ``radius`` px."""
-    if len(picks) == 0 or len(truth) == 0:
-        return 0
-    d = np.hypot(*(picks[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
-    cost = np.where(d <= radius, d, 1e6)
-    rows, cols = linear_sum_assignment(cost)
-    return int((cost[rows, cols] <= radius).sum())
 
 
 def templates(volume: np.ndarray, pixel_size: float) -> np.ndarray:
@@ -172,7 +167,7 @@ def score(
     for name, xy, s in zip(names, picks, seconds, strict=True):
         t = truth["particles"][truth["particles"].rlnMicrographName == name]
         t_xy = t[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=float)
-        m = matched(xy, t_xy, 0.2 * DIAMETER / pixel_size)
+        m = matched_picks(xy, t_xy, 0.2 * DIAMETER / pixel_size)
         j = truth["junk"][truth["junk"].rlnMicrographName == name]
         hits = sum(
             bool(len(xy)) and bool(np.any(np.hypot(*(xy - [r.rlnCoordinateX, r.rlnCoordinateY]).T)

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 from cryosnake.io import read_star_block, write_mrc, write_star
 from cryosnake.ops.pick import resample_images
@@ -30,6 +29,7 @@ from cryosnake.simulate import (
     load_specimen,
     make_detector,
     make_params,
+    matched_picks,
     simulate_dataset,
     simulate_movie,
 )
@@ -40,16 +40,6 @@ DIAMETER = 150.0
 LABELS = list(pick_stage.LABELS)
 VIEWS = [(rot, tilt) for tilt in (45.0, 90.0, 135.0) for rot in (0.0, 90.0, 180.0, 270.0)]
 VIEWS += [(0.0, 0.0), (0.0, 180.0)]
-
-
-def matched(picks: np.ndarray, truth: np.ndarray, radius: float) -> int:
-    """One-to-one matches (Hungarian) between picks and truth within ``radius`` px."""
-    if len(picks) == 0 or len(truth) == 0:
-        return 0
-    d = np.hypot(*(picks[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
-    cost = np.where(d <= radius, d, 1e6)
-    rows, cols = linear_sum_assignment(cost)
-    return int((cost[rows, cols] <= radius).sum())
 
 
 def junk_picked(picks: np.ndarray, junk: list[tuple[float, float, float]]) -> int:
@@ -130,7 +120,7 @@ class Case:
         """(matched, picks, particles, junk items picked) of a pick STAR file."""
         table = read_star_block(star, "particles", required=tuple(LABELS))
         xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=float)
-        m = matched(xy, self.truth.coordinates, 0.2 * DIAMETER / self.params.pixel_size)
+        m = matched_picks(xy, self.truth.coordinates, 0.2 * DIAMETER / self.params.pixel_size)
         return m, len(xy), len(self.truth.coordinates), junk_picked(xy, self.junk)
 
 
@@ -366,6 +356,6 @@ def test_picks_on_motion_corrected_movies(tmp_path: Path, run_cli: RunCli) -> No
         xy = read_star_block(out, "particles")[["rlnCoordinateX", "rlnCoordinateY"]]
         truth = particles[particles.rlnMicrographName.str.contains(movie.stem)]
         t = truth[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=float)
-        found += matched(xy.to_numpy(dtype=float), t, 0.2 * DIAMETER / 1.5)
+        found += matched_picks(xy.to_numpy(dtype=float), t, 0.2 * DIAMETER / 1.5)
         picked, total = picked + len(xy), total + len(t)
     assert found >= 0.9 * picked and found >= 0.9 * total, (found, picked, total)

@@ -16,7 +16,6 @@ import math
 import numpy as np
 import pytest
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 from cryosnake.ops import pick
 from cryosnake.ops.pick import (
@@ -34,21 +33,12 @@ from cryosnake.simulate import (
     load_specimen,
     make_detector,
     make_params,
+    matched_picks,
     simulate_movie,
 )
 
 DIAMETER = 150.0
 MATCH = 0.2 * DIAMETER  # Å, the match radius of the acceptance
-
-
-def matched(picks: np.ndarray, truth: np.ndarray, radius: float) -> int:
-    """One-to-one matches (Hungarian) between picks and truth within ``radius`` px."""
-    if len(picks) == 0 or len(truth) == 0:
-        return 0
-    d = np.hypot(*(picks[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
-    cost = np.where(d <= radius, d, 1e6)
-    rows, cols = linear_sum_assignment(cost)
-    return int((cost[rows, cols] <= radius).sum())
 
 
 @functools.cache
@@ -128,7 +118,7 @@ def test_blob_picking_finds_the_simulated_particles(
     found = picked = total = 0
     for params, truth, image in micrographs:
         picks = pick_blobs(image, params.pixel_size, DIAMETER, ctf=ctf_of(params, truth))
-        m = matched(picks.coordinates, truth.coordinates, MATCH / params.pixel_size)
+        m = matched_picks(picks.coordinates, truth.coordinates, MATCH / params.pixel_size)
         found, picked, total = (
             found + m,
             picked + len(picks.coordinates),
@@ -146,10 +136,10 @@ def test_blob_picking_without_ctf_inverts_the_contrast(
 ) -> None:
     params, truth, image = micrographs[0]
     picks = pick_blobs(image, params.pixel_size, DIAMETER)
-    m = matched(picks.coordinates, truth.coordinates, MATCH / params.pixel_size)
+    m = matched_picks(picks.coordinates, truth.coordinates, MATCH / params.pixel_size)
     assert m >= 0.9 * len(truth.coordinates) and m >= 0.9 * len(picks.coordinates)
     inverted = pick_blobs(-image, params.pixel_size, DIAMETER)  # particles now bright
-    m_inv = matched(inverted.coordinates, truth.coordinates, MATCH / params.pixel_size)
+    m_inv = matched_picks(inverted.coordinates, truth.coordinates, MATCH / params.pixel_size)
     assert m_inv < 0.5 * len(truth.coordinates)
 
 
@@ -164,7 +154,7 @@ def test_template_picking_finds_the_simulated_particles(
             image, params.pixel_size, DIAMETER, templates, params.pixel_size,
             ctf=ctf_of(params, truth), angle_step=15.0,
         )  # fmt: skip
-        m = matched(picks.coordinates, truth.coordinates, MATCH / params.pixel_size)
+        m = matched_picks(picks.coordinates, truth.coordinates, MATCH / params.pixel_size)
         found, picked, total = (
             found + m,
             picked + len(picks.coordinates),
@@ -213,8 +203,8 @@ def test_templates_at_another_pixel_size_are_rescaled(
     ctf = ctf_of(params, truth)
     a = pick_templates(image, 3.0, DIAMETER, native, 3.0, ctf=ctf, angle_step=15.0)
     b = pick_templates(image, 3.0, DIAMETER, fine, 1.5, ctf=ctf, angle_step=15.0)
-    assert matched(b.coordinates, a.coordinates, 2.0) >= 0.95 * len(a.coordinates)
-    m = matched(b.coordinates, truth.coordinates, MATCH / params.pixel_size)
+    assert matched_picks(b.coordinates, a.coordinates, 2.0) >= 0.95 * len(a.coordinates)
+    m = matched_picks(b.coordinates, truth.coordinates, MATCH / params.pixel_size)
     assert m >= 0.9 * len(truth.coordinates)
 
 
@@ -253,7 +243,7 @@ def test_no_pick_closer_to_the_edge_than_a_radius(
     cut = t_border < radius - 2 * working_pixel
     assert cut.sum() >= 3  # the crop does cut particles
     inside = t[t_border >= radius + 2]
-    assert matched(xy, inside, MATCH / params.pixel_size) >= 0.85 * len(inside)
+    assert matched_picks(xy, inside, MATCH / params.pixel_size) >= 0.85 * len(inside)
     assert picks.rejected["edge"] >= 1
 
 
@@ -330,11 +320,11 @@ def test_gpu_and_cpu_pick_the_same_particles(
     cpu = pick_blobs(image, params.pixel_size, DIAMETER, ctf=ctf)
     gpu = pick_blobs(cp.asarray(image), params.pixel_size, DIAMETER, ctf=ctf)
     assert isinstance(gpu.coordinates, np.ndarray)
-    assert matched(gpu.coordinates, cpu.coordinates, 2.0) >= 0.95 * len(cpu.coordinates)
+    assert matched_picks(gpu.coordinates, cpu.coordinates, 2.0) >= 0.95 * len(cpu.coordinates)
     _, volume = _specimen(3.0)
     templates = projections(volume, VIEWS)
     t_cpu = pick_templates(image, 3.0, DIAMETER, templates, 3.0, ctf=ctf, angle_step=15.0)
     t_gpu = pick_templates(
         cp.asarray(image), 3.0, DIAMETER, templates, 3.0, ctf=ctf, angle_step=15.0
     )
-    assert matched(t_gpu.coordinates, t_cpu.coordinates, 2.0) >= 0.95 * len(t_cpu.coordinates)
+    assert matched_picks(t_gpu.coordinates, t_cpu.coordinates, 2.0) >= 0.95 * len(t_cpu.coordinates)

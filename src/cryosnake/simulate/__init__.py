@@ -17,6 +17,7 @@ from cryosnake.simulate._atoms import (
 from cryosnake.simulate._dataset import DatasetSummary, load_specimen, simulate_dataset, volume_box
 from cryosnake.simulate._engine import Detector, MovieTruth, Specimen, make_detector, simulate_movie
 from cryosnake.simulate._params import PRESETS, SimulationParams, make_params
+from cryosnake.simulate._scoring import matched_picks
 
 __all__ = [
     "PRESETS",
@@ -30,6 +31,7 @@ __all__ = [
     "load_specimen",
     "make_detector",
     "make_params",
+    "matched_picks",
     "phantom_atoms",
     "render_projection",
     "render_volume",
