@@ -192,18 +192,29 @@ def test_class_scores_tell_particles_from_junk() -> None:
         for cx, cy in ((-12, 4), (10, -11), (6, 13), (0, 0))
     )
     clump = 2.0 * views[0] + _rotate_shift(views[1], 40.0, (2.0, -1.0))  # compact, heavy
-    noise = np.random.default_rng(0).normal(0, 1, (BOX, BOX))
-    stack = np.stack([*views, edge, spread, clump, noise]).astype(np.float32)
-    ssnr = np.full((len(stack), BOX // 2 + 1), 50.0)
+    rng = np.random.default_rng(0)
+    clean = np.stack([*views, edge, spread, clump, np.zeros((BOX, BOX))])
+    # Four subsets per class: the signal plus independent noise (pure noise for the last).
+    subsets = clean[:, None] + rng.normal(0, 0.3, (len(clean), 4, BOX, BOX))
+    subsets[-1] = rng.normal(0, 1, (4, BOX, BOX))
+    ssnr = np.full((len(clean), BOX // 2 + 1), 50.0)
     ssnr[-1] = 0.05  # no signal
     counts = np.array([100, 80, 60, 30, 30, 30, 30])
-    scores = c2.class_scores(stack, ssnr, PX, 34.0 * PX, counts)
+    scores = c2.class_scores(subsets.astype(np.float32), ssnr, PX, 34.0 * PX, counts)
     assert np.all(scores["containment"][:3] > 0.97)
     np.testing.assert_allclose(scores["mass_ratio"][:3], 1.0, atol=0.05)
     assert np.all(scores["score"][:3] >= 0.97)
     assert scores["containment"][5] > 0.95 and scores["mass_ratio"][5] > 2.5
     assert np.all(scores["score"][3:] < 0.8)
     assert scores["ssnr_low"][-1] == pytest.approx(0.05)
+    # The noise of one average would make a particle look spread out; the products of
+    # independent subsets do not: with noise as strong as the signal, still contained.
+    noisy = (clean[:3, None] + rng.normal(0, 4.0, (3, 4, BOX, BOX))).astype(np.float32)
+    fair = c2.class_scores(noisy, ssnr[:3], PX, 34.0 * PX, counts[:3])
+    assert np.all(fair["containment_estimate"] > 0.9)
+    same = np.repeat(noisy.mean(axis=1, keepdims=True), 4, axis=1)  # products = a * a
+    biased = c2.class_scores(same, ssnr[:3], PX, 34.0 * PX, counts[:3])
+    assert np.all(biased["containment_estimate"] < 0.9)
 
 
 @pytest.mark.gpu

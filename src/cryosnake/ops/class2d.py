@@ -35,7 +35,8 @@ expectation-maximisation:
   re-seeded by splitting the largest one.
 - **Masks**: the references are masked with the particle diameter; the images only by
   the box (:func:`prepare_particles`), so that the class averages before masking
-  (``Class2DState.unmasked``) show what surrounds the particles, which
+  (``Class2DState.unmasked``, and the averages of particle subsets of
+  :func:`subset_averages`) show what surrounds the particles, which
   :func:`class_scores` uses to tell particles from junk.
 
 Rotations are computed in Fourier space on the padded grid (no per-rotation FFT). An
@@ -74,6 +75,7 @@ __all__ = [
     "prepare_spectra",
     "resize_images",
     "soft_circle",
+    "subset_averages",
 ]
 
 PAD = 2  # oversampling of the Fourier grid that rotations interpolate on
@@ -84,6 +86,10 @@ MASK_EDGE = 5.0  # px at the original sampling: width of the image mask's soft e
 RESEED_FRACTION = 0.1  # a class with fewer than this / K of the particles is re-seeded
 RESEED_AMPLITUDE = 0.3  # relative amplitude of the perturbations that split a class
 MASS_TOLERANCE = 1.25  # class masses within this factor of the particles' score full marks
+MASS_SPREAD = 3.0  # mass tolerance: at least this many robust sd of the particles' log mass
+MASS_SSNR_HALF = 5.0  # the mass criterion counts half at this SSNR of shells 0-1
+SUBSETS = 4  # class2d scores: subsets per class (noise-free energies, jackknife errors)
+CONTAINMENT_Z = 1.0  # containment: judged at its estimate + this many standard errors
 # Per-particle CTF parameters, in this order, as rows of ParticleData.ctf.
 CTF_COLUMNS = (
     "rlnDefocusU",
@@ -588,10 +594,11 @@ def _pass(
     sigma2: np.ndarray,
     refs: Any | None,
     log_prior: Any | None,
-    forced: tuple[np.ndarray, np.ndarray] | None,
+    forced: tuple[np.ndarray, ...] | None,
 ) -> tuple[_Sums, dict[str, np.ndarray]]:
     """One pass over all particles: E-step (unless ``forced`` = (class, rotation) per
-    particle, zero shift) and M-step accumulation.
+    particle, zero shift, or (class, rotation, translation index)) and M-step
+    accumulation.
 
     refs : (K, R, F) complex rotated references; log_prior : (T, K*R).
     """
@@ -670,9 +677,10 @@ def _pass(
             prob = _significant(prob, total)
             prob = prob.reshape(nb * n_t, kr)
         else:
-            cls, rot = forced
+            cls, rot = forced[0], forced[1]
+            trans = forced[2][start:stop] if len(forced) > 2 else 0  # (0, 0) comes first
             prob = xp.zeros((nb * n_t, kr), dtype=xp.float32)
-            rows = xp.asarray(np.arange(nb) * n_t)  # translation 0 comes first
+            rows = xp.asarray(np.arange(nb) * n_t + trans)
             cols = xp.asarray(cls[start:stop] * n_rot + rot[start:stop])
             prob[rows, cols] = 1.0
             out["assignment"][start:stop] = cls[start:stop]
@@ -937,6 +945,41 @@ def em_iteration(
     )
 
 
+def subset_averages(
+    data: ParticleData, state: Class2DState, settings: Class2DSettings, parts: int = SUBSETS
+) -> Any:
+    """(K, parts, b, b) unmasked class averages of ``parts`` disjoint subsets per class.
+
+    Particle ``i`` goes to subset ``i mod parts`` at its best pose of the last E-step
+    (``state``: assignment, psi, shift); each subset is reconstructed like a class (same
+    prior ``tau2``, shells up to ``state.r_max``), without re-centring. The noise of two
+    subsets is independent, so ``sum(a_i * a_j)`` over a region estimates the signal
+    energy there without the noise bias of ``sum(a * a)``; empty subsets are zeros.
+    """
+    xp = get_array_module(data.spectra)
+    box, n, k_cls = data.box, data.n, settings.n_classes
+    if n == 0 or (state.assignment < 0).any():
+        raise ValueError("half_averages needs the poses of an E-step for every particle")
+    step = 360.0 / settings.n_rotations
+    rot = np.rint(np.asarray(state.psi) / step).astype(np.int64) % settings.n_rotations
+    grid = settings.translations
+    trans = np.argmin(
+        ((np.asarray(state.shift)[:, None, :] - grid[None, :, :]) ** 2).sum(axis=2), axis=1
+    )
+    halves = replace(settings, n_classes=parts * k_cls)
+    cls = parts * state.assignment + (np.arange(n) % parts)
+    geom = _geometry(box, state.r_max, halves, data.pixel_size, xp)
+    sums, _ = _pass(data, geom, halves, state.sigma2, None, None, (cls, rot, trans))
+    n_f = int(geom.flat.shape[0])
+    num = ((sums.num[:, :n_f] + 1j * sums.num[:, n_f:]) * 0.5).reshape(parts * k_cls, -1, n_f)
+    den = (sums.den * (0.5 * geom.weight)[None].astype(xp.float64)).reshape(parts * k_cls, -1, n_f)
+    pnum, pweight = _backproject(num, den, geom, box)
+    inv_tau2 = 1.0 / (settings.tau2_fudge * np.maximum(np.repeat(state.tau2, parts, axis=0), 1e-30))
+    inv_tau2[:, state.tau2_shells + 1 :] = 0.0
+    images = _reconstruct(pnum, pweight, xp.asarray(inv_tau2), box)
+    return images.reshape(k_cls, parts, box, box)
+
+
 def _perturbation(tau2: np.ndarray, box: int, rng: np.random.Generator, xp: Any) -> Any:
     """(b, b) Gaussian random image with power spectrum ``RESEED_AMPLITUDE^2 x tau2``."""
     shells = _shell_index(box)
@@ -947,7 +990,7 @@ def _perturbation(tau2: np.ndarray, box: int, rng: np.random.Generator, xp: Any)
 
 
 def class_scores(
-    unmasked: Any,
+    halves: Any,
     ssnr: np.ndarray,
     pixel_size: float,
     diameter: float,
@@ -956,56 +999,87 @@ def class_scores(
     """How particle-like each class average is: a score in [0, 1] (``select2d``).
 
     ``score = containment x signal x mass_agreement``, each factor near 1 for a class
-    of good particles:
+    of good particles. All three are measured on the two half averages of each class
+    (:func:`half_averages`), low-passed to ``diameter / 8``:
 
-    - ``containment``: the fraction of the class average's squared density (before
-      masking, low-passed to ``diameter / 8``) that lies inside the circle of
-      ``diameter``. A particle is confined to its diameter; aggregates, ice and carbon
-      edges, off-centre picks and the average of empty boxes spread over the box.
+    - ``containment``: the fraction of the class's low-resolution signal energy that lies
+      inside the circle of ``diameter``, with the energy estimated without noise bias as
+      the product of the two halves (their noise is independent), clipped to [0, 1]. A
+      particle is confined to its diameter; aggregates, ice and carbon edges,
+      off-centre picks and the average of empty boxes spread over the box. (The energy
+      of one average, ``a * a``, would add the average's noise, which is uniform over
+      the box and grows as the class gets fewer particles, so that small classes of
+      good particles would look spread out.)
     - ``signal = 1 - exp(-ssnr_low)``, with ``ssnr_low`` the class's mean spectral SNR
-      in the shells up to ``diameter / 5``: a class without signal scores near 0 even if
-      its noise happens to sit in the middle.
-    - ``mass_agreement = min(1, r * MASS_TOLERANCE, MASS_TOLERANCE / r)`` with ``r`` the
-      class's ``mass`` (the integral of its density inside the circle) over the
-      reference mass: every projection of one particle integrates to the same mass
+      in the shells up to ``diameter / 5``: a class without signal scores near 0.
+    - ``mass_agreement``: ``a = min(1, r * MASS_TOLERANCE, MASS_TOLERANCE / r)`` with
+      ``r`` the class's ``mass`` (the integral of its density inside the circle) over
+      the reference mass: every projection of one particle integrates to the same mass
       whatever the view, so a class much heavier (aggregates, several particles) or
-      lighter (fragments, empty boxes) than the particles is junk. The reference is
-      the particle-weighted median mass of the classes that pass the first two
-      criteria (score >= 0.9 without this factor), i.e. it assumes that most of those
-      particles are the one particle species.
+      lighter (fragments) than the particles is junk. The reference is the
+      particle-weighted median mass of the classes whose containment x signal is at
+      least 0.9 (it assumes one particle species dominates those). The mass lives in
+      the lowest frequencies, where the CTF passes little (about the amplitude
+      contrast) and the class average is mostly its prior, so it is trusted in
+      proportion to the SSNR there: ``mass_agreement = 1 - w (1 - a)`` with
+      ``w = ssnr_mass / (ssnr_mass + MASS_SSNR_HALF)`` and ``ssnr_mass`` the mean SSNR
+      of shells 1 and 2.
 
     Parameters
     ----------
-    unmasked : (K, b, b) class averages before masking (images masked only by the box)
+    halves : (K, 2, b, b) half averages before masking (:func:`half_averages`)
     ssnr : (K, b//2+1) spectral SNR per shell (:attr:`Class2DState.ssnr`)
-    pixel_size : Å per pixel of ``unmasked``
+    pixel_size : Å per pixel of ``halves``
     diameter : Å, the particle (mask) diameter
     counts : (K,) particles per class (weights of the reference mass)
 
     Returns
     -------
     dict of (K,) NumPy float arrays: ``containment``, ``ssnr_low``, ``mass``,
-    ``mass_ratio``, ``score``
+    ``mass_ratio``, ``mass_weight``, ``score``
     """
-    xp = get_array_module(unmasked)
-    box = int(unmasked.shape[-1])
+    xp = get_array_module(halves)
+    box = int(halves.shape[-1])
     fft = fft_module(xp)
     kw = fft_kwargs(xp)
     ky = xp.asarray(np.fft.fftfreq(box).astype(np.float32))[:, None]
     kx = xp.asarray(np.fft.rfftfreq(box).astype(np.float32))[None, :]
     s2 = (kx * kx + ky * ky) / pixel_size**2
     lowpass = xp.exp(-math.log(2.0) * s2 * (diameter / 8.0) ** 2)  # half at diameter / 8
-    spec = fft.rfft2(xp.asarray(unmasked, dtype=xp.float32), axes=(-2, -1), **kw)
-    smooth = fft.irfft2(spec * lowpass, s=(box, box), axes=(-2, -1), **kw)
+    spec = fft.rfft2(xp.asarray(halves, dtype=xp.float32), axes=(-2, -1), **kw)
+    smooth = fft.irfft2(spec * lowpass, s=(box, box), axes=(-2, -1), **kw).astype(xp.float64)
     inside = soft_circle(box, diameter / pixel_size, 0.0, xp)
-    energy = smooth * smooth
-    total = energy.sum(axis=(1, 2))
-    containment = _host((energy * inside).sum(axis=(1, 2)) / xp.maximum(total, 1e-30))
-    containment = containment.astype(np.float64)
-    mass = _host((smooth * inside).sum(axis=(1, 2))).astype(np.float64)
+    parts = int(smooth.shape[1])
+    # Signal energy (total, within the circle) of every pair of subsets.
+    total = np.zeros((len(smooth), parts, parts))
+    within = np.zeros((len(smooth), parts, parts))
+    for i in range(parts):
+        for j in range(i + 1, parts):
+            energy = smooth[:, i] * smooth[:, j]
+            total[:, i, j] = _host(energy.sum(axis=(1, 2)))
+            within[:, i, j] = _host((energy * inside).sum(axis=(1, 2)))
+
+    def _fraction(keep: np.ndarray) -> np.ndarray:
+        t = total[:, keep][:, :, keep].sum(axis=(1, 2))
+        w = within[:, keep][:, :, keep].sum(axis=(1, 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(t > 0, w / t, 0.0)
+
+    estimate = _fraction(np.ones(parts, dtype=bool))
+    # Jackknife over the subsets: the standard error of the estimate.
+    leave_out = np.stack([_fraction(np.arange(parts) != i) for i in range(parts)], axis=1)
+    error = np.sqrt(
+        (parts - 1) / parts * ((leave_out - leave_out.mean(axis=1)[:, None]) ** 2).sum(axis=1)
+    )
+    containment = np.clip(estimate + CONTAINMENT_Z * error, 0.0, 1.0)
+    containment = np.where(total.sum(axis=(1, 2)) > 0, containment, 0.0)
+    mass = _host((smooth.mean(axis=1) * inside).sum(axis=(1, 2))).astype(np.float64)
+    ssnr = np.asarray(ssnr, dtype=np.float64)
     shells = max(1, min(box // 2, int(box * pixel_size / (diameter / 5.0))))
-    ssnr_low = np.asarray(ssnr, dtype=np.float64)[:, 1 : shells + 1].mean(axis=1)
-    shape_score = containment * (1.0 - np.exp(-ssnr_low))
+    ssnr_low = ssnr[:, 1 : shells + 1].mean(axis=1)
+    ssnr_mass = ssnr[:, 0:2].mean(axis=1)
+    mass_weight = ssnr_mass / (ssnr_mass + MASS_SSNR_HALF)
+    shape_score = containment * (1.0 - np.exp(-2.0 * ssnr_low))
     weights = np.asarray(counts, dtype=np.float64)
     pool = (shape_score >= 0.9) & (weights > 0) & (mass > 0)
     if not pool.any():
@@ -1017,13 +1091,27 @@ def class_scores(
     else:
         reference = float("nan")
     ratio = mass / reference if reference > 0 else np.full(len(mass), np.nan)
+    # The masses of the particle-like classes scatter (noise, the CTF's weak low
+    # frequencies, crowded neighbours in the normalisation area): the tolerance widens to
+    # MASS_SPREAD robust standard deviations of their log mass when that is larger.
+    tolerance = MASS_TOLERANCE
+    if pool.sum() >= 3 and reference > 0:
+        logs = np.log(mass[pool] / reference)
+        order = np.argsort(np.abs(logs))
+        cumulative = np.cumsum(weights[pool][order])
+        mad = float(np.abs(logs)[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+        tolerance = max(MASS_TOLERANCE, math.exp(MASS_SPREAD * 1.4826 * mad))
     with np.errstate(divide="ignore", invalid="ignore"):
-        agreement = np.minimum(1.0, np.minimum(ratio * MASS_TOLERANCE, MASS_TOLERANCE / ratio))
+        agreement = np.minimum(1.0, np.minimum(ratio * tolerance, tolerance / ratio))
     agreement = np.where(np.isfinite(agreement) & (ratio > 0), agreement, 0.0)
+    agreement = 1.0 - mass_weight * (1.0 - agreement)
     return {
         "containment": containment,
+        "containment_estimate": np.clip(estimate, 0.0, 1.0),
+        "containment_error": error,
         "ssnr_low": ssnr_low,
         "mass": mass,
         "mass_ratio": np.nan_to_num(ratio, nan=0.0),
-        "score": shape_score * agreement,
+        "mass_weight": mass_weight,
+        "score": np.where(weights > 0, shape_score * agreement, 0.0),
     }

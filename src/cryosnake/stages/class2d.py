@@ -404,13 +404,14 @@ def _write_outputs(
     work_pixel: float,
     big: int,
     diameter: float,
+    subsets: Any,
 ) -> pd.DataFrame:
     k = settings.n_classes
     box = int(state.classes.shape[-1])
     classes = to_host(c2.resize_images(state.classes, big))
     write_mrc(out / "run_classes.mrcs", classes, pixel_size, kind="stack")
     counts = np.bincount(state.assignment, minlength=k)
-    scores = c2.class_scores(state.unmasked, state.ssnr, work_pixel, diameter, counts)
+    scores = c2.class_scores(subsets, state.ssnr, work_pixel, diameter, counts)
     resolution = state.resolution(work_pixel)
     model_classes = pd.DataFrame(
         {
@@ -422,6 +423,7 @@ def _write_outputs(
             "rlnClassContainment": scores["containment"],
             "rlnClassLowResSsnr": scores["ssnr_low"],
             "rlnClassMassRatio": scores["mass_ratio"],
+            "rlnClassMassWeight": scores["mass_weight"],
         }
     )
     general = pd.DataFrame(
@@ -577,8 +579,9 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
     out.mkdir(parents=True, exist_ok=True)
+    subsets = c2.subset_averages(data, state, settings)
     model = _write_outputs(
-        out, optics, particles, state, settings, pixel_size, work_pixel, big, diameter
+        out, optics, particles, state, settings, pixel_size, work_pixel, big, diameter, subsets
     )
     status = "converged" if state.converged else "stopped"
     print(

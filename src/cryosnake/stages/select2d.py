@@ -7,31 +7,40 @@ optics table and the particles of the selected classes (every column kept) to
 The class score (``rlnClassScore`` in ``run_model.star``, between 0 and 1) measures how
 particle-like a class average is::
 
-    score = containment x (1 - exp(-ssnr_low)) x mass_agreement
+    score = containment x (1 - exp(-2 ssnr_low)) x mass_agreement
 
-- ``containment`` (``rlnClassContainment``): the fraction of the class average's squared
-  density, before masking and low-passed to 1/8 of the diameter, that lies inside the
-  particle diameter given to ``class2d``. Class2D masks the references with the
-  diameter but the images only by the box, so the average shows what surrounds the
-  particles: a particle is confined to its circle (containment near 1), whereas ice
-  and carbon edges, off-centre picks, most aggregates and empty boxes spread over the
-  box (for pure noise, containment is the circle's share of the box).
+``class2d`` measures it on four disjoint subsets of each class's particles, each
+averaged at the particles' final poses and low-passed to 1/8 of the diameter:
+
+- ``containment`` (``rlnClassContainment``): the fraction of the class's signal energy
+  that lies inside the particle diameter given to ``class2d``. Class2D masks the
+  references with the diameter but the images only by the box, so the averages show
+  what surrounds the particles: a particle is confined to its circle (containment near
+  1), whereas ice and carbon edges, off-centre picks, aggregates and empty boxes spread
+  over the box. The energy is the sum of products of different subsets, whose noise is
+  independent: unlike the energy of one average it has no noise bias, which would make
+  small classes of good particles look spread out. The estimate plus one standard
+  error (jackknife over the subsets) is used, so that a class is marked down when its
+  spread is shown by the data, not when the data are too noisy to tell.
 - ``ssnr_low`` (``rlnClassLowResSsnr``): the class's mean spectral SNR in the shells up
-  to 1/5 of the diameter. A class without signal scores near 0 whatever the layout of
-  its noise.
+  to 1/5 of the diameter. A class without signal scores near 0.
 - ``mass_agreement`` from ``rlnClassMassRatio``, the integral of the class average
   inside the diameter over that of the particle-weighted median class (among the
   classes that pass the first two criteria): every projection of one particle has the
   same integral, whatever the view, so a class more than 1.25x heavier (clumps of
-  particles) or lighter (fragments, empty boxes) is scored down in proportion
-  (``min(1, 1.25 r, 1.25 / r)``). This assumes one particle species makes up most of
-  the particles in the particle-like classes; for mixtures of species select by list.
+  particles) or lighter (fragments) is scored down in proportion. The tolerance widens
+  to three robust standard deviations of the particle-like classes' log mass when they
+  scatter more, and the criterion is weighted by ``w = s / (s + 5)``
+  (``rlnClassMassWeight``), with ``s`` the class's SSNR in the two lowest shells, where
+  the mass lives and the CTF passes little: a mass the data do not determine (the class
+  average there is mostly its prior) does not reject a class. This assumes one
+  particle species makes up most of the particles in the particle-like classes; for
+  mixtures of species select by list.
 
-Automatic selection keeps the classes with score >= ``--min-score`` (default 0.97: at
-least 97 % of a class's low-resolution density within the particle diameter, a
-low-resolution SSNR above ~3.5 and a mass within 1.25x of the particles'; on simulated
-data, particle classes score 0.99-1.0, aggregates at most ~0.93, empty boxes, edges and
-off-centre picks below 0.7). ``--classes 1,4,7`` selects those classes instead. With
+Automatic selection keeps the classes with score >= ``--min-score`` (default 0.97). On
+simulated particle sets with 20 % junk (800 particles, K = 10) particle classes score
+0.998-1.0, classes of aggregates 0.83-0.95 and classes of empty boxes, edges and
+off-centre picks below 0.2. ``--classes 1,4,7`` selects those classes instead. With
 ``--plot``, a PNG of the class averages (selected in green, rejected in red) and of the
 scores.
 
