@@ -24,6 +24,7 @@ import pytest
 
 from cryosnake.io import read_mrc, read_star, write_mrc
 from cryosnake.ops import postprocess as pp
+from cryosnake.ops.reconstruct import fsc, shell_resolution
 from cryosnake.simulate import phantom_atoms, render_volume
 
 RunCli = Callable[[Sequence[object]], tuple[int, str, str]]
@@ -61,8 +62,8 @@ def test_resolution_and_bfactor_match_the_truth(bfactor: float, noise: float, se
     signal, h1, h2 = _halves(bfactor, noise, seed)
     result = pp.postprocess(h1, h2, PX, seed=seed)
     mask = result.mask
-    truth_fsc = pp.fsc(0.5 * (h1 + h2) * mask, signal * mask)
-    truth_res = pp.resolution_at(truth_fsc, N, PX, 0.5)
+    truth_fsc = fsc(0.5 * (h1 + h2) * mask, signal * mask)
+    truth_res = shell_resolution(truth_fsc, PX, 0.5)
     print(f"B {bfactor}, noise {noise}: {result.resolution:.2f} Å vs truth {truth_res:.2f} Å")
     # Masking the truth too shares the mask's correlation, which flatters the truth
     # curve by a few per cent; the corrected gold standard must not claim more.
@@ -100,17 +101,6 @@ def test_phase_randomisation_removes_the_masks_correlation() -> None:
     print(f"beyond 8 Å: masked {masked:.3f}, corrected {corrected:.3f}")
     assert masked > 0.1
     assert abs(corrected) < 0.03
-
-
-def test_fsc_and_resolution_helpers() -> None:
-    rng = np.random.default_rng(5)
-    a, b = rng.normal(size=(2, 32, 32, 32))
-    np.testing.assert_allclose(pp.fsc(a, a), 1.0, atol=1e-9)
-    assert abs(float(np.mean(pp.fsc(a, b)[3:]))) < 0.05
-    curve = np.array([1.0, 1.0, 0.9, 0.5, 0.1, 0.0])
-    # 0.143 between shells 3 (0.5) and 4 (0.1): shell 3 + 0.357/0.4 = 3.8925
-    assert pp.resolution_at(curve, 10, 2.0, 0.143) == pytest.approx(20.0 / 3.8925)
-    assert pp.resolution_at(np.ones(6), 10, 2.0, 0.143) == 4.0  # Nyquist
 
 
 def test_postprocess_stage_writes_relion_outputs(tmp_path: Path, run_cli: RunCli) -> None:

@@ -14,8 +14,9 @@ one Fourier pixel (shell ``k`` holds ``|f| n`` rounded to ``k``, i.e. ``k / (n p
   box (beyond 0.95 of the half box, where a centred particle has no density): the
   envelope at 5 % of the peak density, or six noise standard deviations when noise
   dominates.
-- **FSC** (:func:`fsc`): ``FSC(k) = Re sum F1 F2* / sqrt(sum |F1|^2 sum |F2|^2)`` over
-  shell ``k``, for the unmasked and the masked half maps.
+- **FSC** (:func:`cryosnake.ops.reconstruct.fsc`):
+  ``FSC(k) = Re sum F1 F2* / sqrt(sum |F1|^2 sum |F2|^2)`` over shell ``k``, for the
+  unmasked and the masked half maps.
 - **Phase-randomisation correction** (Chen et al. 2013): the mask adds correlation of
   its own (both masked maps share its edges). Beyond the shell where the unmasked FSC
   first drops below :data:`RANDOMISE_AT` (0.8), the phases of both half maps are
@@ -48,6 +49,8 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
+from cryosnake.ops.reconstruct import fsc, shell_frequencies, shell_resolution
+
 __all__ = [
     "FSC_THRESHOLD",
     "LOWPASS_EDGE",
@@ -56,13 +59,10 @@ __all__ = [
     "auto_mask",
     "corrected_fsc",
     "fit_bfactor",
-    "fsc",
     "guinier",
     "postprocess",
     "randomise_phases",
-    "resolution_at",
     "sharpen",
-    "shell_frequencies",
     "shell_index",
     "soft_edge",
 ]
@@ -81,11 +81,6 @@ def shell_index(n: int) -> np.ndarray:
     return np.rint(r).astype(np.int64)
 
 
-def shell_frequencies(n: int, pixel_size: float) -> np.ndarray:
-    """(n//2+1,) 1/Å: the spatial frequency of each shell."""
-    return np.arange(n // 2 + 1) / (n * pixel_size)
-
-
 def _spectrum(volume: np.ndarray) -> np.ndarray:
     return scipy.fft.rfftn(np.fft.ifftshift(np.asarray(volume, dtype=np.float64)))
 
@@ -97,35 +92,6 @@ def _volume(spectrum: np.ndarray, n: int) -> np.ndarray:
 def _shell_sum(values: np.ndarray, shells: np.ndarray, n: int) -> np.ndarray:
     keep = shells <= n // 2
     return np.bincount(shells[keep], weights=values[keep], minlength=n // 2 + 1)
-
-
-def fsc(volume1: np.ndarray, volume2: np.ndarray) -> np.ndarray:
-    """(n//2+1,) Fourier shell correlation of two (n, n, n) maps (shell 0 = DC)."""
-    v1, v2 = np.asarray(volume1), np.asarray(volume2)
-    if v1.shape != v2.shape or v1.ndim != 3 or len(set(v1.shape)) != 1:
-        raise ValueError(f"fsc: two cubic maps of one size expected, got {v1.shape}, {v2.shape}")
-    n = v1.shape[0]
-    f1, f2 = _spectrum(v1), _spectrum(v2)
-    shells = shell_index(n)
-    cross = _shell_sum((f1 * np.conj(f2)).real, shells, n)
-    p1 = _shell_sum(np.abs(f1) ** 2, shells, n)
-    p2 = _shell_sum(np.abs(f2) ** 2, shells, n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = cross / np.sqrt(p1 * p2)
-    return np.nan_to_num(out, nan=0.0)
-
-
-def resolution_at(curve: np.ndarray, n: int, pixel_size: float, threshold: float) -> float:
-    """Å at which ``curve`` (per shell) first drops below ``threshold`` after shell 1,
-    linearly interpolated between shells; Nyquist (``2 pixel_size``) if it never does."""
-    c = np.asarray(curve, dtype=np.float64)
-    for k in range(2, len(c)):
-        if c[k] < threshold:
-            lo, hi = c[k - 1], c[k]
-            frac = (lo - threshold) / (lo - hi) if lo != hi else 0.0
-            shell = (k - 1) + float(np.clip(frac, 0.0, 1.0))
-            return float(n * pixel_size / shell)
-    return 2.0 * pixel_size
 
 
 def soft_edge(binary: np.ndarray, width: float) -> np.ndarray:
@@ -339,7 +305,7 @@ def postprocess(
     rng = np.random.default_rng(seed)
     curves = corrected_fsc(h1, h2, mask, rng)
     corrected = np.asarray(curves["corrected"])
-    resolution = resolution_at(corrected, n, pixel_size, FSC_THRESHOLD)
+    resolution = shell_resolution(corrected, pixel_size, FSC_THRESHOLD)
     weight = np.sqrt(2.0 * np.clip(corrected, 0, 1) / (1.0 + np.clip(corrected, 0, 1)))
     weight[0] = 1.0
     shells = shell_index(n)
