@@ -33,6 +33,7 @@ STAGES: dict[str, str] = {
     "merge-particles": "stages.merge_particles",
     "class2d": "stages.class2d",
     "select2d": "stages.select2d",
+    "refine3d": "stages.refine3d",
     "postprocess": "stages.postprocess",
     "upload": "aws.upload",
     "download": "aws.download",

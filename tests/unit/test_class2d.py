@@ -62,7 +62,7 @@ def test_model_ctf_is_minus_ctf_2d() -> None:
     rows[:, 3] = [0.0, 30.0, 90.0]  # phase shifts
     settings = c2.Class2DSettings(n_classes=1, mask_diameter=30.0)
     geom = c2._geometry(BOX, BOX // 2 - 2, settings, PX, np)
-    got = c2._ctf_batch(rows, geom.kx, geom.ky)
+    got = c2.model_ctf(rows, geom.kx, geom.ky)
     for i, row in enumerate(rows):
         ref = ctf_2d((BOX, BOX), PX, row[0], row[1], row[2], phase_shift=row[3])
         np.testing.assert_allclose(got[i], -ref.ravel()[geom.flat], atol=2e-5)

@@ -71,6 +71,7 @@ __all__ = [
     "class_scores",
     "em_iteration",
     "initial_state",
+    "model_ctf",
     "prepare_particles",
     "prepare_spectra",
     "resize_images",
@@ -373,7 +374,7 @@ def prepare_particles(
     return ParticleData(spectra=spectra, ctf=ctf_arr, pixel_size=pixel_size * big / box)
 
 
-def _ctf_batch(params: np.ndarray, kx: Any, ky: Any) -> Any:
+def model_ctf(params: np.ndarray, kx: Any, ky: Any) -> Any:
     """Model CTF of a batch at frequencies (kx, ky) (F,) 1/Å: ``-ctf_2d`` (inverted
     contrast), the formula of :mod:`cryosnake.ops.ctf` vectorised over particles.
 
@@ -638,7 +639,7 @@ def _pass(
         stop = min(start + settings.batch, n)
         nb = stop - start
         x = spectra[start:stop][:, geom.flat]  # (nb, F) complex64
-        c = _ctf_batch(data.ctf[start:stop], geom.kx, geom.ky)  # (nb, F)
+        c = model_ctf(data.ctf[start:stop], geom.kx, geom.ky)  # (nb, F)
         # y = w C conj(X) / sigma2; rows of yr: [Re, -Im] of y x ramp_t, i.e. the
         # weight times [Re, Im] of C X conj(ramp_t) / sigma2 (used by the M-step too).
         wc = wsig * c

@@ -59,7 +59,6 @@ from cryosnake.io import (
     read_json,
     read_mrc,
     read_mrc_header,
-    read_star,
     save_figure,
     write_json,
     write_mrc,
@@ -67,6 +66,7 @@ from cryosnake.io import (
 )
 from cryosnake.ops import class2d as c2
 from cryosnake.stages._common import positive, positive_int, run_stage
+from cryosnake.stages._particles import ctf_table, image_groups, read_particles
 
 __all__ = ["add_args", "main"]
 
@@ -140,88 +140,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- input
-
-
-def _image_path(name: str, star: Path) -> tuple[int, Path]:
-    index, sep, path = str(name).partition("@")
-    if not sep or not index.strip().isdigit():
-        raise FileFormatError(f"{star}: rlnImageName {name!r} is not of the form 000001@stack")
-    p = Path(path)
-    if not p.is_absolute() and not p.exists() and (star.parent / p).exists():
-        p = star.parent / p
-    return int(index), p
-
-
-def _read_particles(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(optics, particles, per-particle optics values) of a particles STAR file."""
-    blocks = read_star(path)
-    if "particles" not in blocks:
-        raise FileFormatError(
-            f"{path}: no data_particles block (found: {', '.join(sorted(blocks))})"
-        )
-    particles = blocks["particles"].reset_index(drop=True)
-    if len(particles) == 0:
-        raise FileFormatError(f"{path}: data_particles is empty")
-    required = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
-    missing = [c for c in required if c not in particles.columns]
-    if missing:
-        raise FileFormatError(f"{path}: data_particles lacks label(s) {', '.join(missing)}")
-    optics = blocks.get("optics")
-    acq = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-    if optics is None:
-        if not all(c in particles.columns for c in (*acq, "rlnImagePixelSize")):
-            raise FileFormatError(f"{path}: no data_optics block")
-        values = particles[[*acq, "rlnImagePixelSize"]].astype(float)
-        return pd.DataFrame(), particles, values
-    for label in (*acq, "rlnImagePixelSize"):
-        if label not in optics.columns:
-            raise FileFormatError(f"{path}: data_optics lacks label {label}")
-    group = (
-        particles["rlnOpticsGroup"].astype(int)
-        if "rlnOpticsGroup" in particles.columns
-        else pd.Series(np.ones(len(particles), dtype=int))
-    )
-    table = optics.set_index(
-        optics["rlnOpticsGroup"].astype(int) if "rlnOpticsGroup" in optics else pd.Index([1])
-    )
-    unknown = sorted(set(group) - set(table.index))
-    if unknown:
-        raise FileFormatError(
-            f"{path}: particles refer to optics group(s) {unknown} not in data_optics"
-        )
-    values = table.loc[group.to_numpy(), [*acq, "rlnImagePixelSize"]].astype(float)
-    return optics, particles, values.reset_index(drop=True)
-
-
-def _ctf_table(particles: pd.DataFrame, values: pd.DataFrame) -> np.ndarray:
-    phase = (
-        particles["rlnPhaseShift"].astype(float).to_numpy()
-        if "rlnPhaseShift" in particles.columns
-        else np.zeros(len(particles))
-    )
-    return np.column_stack(
-        [
-            particles["rlnDefocusU"].astype(float),
-            particles["rlnDefocusV"].astype(float),
-            particles["rlnDefocusAngle"].astype(float),
-            phase,
-            values["rlnVoltage"],
-            values["rlnSphericalAberration"],
-            values["rlnAmplitudeContrast"],
-        ]
-    )
-
-
-def _image_groups(star: Path, particles: pd.DataFrame) -> dict[Path, list[tuple[int, int]]]:
-    """Stack file -> [(row, image number)], every stack checked to exist."""
-    groups: dict[Path, list[tuple[int, int]]] = {}
-    for row, name in enumerate(particles["rlnImageName"]):
-        number, path = _image_path(name, star)
-        groups.setdefault(path, []).append((row, number))
-    for path in groups:
-        if not path.is_file():
-            raise FileFormatError(f"{path}: no such file (named in {star})")
-    return groups
 
 
 def _load_spectra(
@@ -499,14 +417,14 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     star = Path(args.particles)
     out = Path(args.out_dir)
-    optics, particles, values = _read_particles(star)
+    optics, particles, values = read_particles(star)
     sizes = values["rlnImagePixelSize"].unique()
     if len(sizes) != 1:
         raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
     pixel_size = float(sizes[0])
     if not pixel_size > 0:
         raise FileFormatError(f"{star}: rlnImagePixelSize must be positive")
-    groups = _image_groups(star, particles)
+    groups = image_groups(star, particles)
     first_path = next(iter(groups))
     big = int(read_mrc_header(first_path)["shape"][-1])  # type: ignore[index]
     if big % 2:
@@ -554,9 +472,7 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     spectra = _load_spectra(groups, n, pixel_size, box, big, device)
-    data = c2.ParticleData(
-        spectra=spectra, ctf=_ctf_table(particles, values), pixel_size=work_pixel
-    )
+    data = c2.ParticleData(spectra=spectra, ctf=ctf_table(particles, values), pixel_size=work_pixel)
     checkpoint = out / CHECKPOINT
     loaded = None if args.no_resume else _load_checkpoint(checkpoint, fingerprint, device)
     if loaded is not None:

@@ -1,0 +1,124 @@
+"""Particle STAR files and their image stacks: shared by the stages that read particles.
+
+``read_particles`` checks a RELION 3.1 particles file (an optics table, or the optics
+labels in the particle rows) and returns the per-particle optics values;
+``image_groups`` resolves ``rlnImageName`` (``000001@stack.mrcs``, relative to the
+working directory or the STAR file's folder) and groups the particles by stack;
+``read_images`` reads them in STAR order; ``ctf_table`` gives the CTF parameters per
+particle in the order of :data:`cryosnake.ops.class2d.CTF_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryosnake.errors import FileFormatError
+from cryosnake.io import read_mrc, read_star
+
+__all__ = ["ctf_table", "image_groups", "image_path", "read_images", "read_particles"]
+
+
+def image_path(name: str, star: Path) -> tuple[int, Path]:
+    index, sep, path = str(name).partition("@")
+    if not sep or not index.strip().isdigit():
+        raise FileFormatError(f"{star}: rlnImageName {name!r} is not of the form 000001@stack")
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (star.parent / p).exists():
+        p = star.parent / p
+    return int(index), p
+
+
+def read_particles(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(optics, particles, per-particle optics values) of a particles STAR file."""
+    blocks = read_star(path)
+    if "particles" not in blocks:
+        raise FileFormatError(
+            f"{path}: no data_particles block (found: {', '.join(sorted(blocks))})"
+        )
+    particles = blocks["particles"].reset_index(drop=True)
+    if len(particles) == 0:
+        raise FileFormatError(f"{path}: data_particles is empty")
+    required = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
+    missing = [c for c in required if c not in particles.columns]
+    if missing:
+        raise FileFormatError(f"{path}: data_particles lacks label(s) {', '.join(missing)}")
+    optics = blocks.get("optics")
+    acq = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+    if optics is None:
+        if not all(c in particles.columns for c in (*acq, "rlnImagePixelSize")):
+            raise FileFormatError(f"{path}: no data_optics block")
+        values = particles[[*acq, "rlnImagePixelSize"]].astype(float)
+        return pd.DataFrame(), particles, values
+    for label in (*acq, "rlnImagePixelSize"):
+        if label not in optics.columns:
+            raise FileFormatError(f"{path}: data_optics lacks label {label}")
+    group = (
+        particles["rlnOpticsGroup"].astype(int)
+        if "rlnOpticsGroup" in particles.columns
+        else pd.Series(np.ones(len(particles), dtype=int))
+    )
+    table = optics.set_index(
+        optics["rlnOpticsGroup"].astype(int) if "rlnOpticsGroup" in optics else pd.Index([1])
+    )
+    unknown = sorted(set(group) - set(table.index))
+    if unknown:
+        raise FileFormatError(
+            f"{path}: particles refer to optics group(s) {unknown} not in data_optics"
+        )
+    values = table.loc[group.to_numpy(), [*acq, "rlnImagePixelSize"]].astype(float)
+    return optics, particles, values.reset_index(drop=True)
+
+
+def ctf_table(particles: pd.DataFrame, values: pd.DataFrame) -> np.ndarray:
+    phase = (
+        particles["rlnPhaseShift"].astype(float).to_numpy()
+        if "rlnPhaseShift" in particles.columns
+        else np.zeros(len(particles))
+    )
+    return np.column_stack(
+        [
+            particles["rlnDefocusU"].astype(float),
+            particles["rlnDefocusV"].astype(float),
+            particles["rlnDefocusAngle"].astype(float),
+            phase,
+            values["rlnVoltage"],
+            values["rlnSphericalAberration"],
+            values["rlnAmplitudeContrast"],
+        ]
+    )
+
+
+def image_groups(star: Path, particles: pd.DataFrame) -> dict[Path, list[tuple[int, int]]]:
+    """Stack file -> [(row, image number)], every stack checked to exist."""
+    groups: dict[Path, list[tuple[int, int]]] = {}
+    for row, name in enumerate(particles["rlnImageName"]):
+        number, path = image_path(name, star)
+        groups.setdefault(path, []).append((row, number))
+    for path in groups:
+        if not path.is_file():
+            raise FileFormatError(f"{path}: no such file (named in {star})")
+    return groups
+
+
+def read_images(groups: dict[Path, list[tuple[int, int]]], n: int, box: int) -> np.ndarray:
+    """The (n, box, box) float32 images of ``groups`` (:func:`image_groups`), in STAR
+    order; every stack is checked for its image size and count."""
+    out = np.empty((n, box, box), dtype=np.float32)
+    for path, items in groups.items():
+        stack, _ = read_mrc(path, mmap=True)
+        if stack.ndim == 2:
+            stack = stack[None]
+        if stack.shape[-1] != box or stack.shape[-2] != box:
+            raise FileFormatError(f"{path}: images of {stack.shape[-2:]} px, expected {box}")
+        rows = np.array([r for r, _ in items])
+        index = np.array([i for _, i in items]) - 1
+        if index.min() < 0 or index.max() >= stack.shape[0]:
+            raise FileFormatError(
+                f"{path}: image {index.max() + 1} requested, the stack has {stack.shape[0]}"
+            )
+        out[rows] = np.asarray(stack[index], dtype=np.float32)
+        del stack
+    return out

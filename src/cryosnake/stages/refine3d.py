@@ -1,0 +1,328 @@
+"""Gold-standard 3D refinement of particles against a reference map.
+
+The particles are split into two random halves (or by ``rlnRandomSubset``) refined
+independently, each against its own map, both started from ``--reference`` low-passed
+to ``--initial-lowpass`` Å. Each iteration: a pose search (global over all
+orientations every 15° and all shifts within ``--max-shift`` for the first two
+iterations, then local with an angular step that halves down to the sampling the
+resolution needs), CTF-weighted Fourier insertion of each half, FSC between the masked
+half maps, and an FSC-based Wiener filter of each half map (details in
+:mod:`cryosnake.ops.refine3d`). It stops when the step is fine enough and the
+resolution no longer improves, or after ``--iterations``.
+
+Outputs in ``--out-dir`` (RELION's names):
+
+- ``run_half1_class001_unfil.mrc``, ``run_half2_class001_unfil.mrc``: the half maps
+  (Wiener-filtered by their SNR, not masked, not sharpened), for ``postprocess``;
+- ``run_class001.mrc``: the map of all particles, filtered by the FSC;
+- ``fsc.star``: ``data_fsc`` with ``rlnResolution``, ``rlnAngstromResolution``,
+  ``rlnFourierShellCorrelationCorrected`` (masked with an automatic mask and corrected by
+  phase randomisation), ``rlnFourierShellCorrelationUnmaskedMaps``, and
+  ``data_general`` with ``rlnFinalResolution``;
+- ``run_data.star``: the particles with ``rlnAngleRot/Tilt/Psi``,
+  ``rlnOriginXAngst/YAngst`` and ``rlnRandomSubset``;
+- ``run_angdist.png``: the distribution of projection directions, and the FSC.
+
+A checkpoint (``run_checkpoint.npz``) is written atomically after every iteration; a
+restarted run with the same inputs resumes after the last finished iteration
+(``--no-resume`` starts over). Only C1 is implemented so far (``--symmetry``).
+
+Example::
+
+    cryosnake refine3d --particles results/particles_selected.star \\
+        --reference results/initial3d/initial_model.mrc --out-dir results/refine3d
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from cryosnake.backend import resolve_device
+from cryosnake.errors import CryosnakeError, FileFormatError
+from cryosnake.io import atomic_path, read_mrc, read_mrc_header, save_figure, write_mrc, write_star
+from cryosnake.ops import postprocess as pp
+from cryosnake.ops import refine3d as r3
+from cryosnake.ops.reconstruct import shell_resolution
+from cryosnake.ops.rotation import matrix_to_euler
+from cryosnake.stages._common import positive, positive_int, run_stage
+from cryosnake.stages._particles import ctf_table, image_groups, read_images, read_particles
+
+__all__ = ["add_args", "main"]
+
+CHECKPOINT = "run_checkpoint.npz"
+CHECKPOINT_VERSION = 1
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--particles", required=True, help="particles STAR (RELION 3.1)")
+    parser.add_argument("--reference", required=True, help="reference map (MRC)")
+    parser.add_argument("--out-dir", required=True, help="folder of the outputs")
+    parser.add_argument(
+        "--initial-lowpass", type=positive, default=30.0, help="Å, low-pass of the reference (30)"
+    )
+    parser.add_argument("--symmetry", default="C1", help="point group (only C1 so far)")
+    parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
+    parser.add_argument(
+        "--max-shift", type=positive, default=None, help="Å, global shift search (10 %% of it)"
+    )
+    parser.add_argument("--iterations", type=positive_int, default=12, help="at most (12)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the half split (0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or gpu")
+    parser.add_argument("--no-resume", action="store_true", help="ignore a checkpoint")
+
+
+def _reference(path: str, box: int, pixel_size: float) -> np.ndarray:
+    data, voxel = read_mrc(path)
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise FileFormatError(f"{path}: the reference must be a cubic 3D map, got {data.shape}")
+    if not np.isfinite(data).all():
+        raise FileFormatError(f"{path}: the reference holds NaN or infinite values")
+    vol = np.asarray(data, dtype=np.float64)
+    if abs(voxel - pixel_size) > 0.01 * pixel_size:
+        vol = ndimage.zoom(vol, voxel / pixel_size, order=3)
+    n = vol.shape[0]
+    out = np.zeros((box, box, box))
+    lo_in, lo_out = max(0, n // 2 - box // 2), max(0, box // 2 - n // 2)
+    m = min(n, box)
+    out[lo_out : lo_out + m, lo_out : lo_out + m, lo_out : lo_out + m] = vol[
+        lo_in : lo_in + m, lo_in : lo_in + m, lo_in : lo_in + m
+    ]
+    return out.astype(np.float32)
+
+
+def _fingerprint(args: argparse.Namespace, particles: pd.DataFrame, extra: dict[str, Any]) -> str:
+    names = "\n".join(map(str, particles["rlnImageName"])).encode()
+    reference = hashlib.sha1(Path(args.reference).read_bytes()).hexdigest()
+    record = {
+        "version": CHECKPOINT_VERSION,
+        "n": len(particles),
+        "images": hashlib.sha1(names).hexdigest(),
+        "reference": reference,
+        "initial_lowpass": float(args.initial_lowpass),
+        "seed": int(args.seed),
+        **extra,
+    }
+    return json.dumps(record, sort_keys=True)
+
+
+def _save(path: Path, state: r3.RefineState, fingerprint: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(
+            handle,
+            fingerprint=np.array(fingerprint),
+            matrices=state.matrices,
+            shifts=state.shifts,
+            halves=state.halves,
+            references=state.references,
+            sigma2=state.sigma2,
+            fsc=state.fsc,
+            scalars=np.array(
+                [state.resolution, state.step, state.r_max, state.iteration, float(state.converged)]
+            ),
+            history=np.asarray(state.history, dtype=np.float64),
+        )
+
+
+def _load(path: Path, fingerprint: str) -> r3.RefineState | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                print(f"refine3d: {path} was made with other inputs; starting over")
+                return None
+            resolution, step, r_max, iteration, converged = z["scalars"].tolist()
+            return r3.RefineState(
+                matrices=z["matrices"],
+                shifts=z["shifts"],
+                halves=z["halves"],
+                references=z["references"],
+                sigma2=z["sigma2"],
+                fsc=z["fsc"],
+                resolution=float(resolution),
+                step=float(step),
+                r_max=int(r_max),
+                iteration=int(iteration),
+                history=z["history"].tolist(),
+                converged=bool(converged),
+            )
+    except (OSError, KeyError, ValueError) as err:
+        raise FileFormatError(
+            f"{path}: unreadable checkpoint ({err}); rerun with --no-resume"
+        ) from err
+
+
+def _halves(particles: pd.DataFrame, star: Path, seed: int) -> np.ndarray:
+    n = len(particles)
+    if "rlnRandomSubset" in particles.columns:
+        subset = particles["rlnRandomSubset"].astype(int).to_numpy()
+        if not set(np.unique(subset)) <= {1, 2}:
+            raise FileFormatError(f"{star}: rlnRandomSubset must be 1 or 2")
+        halves = subset - 1
+    else:
+        halves = np.random.default_rng(seed).permutation(n) % 2
+    if min(int((halves == 0).sum()), int((halves == 1).sum())) < 2:
+        raise CryosnakeError(f"{star}: each half set needs at least 2 particles (have {n})")
+    return halves
+
+
+def _plot(path: Path, state: r3.RefineState, fsc: dict[str, np.ndarray], resolution: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rot, tilt, _ = matrix_to_euler(state.matrices)
+    fig = plt.figure(figsize=(11, 4.2))
+    ax = fig.add_subplot(1, 2, 1, projection="mollweide")
+    lon = np.deg2rad(((rot + 180.0) % 360.0) - 180.0)
+    lat = np.deg2rad(90.0 - tilt)
+    ax.hexbin(lon, lat, gridsize=36, mincnt=1, cmap="viridis")
+    ax.set_xticklabels([])
+    ax.set_title(f"projection directions ({len(rot)} particles)", fontsize=10)
+    ax2 = fig.add_subplot(1, 2, 2)
+    ax2.plot(fsc["frequency"], fsc["corrected"], "k", lw=2, label="corrected (masked)")
+    ax2.plot(fsc["frequency"], fsc["unmasked"], "tab:green", label="unmasked")
+    ax2.axhline(0.143, color="0.5", ls="--", lw=1)
+    ax2.set_xlabel("resolution (1/Å)")
+    ax2.set_ylabel("FSC between half maps")
+    ax2.set_ylim(-0.1, 1.05)
+    ax2.set_title(f"gold-standard FSC: {resolution:.2f} Å at 0.143", fontsize=10)
+    ax2.legend(fontsize=8)
+    save_figure(path, fig)
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.symmetry.strip().upper() != "C1":
+        raise CryosnakeError(f"--symmetry {args.symmetry}: only C1 is implemented so far")
+    device = resolve_device(args.device)
+    star = Path(args.particles)
+    out = Path(args.out_dir)
+    optics, particles, values = read_particles(star)
+    sizes = values["rlnImagePixelSize"].unique()
+    if len(sizes) != 1:
+        raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
+    pixel_size = float(sizes[0])
+    groups = image_groups(star, particles)
+    box = int(read_mrc_header(next(iter(groups)))["shape"][-1])  # type: ignore[index]
+    if box % 2:
+        raise CryosnakeError(f"{next(iter(groups))}: odd box ({box} px); extract an even box")
+    diameter = args.diameter if args.diameter else 0.8 * box * pixel_size
+    if diameter > box * pixel_size:
+        raise CryosnakeError(f"--diameter {diameter:g} Å exceeds the box ({box * pixel_size:g} Å)")
+    max_shift = (0.1 * diameter if args.max_shift is None else args.max_shift) / pixel_size
+    settings = r3.RefineSettings(
+        mask_diameter=diameter / pixel_size,
+        max_shift=max_shift,
+        max_iterations=args.iterations,
+    )
+    reference = _reference(args.reference, box, pixel_size)
+    halves = _halves(particles, star, args.seed)
+    n = len(particles)
+    print(
+        f"refine3d: {n} particles of {box} px at {pixel_size:g} Å "
+        f"({int((halves == 0).sum())} + {int((halves == 1).sum())} in the half sets), "
+        f"mask {diameter:g} Å, reference {args.reference} low-passed to "
+        f"{args.initial_lowpass:g} Å, on cpu"
+        + (" (the GPU path is not implemented yet)" if device == "gpu" else ""),
+        flush=True,
+    )
+    images = read_images(groups, n, box)
+    spectra = r3.particle_spectra(images)
+    del images
+    ctf = ctf_table(particles, values)
+    fingerprint = _fingerprint(
+        args, particles, {"diameter": diameter, "max_shift": max_shift, "box": box}
+    )
+    checkpoint = out / CHECKPOINT
+    state = None if args.no_resume else _load(checkpoint, fingerprint)
+    if state is not None:
+        print(f"refine3d: resuming from {checkpoint} after iteration {state.iteration}", flush=True)
+    else:
+        state = r3.initial_refine_state(
+            spectra, reference, pixel_size, args.initial_lowpass, settings, halves
+        )
+    rec: dict[str, Any] | None = None
+    while not state.converged and state.iteration < settings.max_iterations:
+        tick = time.perf_counter()
+        kind = "global" if state.iteration < settings.global_iterations else "local"
+        state, rec = r3.refine_iteration(spectra, ctf, pixel_size, state, settings)
+        _save(checkpoint, state, fingerprint)
+        print(
+            f"refine3d: iteration {state.iteration}/{settings.max_iterations} ({kind}, step "
+            f"{state.step:.2f}°)  resolution {state.resolution:.2f} Å  "
+            f"{time.perf_counter() - tick:.1f} s",
+            flush=True,
+        )
+    if rec is None:  # resumed a finished run: rebuild the maps from the saved poses
+        rec = r3.reconstruct_halves(
+            spectra, ctf, state.matrices, state.shifts, state.halves, state.sigma2,
+            pixel_size, settings.mask_diameter, batch=settings.batch,
+        )  # fmt: skip
+    half1, half2 = rec["halves"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_mrc(out / "run_half1_class001_unfil.mrc", half1, pixel_size, kind="volume")
+    write_mrc(out / "run_half2_class001_unfil.mrc", half2, pixel_size, kind="volume")
+    write_mrc(out / "run_class001.mrc", rec["full"], pixel_size, kind="volume")
+    mask, _ = pp.auto_mask(0.5 * (half1 + half2), pixel_size)
+    curves = pp.corrected_fsc(half1, half2, mask, np.random.default_rng(args.seed))
+    corrected = np.asarray(curves["corrected"])
+    resolution = shell_resolution(corrected, pixel_size, 0.143)
+    shells = np.arange(box // 2 + 1)
+    freq = shells / (box * pixel_size)
+    angstrom = np.where(shells > 0, box * pixel_size / np.maximum(shells, 1), 999.0)
+    write_star(
+        out / "fsc.star",
+        {
+            "general": pd.DataFrame(
+                [{"rlnFinalResolution": resolution, "rlnCurrentIteration": state.iteration}]
+            ),
+            "fsc": pd.DataFrame(
+                {
+                    "rlnSpectralIndex": shells,
+                    "rlnResolution": freq,
+                    "rlnAngstromResolution": angstrom,
+                    "rlnFourierShellCorrelationCorrected": corrected,
+                    "rlnFourierShellCorrelationUnmaskedMaps": np.asarray(curves["unmasked"]),
+                }
+            ),
+        },
+    )
+    rot, tilt, psi = matrix_to_euler(state.matrices)
+    data = particles.copy()
+    data["rlnAngleRot"] = rot
+    data["rlnAngleTilt"] = tilt
+    data["rlnAnglePsi"] = psi
+    data["rlnOriginXAngst"] = -state.shifts[:, 0] * pixel_size
+    data["rlnOriginYAngst"] = -state.shifts[:, 1] * pixel_size
+    data["rlnRandomSubset"] = state.halves + 1
+    blocks = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
+    write_star(out / "run_data.star", blocks)
+    _plot(
+        out / "run_angdist.png",
+        state,
+        {"frequency": freq, "corrected": corrected, "unmasked": np.asarray(curves["unmasked"])},
+        resolution,
+    )
+    status = "converged" if state.converged else "stopped"
+    print(
+        f"refine3d: {status} after {state.iteration} iterations; gold-standard FSC 0.143 at "
+        f"{resolution:.2f} Å (masked, corrected); {time.perf_counter() - started:.1f} s "
+        f"-> {out / 'run_class001.mrc'}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("refine3d", __doc__, add_args, _run, argv)
