@@ -34,6 +34,7 @@ STAGES: dict[str, str] = {
     "class2d": "stages.class2d",
     "select2d": "stages.select2d",
     "refine3d": "stages.refine3d",
+    "initial3d": "stages.initial3d",
     "postprocess": "stages.postprocess",
     "upload": "aws.upload",
     "download": "aws.download",

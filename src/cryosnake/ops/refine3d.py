@@ -170,7 +170,7 @@ def fibonacci_rotations(step: float) -> np.ndarray:
     return euler_to_matrix(r, t, p)
 
 
-def _axis_rotations(step: float) -> np.ndarray:
+def axis_rotations(step: float) -> np.ndarray:
     """(27, 3, 3): rotations by (-step, 0, step) degrees about x, then y, then z."""
     a = math.radians(step)
     out = []
@@ -272,7 +272,7 @@ def _ctf(ctf_params: np.ndarray, plane: _Plane, box: int, pixel_size: float) -> 
 # ------------------------------------------------------------------------- search
 
 
-def _global_search(
+def global_search(
     spectra: np.ndarray,
     ctf_params: np.ndarray,
     padded: Any,
@@ -281,7 +281,9 @@ def _global_search(
     sigma2: np.ndarray,
     r_max: int,
     settings: RefineSettings,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best orientation (uniform grid of ``global_step``) and shift (pixel grid within
+    ``max_shift``) of each particle, and its score (normalised correlation)."""
     plane = _plane(box, r_max)
     rotations = fibonacci_rotations(settings.global_step)
     proj = np.asarray(rc.project(padded, rotations, box, r_max)).reshape(len(rotations), -1)
@@ -297,6 +299,7 @@ def _global_search(
     n = len(spectra)
     best_rot = np.zeros(n, dtype=np.int64)
     best_shift = np.zeros(n, dtype=np.int64)
+    best_score = np.zeros(n)
     flat = spectra.reshape(n, -1)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
@@ -307,12 +310,14 @@ def _global_search(
         score = (rows.reshape(-1, 2 * n_f) @ pr.T).reshape(stop - start, n_t, n_p)
         norm = (w * c * c).astype(np.float32) @ p2.T  # (B, P)
         score /= np.sqrt(np.maximum(norm, 1e-30))[:, None, :]
-        idx = np.argmax(score.reshape(stop - start, -1), axis=1)
+        flat_score = score.reshape(stop - start, -1)
+        idx = np.argmax(flat_score, axis=1)
+        best_score[start:stop] = flat_score[np.arange(stop - start), idx]
         best_shift[start:stop], best_rot[start:stop] = np.divmod(idx, n_p)
-    return rotations[best_rot], shifts[best_shift]
+    return rotations[best_rot], shifts[best_shift], best_score
 
 
-def _local_search(
+def local_search(
     spectra: np.ndarray,
     ctf_params: np.ndarray,
     padded: Any,
@@ -327,7 +332,7 @@ def _local_search(
     settings: RefineSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
     plane = _plane(box, r_max)
-    delta = _axis_rotations(step)  # (J, 3, 3)
+    delta = axis_rotations(step)  # (J, 3, 3)
     half = (LOCAL_SHIFT_POINTS - 1) / 2
     g = (np.arange(LOCAL_SHIFT_POINTS) - half) * shift_step
     offsets = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)  # (M, 2)
@@ -366,7 +371,7 @@ def _shell_grid(box: int) -> np.ndarray:
     return np.rint(np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).astype(np.int64)
 
 
-def _insert(
+def insert_particles(
     bp: rc.BackProjector,
     spectra: np.ndarray,
     ctf_params: np.ndarray,
@@ -409,7 +414,7 @@ def _mean_weight(bp: rc.BackProjector) -> np.ndarray:
     return total / np.maximum(count, 1) * bp.pad**3
 
 
-def _wiener(bp: rc.BackProjector, ssnr: np.ndarray, fudge: float) -> np.ndarray:
+def wiener_map(bp: rc.BackProjector, ssnr: np.ndarray, fudge: float) -> np.ndarray:
     """Map regularised with ``1 / (T tau2) = W / (T ssnr)`` per shell."""
     mean_w = _mean_weight(bp)
     reg = mean_w / (fudge * np.maximum(ssnr, 1e-3))
@@ -441,21 +446,21 @@ def reconstruct_halves(
     for h in (0, 1):
         sel = np.flatnonzero(halves == h)
         bp = rc.BackProjector.zeros(box)
-        _insert(
+        insert_particles(
             bp, spectra[sel], ctf_params[sel], matrices[sel], shifts[sel], sigma2, pixel_size, batch
         )
         bps.append(bp)
     mask = soft_sphere(box, mask_diameter)
-    raw = [_wiener(bp, np.full(box // 2 + 1, 1e6), 1.0) for bp in bps]
+    raw = [wiener_map(bp, np.full(box // 2 + 1, 1e6), 1.0) for bp in bps]
     fsc = rc.fsc(raw[0] * mask, raw[1] * mask)
     f = np.clip(fsc, 0.0, 0.999)
     ssnr_half = f / (1.0 - f)
-    maps = np.stack([_wiener(bp, ssnr_half, tau2_fudge) for bp in bps])
+    maps = np.stack([wiener_map(bp, ssnr_half, tau2_fudge) for bp in bps])
     both = rc.BackProjector(
         n=box, pad=bps[0].pad, numerator=bps[0].numerator + bps[1].numerator,
         weight=bps[0].weight + bps[1].weight,
     )  # fmt: skip
-    full = _wiener(both, 2.0 * f / (1.0 - f), tau2_fudge)
+    full = wiener_map(both, 2.0 * f / (1.0 - f), tau2_fudge)
     resolution = rc.shell_resolution(fsc, pixel_size, FSC_THRESHOLD)
     return {"fsc": fsc, "halves": maps, "full": full, "resolution": resolution, "bp": bps}
 
@@ -554,9 +559,9 @@ def refine_iteration(
     reconstruction of :func:`reconstruct_halves`."""
     box = int(spectra.shape[1])
     it = state.iteration + 1
-    global_search = it <= settings.global_iterations
+    is_global = it <= settings.global_iterations
     target = needed_step(state.resolution, settings.mask_diameter * pixel_size, settings.final_step)
-    step = settings.global_step if global_search else max(target, state.step / 2.0)
+    step = settings.global_step if is_global else max(target, state.step / 2.0)
     radius = 0.5 * settings.mask_diameter
     shift_step = float(np.clip(math.radians(step) * radius / 2.0, 0.1, 1.0))
     matrices = state.matrices.copy()
@@ -564,13 +569,13 @@ def refine_iteration(
     for h in (0, 1):
         sel = np.flatnonzero(state.halves == h)
         padded = rc.pad_volume_spectrum(state.references[h])
-        if global_search:
-            m, t = _global_search(
+        if is_global:
+            m, t, _ = global_search(
                 spectra[sel], ctf_params[sel], padded, box, pixel_size, state.sigma2,
                 state.r_max, settings,
             )  # fmt: skip
         else:
-            m, t = _local_search(
+            m, t = local_search(
                 spectra[sel], ctf_params[sel], padded, box, pixel_size, state.sigma2,
                 state.r_max, state.matrices[sel], state.shifts[sel], step, shift_step, settings,
             )  # fmt: skip
@@ -588,9 +593,9 @@ def refine_iteration(
     resolution = float(rec["resolution"])
     history = [*state.history, resolution]
     r_max = min(box // 2 - 1, _shell(resolution, box, pixel_size) + settings.shell_margin)
-    r_max = max(r_max, state.r_max if global_search else 4)
+    r_max = max(r_max, state.r_max if is_global else 4)
     stalled = len(history) >= 3 and min(history[-2:]) >= 0.99 * min(history[:-2])
-    converged = bool(not global_search and step <= target * 1.0001 and stalled)
+    converged = bool(not is_global and step <= target * 1.0001 and stalled)
     new = replace(
         state,
         matrices=matrices,

@@ -1,0 +1,152 @@
+"""Ab initio 3D map from particles, without a reference.
+
+Stochastic hard expectation-maximisation on random mini-batches of ``--batch``
+particles (in the spirit of cryoSPARC's ab initio): from a featureless start, each
+iteration aligns a batch to the current map (orientations every ``--step`` degrees,
+shifts within 10 % of the diameter) and moves the map towards the batch's
+reconstruction, at a resolution going from 40 Å to ``--resolution`` (details in
+:mod:`cryosnake.ops.initial3d`). The work is done on particles Fourier-cropped so
+that Nyquist is about a third of ``--resolution``; the map is written at the
+particles' box and pixel size, low-passed to ``--resolution``, for ``refine3d``.
+
+The map's handedness is that of the data or its mirror image (projections cannot tell
+them apart); check it against a known structure. Only C1 is implemented so far
+(``--symmetry``).
+
+Outputs in ``--out-dir``: ``initial_model.mrc``, ``initial_model.png`` (central
+slices and projections) and ``initial_model_data.star`` (the particles with the
+poses of the final pass, RELION labels).
+
+Example::
+
+    cryosnake initial3d --particles results/particles_selected.star \\
+        --out-dir results/initial3d
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cryosnake.backend import resolve_device
+from cryosnake.errors import CryosnakeError
+from cryosnake.io import read_mrc_header, save_figure, write_mrc, write_star
+from cryosnake.ops import initial3d as ai
+from cryosnake.ops import refine3d as r3
+from cryosnake.ops.rotation import matrix_to_euler
+from cryosnake.stages._common import positive, positive_int, run_stage
+from cryosnake.stages._particles import ctf_table, image_groups, read_images, read_particles
+
+__all__ = ["add_args", "main"]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--particles", required=True, help="particles STAR (RELION 3.1)")
+    parser.add_argument("--out-dir", required=True, help="folder of the outputs")
+    parser.add_argument("--symmetry", default="C1", help="point group (only C1 so far)")
+    parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
+    parser.add_argument(
+        "--resolution", type=positive, default=20.0, help="Å, final resolution (20)"
+    )
+    parser.add_argument("--iterations", type=positive_int, default=40, help="mini-batches (40)")
+    parser.add_argument("--batch", type=positive_int, default=300, help="particles each (300)")
+    parser.add_argument("--step", type=positive, default=15.0, help="degrees, angular step (15)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or gpu")
+
+
+def _plot(path: Path, volume: np.ndarray, pixel_size: float, resolution: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = volume.shape[0]
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.2))
+    for j, name in enumerate(("z", "y", "x")):
+        axes[0, j].imshow(np.take(volume, n // 2, axis=j), cmap="gray", origin="lower")
+        axes[0, j].set_title(f"central slice, normal {name}", fontsize=9)
+        axes[1, j].imshow(volume.sum(axis=j), cmap="gray", origin="lower")
+        axes[1, j].set_title(f"projection along {name}", fontsize=9)
+    for a in axes.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(f"initial3d: ab initio map, {resolution:g} Å, {pixel_size:.2f} Å/px")
+    save_figure(path, fig)
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.symmetry.strip().upper() != "C1":
+        raise CryosnakeError(f"--symmetry {args.symmetry}: only C1 is implemented so far")
+    device = resolve_device(args.device)
+    star = Path(args.particles)
+    out = Path(args.out_dir)
+    optics, particles, values = read_particles(star)
+    sizes = values["rlnImagePixelSize"].unique()
+    if len(sizes) != 1:
+        raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
+    pixel_size = float(sizes[0])
+    n = len(particles)
+    if n < 10:
+        raise CryosnakeError(f"{star}: {n} particles; ab initio needs at least 10")
+    groups = image_groups(star, particles)
+    box = int(read_mrc_header(next(iter(groups)))["shape"][-1])  # type: ignore[index]
+    if box % 2:
+        raise CryosnakeError(f"{next(iter(groups))}: odd box ({box} px); extract an even box")
+    diameter = args.diameter if args.diameter else 0.8 * box * pixel_size
+    if diameter > box * pixel_size:
+        raise CryosnakeError(f"--diameter {diameter:g} Å exceeds the box ({box * pixel_size:g} Å)")
+    if args.resolution < 2.0 * pixel_size:
+        raise CryosnakeError(f"--resolution {args.resolution:g} Å is beyond Nyquist")
+    settings = ai.AbInitioSettings(
+        diameter=diameter,
+        resolution=args.resolution,
+        start_resolution=max(40.0, 1.5 * args.resolution),
+        iterations=args.iterations,
+        batch=min(args.batch, n),
+        step=args.step,
+        max_shift=0.1 * diameter,
+        seed=args.seed,
+    )
+    w = ai.working_box(box, pixel_size, args.resolution)
+    print(
+        f"initial3d: {n} particles of {box} px at {pixel_size:g} Å, working box {w} px "
+        f"({pixel_size * box / w:.2f} Å/px), {args.iterations} mini-batches of "
+        f"{settings.batch}, on cpu"
+        + (" (the GPU path is not implemented yet)" if device == "gpu" else ""),
+        flush=True,
+    )
+    spectra = r3.particle_spectra(read_images(groups, n, box))
+    ctf = ctf_table(particles, values)
+
+    def progress(message: str) -> None:
+        print(f"initial3d: {message}  {time.perf_counter() - started:.1f} s", flush=True)
+
+    volume, _, poses = ai.ab_initio(spectra, ctf, pixel_size, settings, progress)
+    full = ai.pad_volume(volume, box) if box > volume.shape[0] else volume
+    out.mkdir(parents=True, exist_ok=True)
+    write_mrc(out / "initial_model.mrc", full, pixel_size, kind="volume")
+    _plot(out / "initial_model.png", full, pixel_size, args.resolution)
+    rot, tilt, psi = matrix_to_euler(poses["matrices"])
+    data = particles.copy()
+    data["rlnAngleRot"] = rot
+    data["rlnAngleTilt"] = tilt
+    data["rlnAnglePsi"] = psi
+    data["rlnOriginXAngst"] = -poses["shifts"][:, 0] * pixel_size
+    data["rlnOriginYAngst"] = -poses["shifts"][:, 1] * pixel_size
+    blocks = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
+    write_star(out / "initial_model_data.star", blocks)
+    print(
+        f"initial3d: done in {time.perf_counter() - started:.1f} s "
+        f"-> {out / 'initial_model.mrc'} ({box} px, {pixel_size:g} Å/px)"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("initial3d", __doc__, add_args, _run, argv)
