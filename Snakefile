@@ -37,6 +37,8 @@ include: "rules/preprocess.smk"
 include: "rules/motioncor.smk"
 include: "rules/ctf.smk"
 include: "rules/particles.smk"
+include: "rules/map.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -250,9 +250,87 @@ def select2d_options():
     return f"--classes {','.join(map(str, classes))}" if classes else ""
 
 
+def initial3d_options():
+    """Options of `cryosnake initial3d` from the config's initial3d section."""
+    c = config["initial3d"]
+    return (
+        f"--resolution {c['resolution']:g} --iterations {c['iterations']} "
+        f"--batch {c['batch']} --seed {c['seed']} --symmetry {c['symmetry']} "
+        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']}"
+    )
+
+
+def refine3d_reference():
+    """The map refine3d starts from: initial3d.reference if set, else the ab initio map."""
+    reference = config["initial3d"]["reference"]
+    return reference if reference else f"{RESULTS}/initial3d/initial_model.mrc"
+
+
+def refine3d_options():
+    """Options of `cryosnake refine3d` from the config's refine3d section."""
+    c = config["refine3d"]
+    return (
+        f"--initial-lowpass {c['initial_lowpass']:g} --iterations {c['iterations']} "
+        f"--seed {c['seed']} --symmetry {config['initial3d']['symmetry']} "
+        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']}"
+    )
+
+
+def postprocess_options():
+    """Options of `cryosnake postprocess`: a given B-factor, else the Guinier fit."""
+    bfactor = config["postprocess"]["bfactor"]
+    return "" if bfactor is None else f"--bfactor {bfactor:g}"
+
+
+def config_yaml():
+    """The effective configuration (files, --config and defaults), as YAML."""
+    import yaml
+
+    return yaml.safe_dump(dict(config), sort_keys=False)
+
+
+def report_inputs():
+    """Every file the report reads: 2D results, and 3D results when map3d is on."""
+    files = [
+        f"{RESULTS}/movies.star",
+        f"{RESULTS}/micrographs_ctf.star",
+        f"{RESULTS}/micrographs_selected.star",
+        f"{RESULTS}/particles.star",
+        f"{RESULTS}/particles_selected.star",
+        f"{RESULTS}/class2d/run_model.star",
+        f"{RESULTS}/class2d/run_classes.png",
+        f"{RESULTS}/class2d/selection.png",
+        *expand(f"{RESULTS}/motioncor/{{movie}}_motion.png", movie=MOVIES),
+        *expand(f"{RESULTS}/ctf/{{movie}}.png", movie=MOVIES),
+        *expand(f"{RESULTS}/pick/{{movie}}.png", movie=MOVIES),
+    ]
+    if config["map3d"]:
+        files += [
+            f"{RESULTS}/initial3d/initial_model.png",
+            f"{RESULTS}/refine3d/run_angdist.png",
+            f"{RESULTS}/refine3d/fsc.star",
+            f"{RESULTS}/postprocess/postprocess.star",
+            f"{RESULTS}/postprocess/postprocess_fsc.png",
+            f"{RESULTS}/postprocess/postprocess_guinier.png",
+            f"{RESULTS}/postprocess/postprocess_slices.png",
+        ]
+    return files
+
+
 def final_targets():
     """Everything `rule all` asks for with the stages wired in so far."""
+    maps = (
+        [
+            f"{RESULTS}/initial3d/initial_model.png",
+            f"{RESULTS}/refine3d/run_angdist.png",
+            f"{RESULTS}/postprocess/postprocess.mrc",
+        ]
+        if config["map3d"]
+        else []
+    )
     return [
+        f"{RESULTS}/report.html",
+        *maps,
         f"{RESULTS}/movies.star",
         f"{RESULTS}/movies_summary.tsv",
         *expand(f"{RESULTS}/inspect/{{movie}}.png", movie=MOVIES),

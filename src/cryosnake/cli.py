@@ -36,6 +36,7 @@ STAGES: dict[str, str] = {
     "refine3d": "stages.refine3d",
     "initial3d": "stages.initial3d",
     "postprocess": "stages.postprocess",
+    "report": "stages.report",
     "upload": "aws.upload",
     "download": "aws.download",
     "aws": "aws.command",

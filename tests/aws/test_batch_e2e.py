@@ -47,7 +47,7 @@ REGION = "us-east-1"
 STACK = "cryosnake-e2e"
 SECRET = "e2e-secret-access-key-value"
 WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles"]
-GPU_RULES = {"motioncor", "pick", "class2d"}
+GPU_RULES = {"motioncor", "pick", "class2d", "initial3d", "refine3d"}
 
 
 @dataclass
@@ -128,10 +128,11 @@ def make_workflow_checkout(dest: Path, dataset_config: dict[str, Any]) -> Path:
     config["input"].update({"movies": "movies/*.mrc", "gain": "gain.mrc"})
     config["acquisition"].update(dataset_config)
     # Tiny micrographs (as tests/workflow's tiny_config): every CTF fit accepted,
-    # boxes that leave a few particles clear of the edges, two classes.
+    # boxes that leave a few particles clear of the edges, two classes, no 3D.
     config["curate"]["max_resolution"] = 0
     config["extract"]["box"] = 80
     config["class2d"].update({"classes": 2, "iterations": 3})
+    config["map3d"] = False  # a handful of particles: no map
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     git = ["git", "-c", "user.name=cryosnake", "-c", "user.email=tests@cryosnake.invalid"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "checkout"]):
@@ -248,6 +249,7 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
         "particles.star",
         "class2d/run_classes.mrcs",
         "particles_selected.star",
+        "report.html",
     ):
         assert f"main/results/{name}" in results
     for movie in ("movie_0001", "movie_0002"):
@@ -273,8 +275,8 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     grouped = [launch for launch in launches if "preprocess" in launch.name]
     assert len(grouped) == 1
     assert all(m in " ".join(grouped[0].command) for m in ("movie_0001", "movie_0002"))
-    # the group, import_movies, curate, merge_particles, class2d, select2d
-    assert len(launches) == 6
+    # the group, import_movies, curate, merge_particles, class2d, select2d, report
+    assert len(launches) == 7
 
     definitions = job_definitions(account)
     assert len(definitions) == len(launches)
@@ -317,10 +319,11 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
         "merge_particles": 1,
         "class2d": 1,
         "select2d": 1,
-        "total": 11,
+        "report": 1,
+        "total": 12,
     }
     new = launches_since(account, before)
-    assert len(new) == 5 and all(launch.returncode == 0 for launch in new)
+    assert len(new) == 6 and all(launch.returncode == 0 for launch in new)
     assert not any("motioncor" in launch.name or "inspect" in launch.name for launch in new)
     # A job asks for a GPU exactly when it holds a GPU rule (the group: pick; not ctf).
     definitions = job_definitions(account)

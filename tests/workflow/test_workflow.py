@@ -69,10 +69,11 @@ def tiny_config(root: Path, n_movies: int = 2, fmt: str = "mrc") -> dict[str, An
             "out_dir": str(data),
         },
         # 256 px micrographs at 2.5 Å/px: every CTF fit accepted, boxes of 80 px (not
-        # 1.8 x 60 px) so that a few particles clear the edges; two classes.
+        # 1.8 x 60 px) so that a few particles clear the edges; two classes; no 3D.
         "curate": {"max_resolution": 0},
         "extract": {"box": 80},
         "class2d": {"classes": 2, "iterations": 3},
+        "map3d": False,  # a handful of particles: no map
     }
 
 
@@ -92,8 +93,12 @@ def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> No
         "merge_particles": 1,
         "class2d": 1,
         "select2d": 1,
+        "initial3d": 1,
+        "refine3d": 1,
+        "postprocess": 1,
+        "report": 1,
         "all": 1,
-        "total": 37,
+        "total": 41,
     }
 
 
@@ -166,7 +171,11 @@ def test_existing_movies_are_discovered_by_glob(tmp_path: Path) -> None:
         "merge_particles": 1,
         "class2d": 1,
         "select2d": 1,
-        "total": 16,
+        "initial3d": 1,
+        "refine3d": 1,
+        "postprocess": 1,
+        "report": 1,
+        "total": 20,
     }
 
 
@@ -221,6 +230,9 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
     # Four particles make no class worth keeping by score; the file is still there.
     selected = read_star(results / "particles_selected.star")
     assert "optics" in selected and len(selected.get("particles", [])) <= len(data)
+    # The run's report (2D only: map3d is off) stands alone.
+    page = (results / "report.html").read_text()
+    assert "data:image/png;base64," in page and "particles kept by 2D selection" in page
     # The simulated input is valid MRC and the inspect reports saw the dose we gave.
     assert mrcfile.validate(str(tmp_path / "data" / "gain.mrc"), print_file=open(os.devnull, "w"))
     summary = (results / "movies_summary.tsv").read_text().splitlines()
@@ -229,7 +241,7 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
     again = snakemake(tmp_path, "-n", config=config)
     assert "Nothing to be done" in again.stdout + again.stderr
     forced = snakemake(tmp_path, "-n", "--forcerun", "import_movies", config=config)
-    assert job_counts(forced.stdout) == {"all": 1, "import_movies": 1, "total": 2}
+    assert job_counts(forced.stdout) == {"all": 1, "import_movies": 1, "report": 1, "total": 3}
 
 
 def test_config_readme_is_generated_from_the_schema() -> None:

@@ -207,7 +207,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     write_star(out / "postprocess.star", {"general": general, "fsc": fsc, "guinier": guinier})
     _plots(out, result, masked)
-    how = "fitted" if args.bfactor is None else "given"
+    if args.bfactor is not None:
+        how = "given"
+    elif result.guinier["used"].any():
+        how = "fitted"
+    else:
+        how = "not sharpened: too few shells beyond 10 Å to fit"
     mask_note = (
         f"automatic mask (threshold {result.mask_threshold:.4g}, "
         f"{100 * float((result.mask > 0.5).mean()):.1f} % of the box)"

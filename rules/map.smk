@@ -1,0 +1,99 @@
+# From the selected particles to a map: ab initio model (or the map named by
+# initial3d.reference), gold-standard refinement and post-processing. Switched off by
+# map3d: false (e.g. for data sets too small for 3D).
+
+
+rule initial3d:
+    input:
+        particles=f"{RESULTS}/particles_selected.star",
+        stacks=expand(f"{RESULTS}/extract/{{movie}}.mrcs", movie=MOVIES),
+    output:
+        model=f"{RESULTS}/initial3d/initial_model.mrc",
+        plot=f"{RESULTS}/initial3d/initial_model.png",
+        data=f"{RESULTS}/initial3d/initial_model_data.star",
+    log:
+        f"{LOGS}/initial3d.log",
+    benchmark:
+        f"{BENCHMARKS}/initial3d.tsv"
+    container:
+        CONTAINER_GPU
+    threads: 8
+    resources:
+        mem_mb=32768,
+        runtime=240,
+        gpu=1,
+        _gpus=1,
+    params:
+        root=job_root(f"{RESULTS}/initial3d/initial_model.mrc"),
+        particles=rel("input.particles", f"{RESULTS}/initial3d/initial_model.mrc"),
+        out_dir=rel_dir("output.model", f"{RESULTS}/initial3d/initial_model.mrc"),
+        options=initial3d_options(),
+    shell:
+        "(cd {params.root:q} && CRYOSNAKE_THREADS={threads} cryosnake initial3d "
+        "--particles {params.particles} --out-dir {params.out_dir} {params.options}) "
+        "> {log} 2>&1"
+
+
+rule refine3d:
+    input:
+        particles=f"{RESULTS}/particles_selected.star",
+        stacks=expand(f"{RESULTS}/extract/{{movie}}.mrcs", movie=MOVIES),
+        reference=refine3d_reference(),
+    output:
+        full=f"{RESULTS}/refine3d/run_class001.mrc",
+        half1=f"{RESULTS}/refine3d/run_half1_class001_unfil.mrc",
+        half2=f"{RESULTS}/refine3d/run_half2_class001_unfil.mrc",
+        fsc=f"{RESULTS}/refine3d/fsc.star",
+        data=f"{RESULTS}/refine3d/run_data.star",
+        plot=f"{RESULTS}/refine3d/run_angdist.png",
+    log:
+        f"{LOGS}/refine3d.log",
+    benchmark:
+        f"{BENCHMARKS}/refine3d.tsv"
+    container:
+        CONTAINER_GPU
+    threads: 8
+    resources:
+        mem_mb=32768,
+        runtime=720,
+        gpu=1,
+        _gpus=1,
+    params:
+        root=job_root(f"{RESULTS}/refine3d/run_class001.mrc"),
+        particles=rel("input.particles", f"{RESULTS}/refine3d/run_class001.mrc"),
+        reference=rel("input.reference", f"{RESULTS}/refine3d/run_class001.mrc"),
+        out_dir=rel_dir("output.full", f"{RESULTS}/refine3d/run_class001.mrc"),
+        options=refine3d_options(),
+    shell:
+        "(cd {params.root:q} && CRYOSNAKE_THREADS={threads} cryosnake refine3d "
+        "--particles {params.particles} --reference {params.reference} "
+        "--out-dir {params.out_dir} {params.options}) > {log} 2>&1"
+
+
+rule postprocess:
+    input:
+        half1=f"{RESULTS}/refine3d/run_half1_class001_unfil.mrc",
+        half2=f"{RESULTS}/refine3d/run_half2_class001_unfil.mrc",
+    output:
+        map=f"{RESULTS}/postprocess/postprocess.mrc",
+        masked=f"{RESULTS}/postprocess/postprocess_masked.mrc",
+        mask=f"{RESULTS}/postprocess/postprocess_mask.mrc",
+        star=f"{RESULTS}/postprocess/postprocess.star",
+        fsc=f"{RESULTS}/postprocess/postprocess_fsc.png",
+        guinier=f"{RESULTS}/postprocess/postprocess_guinier.png",
+        slices=f"{RESULTS}/postprocess/postprocess_slices.png",
+    log:
+        f"{LOGS}/postprocess.log",
+    benchmark:
+        f"{BENCHMARKS}/postprocess.tsv"
+    container:
+        CONTAINER_CPU
+    threads: 2
+    resources:
+        mem_mb=8192,
+        runtime=30,
+    params:
+        options=postprocess_options(),
+    shell:
+        "cryosnake postprocess --half1 {input.half1:q} --half2 {input.half2:q} "
+        "--out-dir $(dirname {output.map:q}) {params.options} > {log} 2>&1"
