@@ -10,15 +10,74 @@ particle in the order of :data:`cryosnake.ops.class2d.CTF_COLUMNS`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cryosnake.errors import FileFormatError
-from cryosnake.io import read_mrc, read_star
+from cryosnake.errors import CryosnakeError, FileFormatError
+from cryosnake.io import read_mrc, read_mrc_header, read_star
 
-__all__ = ["ctf_table", "image_groups", "image_path", "read_images", "read_particles"]
+__all__ = [
+    "ParticleSet",
+    "ctf_table",
+    "image_groups",
+    "image_path",
+    "open_particles",
+    "particle_diameter",
+    "read_images",
+    "read_particles",
+]
+
+
+@dataclass
+class ParticleSet:
+    """A particles STAR file checked for one pixel size and one even box.
+
+    optics, particles, values : as :func:`read_particles` returns them
+    pixel_size : Å per pixel of the images; box : their size (px)
+    groups : stack -> [(row, image number)] (:func:`image_groups`)
+    """
+
+    star: Path
+    optics: pd.DataFrame
+    particles: pd.DataFrame
+    values: pd.DataFrame
+    pixel_size: float
+    box: int
+    groups: dict[Path, list[tuple[int, int]]]
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+
+def open_particles(star: Path) -> ParticleSet:
+    """Read ``star`` and check that its images share one pixel size and an even box
+    (one-line errors naming the file)."""
+    optics, particles, values = read_particles(star)
+    sizes = values["rlnImagePixelSize"].unique()
+    if len(sizes) != 1:
+        raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
+    pixel_size = float(sizes[0])
+    if not pixel_size > 0:
+        raise FileFormatError(f"{star}: rlnImagePixelSize must be positive")
+    groups = image_groups(star, particles)
+    first = next(iter(groups))
+    box = int(read_mrc_header(first)["shape"][-1])  # type: ignore[index]
+    if box % 2:
+        raise CryosnakeError(f"{first}: odd box ({box} px); extract with an even box")
+    return ParticleSet(star, optics, particles, values, pixel_size, box, groups)
+
+
+def particle_diameter(diameter: float | None, box: int, pixel_size: float) -> float:
+    """Å: ``--diameter``, or 80 % of the box; larger than the box is an error."""
+    value = float(diameter) if diameter else 0.8 * box * pixel_size
+    if value > box * pixel_size:
+        raise CryosnakeError(
+            f"--diameter {value:g} Å is larger than the box ({box * pixel_size:g} Å)"
+        )
+    return value
 
 
 def image_path(name: str, star: Path) -> tuple[int, Path]:

@@ -58,7 +58,6 @@ from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import (
     read_json,
     read_mrc,
-    read_mrc_header,
     save_figure,
     write_json,
     write_mrc,
@@ -66,7 +65,7 @@ from cryosnake.io import (
 )
 from cryosnake.ops import class2d as c2
 from cryosnake.stages._common import positive, positive_int, run_stage
-from cryosnake.stages._particles import ctf_table, image_groups, read_particles
+from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter
 
 __all__ = ["add_args", "main"]
 
@@ -417,26 +416,13 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     star = Path(args.particles)
     out = Path(args.out_dir)
-    optics, particles, values = read_particles(star)
-    sizes = values["rlnImagePixelSize"].unique()
-    if len(sizes) != 1:
-        raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
-    pixel_size = float(sizes[0])
-    if not pixel_size > 0:
-        raise FileFormatError(f"{star}: rlnImagePixelSize must be positive")
-    groups = image_groups(star, particles)
-    first_path = next(iter(groups))
-    big = int(read_mrc_header(first_path)["shape"][-1])  # type: ignore[index]
-    if big % 2:
-        raise CryosnakeError(f"{first_path}: odd box ({big} px); extract with an even box")
+    pset = open_particles(star)
+    optics, particles, values = pset.optics, pset.particles, pset.values
+    pixel_size, big, groups = pset.pixel_size, pset.box, pset.groups
     box = min(big, args.box - args.box % 2)
     if box < 16:
         raise CryosnakeError(f"--box: a working box of {box} px is too small (>= 16)")
-    diameter = args.diameter if args.diameter else 0.8 * big * pixel_size
-    if diameter > big * pixel_size:
-        raise CryosnakeError(
-            f"--diameter {diameter:g} Å is larger than the box ({big * pixel_size:g} Å)"
-        )
+    diameter = particle_diameter(args.diameter, big, pixel_size)
     work_pixel = pixel_size * big / box
     max_shift = 0.1 * diameter if args.max_shift is None else args.max_shift
     settings = c2.Class2DSettings(

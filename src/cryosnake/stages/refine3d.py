@@ -49,13 +49,13 @@ from scipy import ndimage
 
 from cryosnake.backend import resolve_device
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import atomic_path, read_mrc, read_mrc_header, save_figure, write_mrc, write_star
+from cryosnake.io import atomic_path, read_mrc, save_figure, write_mrc, write_star
 from cryosnake.ops import postprocess as pp
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.reconstruct import shell_resolution
 from cryosnake.ops.rotation import matrix_to_euler
 from cryosnake.stages._common import positive, positive_int, run_stage
-from cryosnake.stages._particles import ctf_table, image_groups, read_images, read_particles
+from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter, read_images
 
 __all__ = ["add_args", "main"]
 
@@ -209,18 +209,10 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     star = Path(args.particles)
     out = Path(args.out_dir)
-    optics, particles, values = read_particles(star)
-    sizes = values["rlnImagePixelSize"].unique()
-    if len(sizes) != 1:
-        raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
-    pixel_size = float(sizes[0])
-    groups = image_groups(star, particles)
-    box = int(read_mrc_header(next(iter(groups)))["shape"][-1])  # type: ignore[index]
-    if box % 2:
-        raise CryosnakeError(f"{next(iter(groups))}: odd box ({box} px); extract an even box")
-    diameter = args.diameter if args.diameter else 0.8 * box * pixel_size
-    if diameter > box * pixel_size:
-        raise CryosnakeError(f"--diameter {diameter:g} Å exceeds the box ({box * pixel_size:g} Å)")
+    pset = open_particles(star)
+    optics, particles, values = pset.optics, pset.particles, pset.values
+    pixel_size, box, groups = pset.pixel_size, pset.box, pset.groups
+    diameter = particle_diameter(args.diameter, box, pixel_size)
     max_shift = (0.1 * diameter if args.max_shift is None else args.max_shift) / pixel_size
     settings = r3.RefineSettings(
         mask_diameter=diameter / pixel_size,
