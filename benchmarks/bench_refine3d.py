@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,10 @@ def reconstruction(args: argparse.Namespace) -> dict[str, Any]:
             rot = np.transpose(matrices, (0, 2, 1)) if transpose_rotation else matrices
             src.rotations = rot.astype(np.float64)
             tick = time.perf_counter()
-            volume = MeanEstimator(src).estimate()
+            with tempfile.TemporaryDirectory(prefix="aspire-") as scratch:
+                # its defaults write a checkpoint every 10 iterations into the cwd
+                estimator = MeanEstimator(src, checkpoint_prefix=f"{scratch}/volume")
+                volume = estimator.estimate()
             seconds = time.perf_counter() - tick
             data = np.asarray(volume.asnumpy()[0], dtype=np.float64)
             for reverse_axes in (False, True):
