@@ -43,7 +43,7 @@ bench-env: $(BENCH_STAMP) ## create .venv-bench: cryosnake plus the benchmark pe
 
 demo: $(STAMP) ## run the workflow on the demo dataset (simulated first if absent)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all
-	@echo "demo done: see results/ (micrographs_selected.star, motioncor/, ctf/, inspect/)"
+	@echo "demo done: open results/report.html (every stage; the map is results/postprocess/postprocess.mrc)"
 
 dag: $(STAMP) ## draw the rule and job graphs into results/dag (SVG needs graphviz: dot)
 	@command -v dot >/dev/null || { echo "make: graphviz 'dot' not found (apt-get install graphviz)"; exit 1; }
