@@ -84,7 +84,7 @@ def test_bad_input_is_one_line(
 ) -> None:
     out, _ = run
     star = out.parent / "particles.star"
-    for extra, needle in ((["--symmetry", "O"], "--symmetry"), (["--resolution", "5"], "Nyquist")):
+    for extra, needle in ((["--symmetry", "X2"], "--symmetry"), (["--resolution", "5"], "Nyquist")):
         code, _, err = run_cli(
             ["initial3d", "--particles", star, "--out-dir", tmp_path / "o", *extra]
         )

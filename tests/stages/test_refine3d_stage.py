@@ -138,7 +138,7 @@ def test_bad_input_is_one_line(
     cases = [
         (["--reference", tmp_path / "missing.mrc"], "missing.mrc"),
         (["--reference", flat], "cubic"),
-        (["--symmetry", "D7"], "--symmetry"),
+        (["--symmetry", "Q3"], "--symmetry"),
     ]
     for extra, needle in cases:
         args = ["refine3d", "--particles", star, "--reference", reference, "--out-dir",

@@ -46,6 +46,7 @@ from scipy import ndimage
 from cryosnake.ops import reconstruct as rc
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import random_rotations
+from cryosnake.ops.symmetry import symmetry_group
 
 __all__ = [
     "FINAL_PASSES",
@@ -75,6 +76,7 @@ class AbInitioSettings:
     max_shift : translation search radius
     seed : random generator seed (start, batches)
     attempts : independent runs of steps 2-3; the map the particles fit best is kept
+    symmetry : point group (C1, C<n>, D<n>, T, O, I), imposed by the insertion
     """
 
     diameter: float
@@ -86,12 +88,14 @@ class AbInitioSettings:
     max_shift: float = 15.0
     seed: int = 0
     attempts: int = 3
+    symmetry: str = "C1"
 
     def __post_init__(self) -> None:
         if self.diameter <= 0 or self.resolution <= 0 or self.start_resolution <= 0:
             raise ValueError("diameter and resolutions must be > 0")
         if self.iterations < 1 or self.batch < 2 or self.attempts < 1:
             raise ValueError("iterations and attempts must be >= 1 and batch >= 2")
+        symmetry_group(self.symmetry)  # a ValueError names an unknown group
 
 
 def working_box(box: int, pixel_size: float, resolution: float) -> int:
@@ -149,10 +153,11 @@ def _reconstruct(
     sigma2: np.ndarray,
     pixel_size: float,
     snr: float,
+    symmetry: str,
 ) -> np.ndarray:
     w = int(spectra.shape[1])
     bp = rc.BackProjector.zeros(w)
-    r3.insert_particles(bp, spectra, ctf, matrices, shifts, sigma2, pixel_size, 128)
+    r3.insert_particles(bp, spectra, ctf, matrices, shifts, sigma2, pixel_size, 128, symmetry)
     return r3.wiener_map(bp, np.full(w // 2 + 1, snr), 1.0)
 
 
@@ -173,7 +178,7 @@ def _descend(
     sub = rng.choice(n, size=min(n, 2000), replace=False)
     start = _reconstruct(
         data[sub], ctf[sub], random_rotations(len(sub), rng), np.zeros((len(sub), 2)),
-        sigma2, px, 1.0,
+        sigma2, px, 1.0, settings.symmetry,
     )  # fmt: skip
     volume = r3.lowpass_volume(np.maximum(start * mask, 0.0), px, settings.start_resolution)
     batch = min(settings.batch, n)
@@ -185,7 +190,7 @@ def _descend(
         m, s, _ = r3.global_search(
             data[pick], ctf[pick], rc.pad_volume_spectrum(volume), w, px, sigma2, r_max, search
         )
-        recon = _reconstruct(data[pick], ctf[pick], m, s, sigma2, px, 1.0)
+        recon = _reconstruct(data[pick], ctf[pick], m, s, sigma2, px, 1.0, settings.symmetry)
         eta = max(0.1, 0.5 / math.sqrt(t))
         volume = (1.0 - eta) * volume + eta * recon
         volume = r3.lowpass_volume(np.maximum(volume * mask, 0.0), px, res)
@@ -251,7 +256,7 @@ def ab_initio(
         m, s, score = r3.global_search(
             data, ctf, rc.pad_volume_spectrum(volume), w, px, sigma2, r_max, search
         )
-        final = _reconstruct(data, ctf, m, s, sigma2, px, 1.0)
+        final = _reconstruct(data, ctf, m, s, sigma2, px, 1.0, settings.symmetry)
         volume = r3.lowpass_volume(np.maximum(final * mask, 0.0), px, settings.resolution)
     return (
         volume.astype(np.float32),

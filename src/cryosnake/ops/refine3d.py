@@ -39,7 +39,9 @@ An iteration, for each half:
      half a resolution element), at least ``final_step``.
 2. **Reconstruction**: the particles' ``C X / sigma2`` and ``C^2 / sigma2`` are inserted
    at their poses into the half's back-projector (Fourier insertion, trilinear on a 2x
-   padded grid, gridding-corrected).
+   padded grid, gridding-corrected), once per element of the point group
+   (``symmetry``; the pose search covers all of SO(3), so the maps' symmetry comes from
+   the insertion alone).
 3. **FSC and filter**: the two half maps, reconstructed with a tiny regulariser and
    masked with a soft sphere of ``mask_diameter``, give the FSC;
    ``SSNR_half = FSC / (1 - FSC)`` sets the Wiener regulariser
@@ -66,6 +68,7 @@ from cryosnake.backend import get_array_module
 from cryosnake.ops import reconstruct as rc
 from cryosnake.ops.class2d import model_ctf
 from cryosnake.ops.rotation import euler_to_matrix
+from cryosnake.ops.symmetry import symmetry_group
 
 __all__ = [
     "RefineSettings",
@@ -99,6 +102,7 @@ class RefineSettings:
     tau2_fudge : ``T`` of the Wiener filter (> 1 trusts the data more)
     shell_margin : shells beyond the current resolution used in the search
     batch : particles per batch of the local search and of the insertion
+    symmetry : point group of the particle (C1, C<n>, D<n>, T, O, I)
     """
 
     mask_diameter: float
@@ -110,6 +114,7 @@ class RefineSettings:
     tau2_fudge: float = 1.0
     shell_margin: int = 3
     batch: int = 64
+    symmetry: str = "C1"
 
     def __post_init__(self) -> None:
         if self.mask_diameter <= 0:
@@ -120,6 +125,7 @@ class RefineSettings:
             raise ValueError("max_shift, final_step and global_iterations must be >= 0")
         if self.max_iterations < 1 or self.batch < 1:
             raise ValueError("max_iterations and batch must be >= 1")
+        symmetry_group(self.symmetry)  # a ValueError names an unknown group
 
 
 @dataclass
@@ -380,7 +386,11 @@ def insert_particles(
     sigma2: np.ndarray,
     pixel_size: float,
     batch: int,
+    symmetry: str = "C1",
 ) -> None:
+    """Insert ``C X / sigma2`` and ``C^2 / sigma2`` of the particles at their poses, once
+    per element ``g`` of the point group (pose ``A g``: :mod:`cryosnake.ops.symmetry`)."""
+    group = symmetry_group(symmetry)
     box = bp.n
     shells = np.minimum(_shell_grid(box), box // 2)
     inv_s2 = (1.0 / sigma2)[shells]  # (b, b//2+1)
@@ -391,13 +401,12 @@ def insert_particles(
         stop = min(start + batch, len(spectra))
         c = np.asarray(model_ctf(ctf_params[start:stop], kx.ravel() / n_px, ky.ravel() / n_px))
         c = c.reshape(stop - start, box, box // 2 + 1)
-        bp.insert(
-            (c * inv_s2 * spectra[start:stop]).astype(np.complex64),
-            matrices[start:stop],
-            (c * c * inv_s2).astype(np.float32),
-            shifts=shifts[start:stop],
-            batch=batch,
-        )
+        weighted = (c * inv_s2 * spectra[start:stop]).astype(np.complex64)
+        weights = (c * c * inv_s2).astype(np.float32)
+        for g in group:
+            bp.insert(
+                weighted, matrices[start:stop] @ g, weights, shifts=shifts[start:stop], batch=batch
+            )
 
 
 def _mean_weight(bp: rc.BackProjector) -> np.ndarray:
@@ -434,6 +443,7 @@ def reconstruct_halves(
     *,
     tau2_fudge: float = 1.0,
     batch: int = 64,
+    symmetry: str = "C1",
 ) -> dict[str, Any]:
     """Half maps and their FSC from particles at given poses.
 
@@ -447,8 +457,9 @@ def reconstruct_halves(
         sel = np.flatnonzero(halves == h)
         bp = rc.BackProjector.zeros(box)
         insert_particles(
-            bp, spectra[sel], ctf_params[sel], matrices[sel], shifts[sel], sigma2, pixel_size, batch
-        )
+            bp, spectra[sel], ctf_params[sel], matrices[sel], shifts[sel], sigma2, pixel_size,
+            batch, symmetry,
+        )  # fmt: skip
         bps.append(bp)
     mask = soft_sphere(box, mask_diameter)
     raw = [wiener_map(bp, np.full(box // 2 + 1, 1e6), 1.0) for bp in bps]
@@ -583,6 +594,7 @@ def refine_iteration(
     rec = reconstruct_halves(
         spectra, ctf_params, matrices, shifts, state.halves, state.sigma2, pixel_size,
         settings.mask_diameter, tau2_fudge=settings.tau2_fudge, batch=settings.batch,
+        symmetry=settings.symmetry,
     )  # fmt: skip
     mask = soft_sphere(box, settings.mask_diameter)
     references = np.stack([rec["halves"][0] * mask, rec["halves"][1] * mask])

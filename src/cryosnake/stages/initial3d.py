@@ -10,8 +10,8 @@ that Nyquist is about a third of ``--resolution``; the map is written at the
 particles' box and pixel size, low-passed to ``--resolution``, for ``refine3d``.
 
 The map's handedness is that of the data or its mirror image (projections cannot tell
-them apart); check it against a known structure. Only C1 is implemented so far
-(``--symmetry``).
+them apart); check it against a known structure. ``--symmetry`` imposes a point group
+(C<n>, D<n>, T, O, I; axes as RELION's defaults) on every reconstruction.
 
 Outputs in ``--out-dir``: ``initial_model.mrc``, ``initial_model.png`` (central
 slices and projections) and ``initial_model_data.star`` (the particles with the
@@ -38,6 +38,7 @@ from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import initial3d as ai
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import matrix_to_euler
+from cryosnake.ops.symmetry import symmetry_group
 from cryosnake.stages._common import positive, positive_int, run_stage
 from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter, read_images
 
@@ -47,7 +48,9 @@ __all__ = ["add_args", "main"]
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", required=True, help="particles STAR (RELION 3.1)")
     parser.add_argument("--out-dir", required=True, help="folder of the outputs")
-    parser.add_argument("--symmetry", default="C1", help="point group (only C1 so far)")
+    parser.add_argument(
+        "--symmetry", default="C1", help="point group: C1, C<n>, D<n>, T, O or I (C1)"
+    )
     parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
     parser.add_argument(
         "--resolution", type=positive, default=20.0, help="Å, final resolution (20)"
@@ -81,8 +84,11 @@ def _plot(path: Path, volume: np.ndarray, pixel_size: float, resolution: float) 
 
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    if args.symmetry.strip().upper() != "C1":
-        raise CryosnakeError(f"--symmetry {args.symmetry}: only C1 is implemented so far")
+    try:
+        symmetry_group(args.symmetry)
+    except ValueError as err:
+        raise CryosnakeError(f"--symmetry: {err}") from err
+    symmetry = args.symmetry.strip().upper()
     device = resolve_device(args.device)
     star = Path(args.particles)
     out = Path(args.out_dir)
@@ -96,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resolution < 2.0 * pixel_size:
         raise CryosnakeError(f"--resolution {args.resolution:g} Å is beyond Nyquist")
     settings = ai.AbInitioSettings(
+        symmetry=symmetry,
         diameter=diameter,
         resolution=args.resolution,
         start_resolution=max(40.0, 1.5 * args.resolution),

@@ -25,7 +25,8 @@ Outputs in ``--out-dir`` (RELION's names):
 
 A checkpoint (``run_checkpoint.npz``) is written atomically after every iteration; a
 restarted run with the same inputs resumes after the last finished iteration
-(``--no-resume`` starts over). Only C1 is implemented so far (``--symmetry``).
+(``--no-resume`` starts over). ``--symmetry`` imposes a point group (C<n>, D<n>, T,
+O, I; axes as RELION's defaults, :mod:`cryosnake.ops.symmetry`) on the reconstructions.
 
 Example::
 
@@ -54,6 +55,7 @@ from cryosnake.ops import postprocess as pp
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.reconstruct import shell_resolution
 from cryosnake.ops.rotation import matrix_to_euler
+from cryosnake.ops.symmetry import symmetry_group
 from cryosnake.stages._common import positive, positive_int, run_stage
 from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter, read_images
 
@@ -70,7 +72,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--initial-lowpass", type=positive, default=30.0, help="Å, low-pass of the reference (30)"
     )
-    parser.add_argument("--symmetry", default="C1", help="point group (only C1 so far)")
+    parser.add_argument(
+        "--symmetry", default="C1", help="point group: C1, C<n>, D<n>, T, O or I (C1)"
+    )
     parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
     parser.add_argument(
         "--max-shift", type=positive, default=None, help="Å, global shift search (10 %% of it)"
@@ -204,8 +208,11 @@ def _plot(path: Path, state: r3.RefineState, fsc: dict[str, np.ndarray], resolut
 
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    if args.symmetry.strip().upper() != "C1":
-        raise CryosnakeError(f"--symmetry {args.symmetry}: only C1 is implemented so far")
+    try:
+        symmetry_group(args.symmetry)
+    except ValueError as err:
+        raise CryosnakeError(f"--symmetry: {err}") from err
+    symmetry = args.symmetry.strip().upper()
     device = resolve_device(args.device)
     star = Path(args.particles)
     out = Path(args.out_dir)
@@ -215,6 +222,7 @@ def _run(args: argparse.Namespace) -> int:
     diameter = particle_diameter(args.diameter, box, pixel_size)
     max_shift = (0.1 * diameter if args.max_shift is None else args.max_shift) / pixel_size
     settings = r3.RefineSettings(
+        symmetry=symmetry,
         mask_diameter=diameter / pixel_size,
         max_shift=max_shift,
         max_iterations=args.iterations,
@@ -235,7 +243,9 @@ def _run(args: argparse.Namespace) -> int:
     del images
     ctf = ctf_table(particles, values)
     fingerprint = _fingerprint(
-        args, particles, {"diameter": diameter, "max_shift": max_shift, "box": box}
+        args,
+        particles,
+        {"diameter": diameter, "max_shift": max_shift, "box": box, "symmetry": symmetry},
     )
     checkpoint = out / CHECKPOINT
     state = None if args.no_resume else _load(checkpoint, fingerprint)
@@ -260,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     if rec is None:  # resumed a finished run: rebuild the maps from the saved poses
         rec = r3.reconstruct_halves(
             spectra, ctf, state.matrices, state.shifts, state.halves, state.sigma2,
-            pixel_size, settings.mask_diameter, batch=settings.batch,
+            pixel_size, settings.mask_diameter, batch=settings.batch, symmetry=symmetry,
         )  # fmt: skip
     half1, half2 = rec["halves"]
     out.mkdir(parents=True, exist_ok=True)
