@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["OneLineParser", "positive", "positive_int", "run_stage", "stage_parser"]
+__all__ = ["OneLineParser", "point_group", "positive", "positive_int", "run_stage", "stage_parser"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -60,3 +60,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def point_group(text: str) -> str:
+    """argparse type: a point group (C1, C<n>, D<n>, T, O, I), upper-cased."""
+    from cryosnake.ops.symmetry import symmetry_group
+
+    try:
+        symmetry_group(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return text.strip().upper()

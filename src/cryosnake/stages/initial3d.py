@@ -38,8 +38,7 @@ from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import initial3d as ai
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import matrix_to_euler
-from cryosnake.ops.symmetry import symmetry_group
-from cryosnake.stages._common import positive, positive_int, run_stage
+from cryosnake.stages._common import point_group, positive, positive_int, run_stage
 from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter, read_images
 
 __all__ = ["add_args", "main"]
@@ -49,7 +48,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", required=True, help="particles STAR (RELION 3.1)")
     parser.add_argument("--out-dir", required=True, help="folder of the outputs")
     parser.add_argument(
-        "--symmetry", default="C1", help="point group: C1, C<n>, D<n>, T, O or I (C1)"
+        "--symmetry",
+        type=point_group,
+        default="C1",
+        help="point group: C1, C<n>, D<n>, T, O or I (C1)",
     )
     parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
     parser.add_argument(
@@ -84,11 +86,7 @@ def _plot(path: Path, volume: np.ndarray, pixel_size: float, resolution: float) 
 
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        symmetry_group(args.symmetry)
-    except ValueError as err:
-        raise CryosnakeError(f"--symmetry: {err}") from err
-    symmetry = args.symmetry.strip().upper()
+    symmetry = args.symmetry
     device = resolve_device(args.device)
     star = Path(args.particles)
     out = Path(args.out_dir)

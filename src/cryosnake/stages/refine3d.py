@@ -55,8 +55,7 @@ from cryosnake.ops import postprocess as pp
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.reconstruct import shell_resolution
 from cryosnake.ops.rotation import matrix_to_euler
-from cryosnake.ops.symmetry import symmetry_group
-from cryosnake.stages._common import positive, positive_int, run_stage
+from cryosnake.stages._common import point_group, positive, positive_int, run_stage
 from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter, read_images
 
 __all__ = ["add_args", "main"]
@@ -73,7 +72,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--initial-lowpass", type=positive, default=30.0, help="Å, low-pass of the reference (30)"
     )
     parser.add_argument(
-        "--symmetry", default="C1", help="point group: C1, C<n>, D<n>, T, O or I (C1)"
+        "--symmetry",
+        type=point_group,
+        default="C1",
+        help="point group: C1, C<n>, D<n>, T, O or I (C1)",
     )
     parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
     parser.add_argument(
@@ -208,11 +210,7 @@ def _plot(path: Path, state: r3.RefineState, fsc: dict[str, np.ndarray], resolut
 
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        symmetry_group(args.symmetry)
-    except ValueError as err:
-        raise CryosnakeError(f"--symmetry: {err}") from err
-    symmetry = args.symmetry.strip().upper()
+    symmetry = args.symmetry
     device = resolve_device(args.device)
     star = Path(args.particles)
     out = Path(args.out_dir)
