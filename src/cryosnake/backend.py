@@ -7,7 +7,10 @@ and :mod:`scipy.fft` (multi-threaded through ``workers``).
 
 Stages resolve the user's ``--device auto|cpu|gpu`` once with :func:`resolve_device`,
 move their inputs with :func:`to_device` and bring results back with :func:`to_host`.
-Nothing in ``ops`` moves data between host and device behind the caller's back.
+Nothing in ``ops`` moves data between host and device behind the caller's back, except
+where a particle stack too large for the GPU is streamed to it batch by batch (the 3D
+refinement, documented there). :func:`available_memory` tells how much room a device
+has, for planning batch sizes.
 
 Examples
 --------
@@ -33,6 +36,8 @@ from cryosnake.errors import CryosnakeError
 
 __all__ = [
     "Device",
+    "array_module",
+    "available_memory",
     "cupy_available",
     "fft_kwargs",
     "fft_module",
@@ -162,6 +167,84 @@ def parallel_map(function: Callable[[_T], _R], items: Iterable[_T], xp: ModuleTy
     # top of ours would oversubscribe the cores (and spin), costing a third of the time.
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         yield from pool.map(function, items)
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError as err:
+        raise CryosnakeError(f"CRYOSNAKE_MEMORY: not a size like 8G: {text!r}") from err
+    if value <= 0:
+        raise CryosnakeError(f"CRYOSNAKE_MEMORY: must be > 0, got {text!r}")
+    return int(value * units[unit])
+
+
+_CGROUP_V1 = "/sys/fs/cgroup/memory"
+
+
+def _host_memory() -> int:
+    """Bytes the host can still give: MemAvailable, capped by a cgroup (v2 or v1) limit
+    (SLURM, containers, AWS Batch)."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if available is None:
+        try:
+            available = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic hosts
+            available = 4 << 30
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (f"{_CGROUP_V1}/memory.limit_in_bytes", f"{_CGROUP_V1}/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit_text = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text.isdigit() and int(limit_text) < 1 << 60:
+            available = min(available, max(int(limit_text) - usage, 0))
+        break
+    return available
+
+
+def available_memory(xp: ModuleType) -> int:
+    """Bytes free for work on the device of the array module ``xp``.
+
+    On the GPU: the device's free memory plus what CuPy's memory pool holds unused. On
+    the CPU: the host's available memory (within a cgroup limit). The environment
+    variable ``CRYOSNAKE_MEMORY`` (e.g. ``8G``) caps either, for a node shared with other
+    jobs.
+    """
+    if xp is np:
+        free = _host_memory()
+    else:
+        device_free, _ = xp.cuda.runtime.memGetInfo()
+        pool = xp.get_default_memory_pool()
+        free = int(device_free) + int(pool.total_bytes() - pool.used_bytes())
+    cap = os.environ.get("CRYOSNAKE_MEMORY")
+    return min(free, _parse_bytes(cap)) if cap else free
+
+
+def array_module(device: Device) -> ModuleType:
+    """:mod:`numpy` for ``"cpu"``, :mod:`cupy` for ``"gpu"``."""
+    if device == "cpu":
+        return np
+    cp = _cupy()
+    if cp is None:
+        raise CryosnakeError("--device gpu: CuPy is not installed (pip install cryosnake[gpu])")
+    return cp
 
 
 def to_device(array: Any, device: Device) -> Any:

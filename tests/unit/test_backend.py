@@ -109,6 +109,24 @@ def test_host_device_transfers_without_cupy() -> None:
     assert backend.cupy_available() is False
 
 
+def test_available_memory_and_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRYOSNAKE_MEMORY", raising=False)
+    free = backend.available_memory(np)
+    assert 0 < free < 1 << 50
+    monkeypatch.setenv("CRYOSNAKE_MEMORY", "1.5G")
+    assert backend.available_memory(np) == min(free, int(1.5 * (1 << 30)))
+    monkeypatch.setenv("CRYOSNAKE_MEMORY", "300MiB")
+    assert backend.available_memory(np) == min(free, 300 << 20)
+    for bad in ("lots", "-2G", "0"):
+        monkeypatch.setenv("CRYOSNAKE_MEMORY", bad)
+        with pytest.raises(CryosnakeError, match="CRYOSNAKE_MEMORY"):
+            backend.available_memory(np)
+
+
+def test_array_module_of_the_cpu() -> None:
+    assert backend.array_module("cpu") is np
+
+
 @pytest.mark.gpu
 def test_cupy_arrays_get_cupy() -> None:
     cp = pytest.importorskip("cupy")
