@@ -9,7 +9,7 @@ from cryosnake.ops import reconstruct as rc
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.initial3d import rotate_volume
 from cryosnake.ops.rotation import random_rotations
-from cryosnake.ops.symmetry import symmetry_group
+from cryosnake.ops.symmetry import asymmetric_unit, symmetry_group
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,29 @@ def test_insertion_with_symmetry_gives_a_symmetric_map() -> None:
 
     assert correlation("C4") > 0.999
     assert correlation("C1") < 0.5
+
+
+@pytest.mark.parametrize("name", ["C1", "C4", "D3", "T", "O", "I"])
+def test_asymmetric_unit_covers_so3_with_its_share_of_the_grid(name: str) -> None:
+    step = 12.0
+    grid = r3.fibonacci_rotations(step)
+    group = symmetry_group(name)
+    unit = asymmetric_unit(grid, name, margin=0.5 * step)
+    bare = asymmetric_unit(grid, name)
+    # About 1/|G| of the grid (a band of half a step along the boundary on top).
+    assert len(bare) == pytest.approx(len(grid) / len(group), rel=0.15)
+    assert len(bare) <= len(unit) <= 1.5 * len(grid) / len(group) + 1
+    # A pose is as close to a kept rotation (up to the group) as to the full grid: the
+    # unit is sampled at the grid's density, its boundary included.
+    poses = random_rotations(1000, np.random.default_rng(1))
+
+    def gap(rotations: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        equivalent = np.einsum("pij,gjk->pgik", poses, elements).reshape(-1, 3, 3)
+        cos = (np.einsum("qij,rij->qr", equivalent, rotations) - 1.0) / 2.0
+        best = np.degrees(np.arccos(np.clip(cos.max(axis=1), -1.0, 1.0)))
+        return best.reshape(len(poses), len(elements)).min(axis=1)
+
+    full, reduced = gap(grid, np.eye(3)[None]), gap(unit, group)
+    assert np.median(reduced) <= np.median(full) + 0.3
+    assert np.percentile(reduced, 95) <= np.percentile(full, 95) + 0.3
+    assert reduced.max() <= full.max() + 1.0

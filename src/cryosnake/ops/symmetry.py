@@ -8,6 +8,12 @@ cube's diagonals (1, 1, 1), and for I five-folds in the planes of the two-folds 
 A map with point group G satisfies ``V(g r) = V(r)`` for every ``g`` in G, so a particle
 seen with rotation ``A`` is seen with ``A g`` too: reconstruction inserts each particle
 once per group element (:func:`cryosnake.ops.refine3d.insert_particles`).
+
+The poses ``A g`` (g in G) of a symmetric map give one projection, so a pose search
+needs only one of them: :func:`asymmetric_unit` keeps the rotations of a uniform grid
+that lie in the Dirichlet domain of the identity, ``angle(R) <= angle(R g)`` for every
+``g`` (the member of each class ``{R g}`` nearest the identity), a ``1 / |G|`` share of
+SO(3) covered at the grid's density.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import re
 
 import numpy as np
 
-__all__ = ["symmetry_group"]
+__all__ = ["asymmetric_unit", "symmetry_group"]
 
 _NAME = re.compile(r"^(C|D)([1-9][0-9]*)$|^(T|O|I)$")
 
@@ -71,3 +77,26 @@ def symmetry_group(name: str) -> np.ndarray:
     phi = (1 + math.sqrt(5)) / 2
     five = _axis_rotation(np.array([0.0, 1.0, phi]), 2 * math.pi / 5)
     return _closure([_axis_rotation(z, math.pi), three, five])
+
+
+def _angles(matrices: np.ndarray) -> np.ndarray:
+    cos = (np.trace(matrices, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def asymmetric_unit(rotations: np.ndarray, name: str, margin: float = 0.0) -> np.ndarray:
+    """The rotations ``R`` of a grid whose angle is within ``margin`` degrees of the
+    smallest angle of ``R g`` over the point group ``name``: the grid's share of the
+    Dirichlet domain of the identity (all of them for C1). A ``margin`` of half the grid
+    step keeps the boundary covered: random poses are then as close to a kept rotation
+    (up to the group) as to the full grid, for about 1.2-1.3 / |G| of its rotations."""
+    group = symmetry_group(name)
+    r = np.asarray(rotations, dtype=np.float64)
+    if len(group) == 1:
+        return r
+    # angle(R g) for all g: trace(R g) = sum_ij R_ij g_ji
+    traces = r.reshape(len(r), 9) @ group.transpose(0, 2, 1).reshape(len(group), 9).T
+    cos = np.clip((traces - 1.0) / 2.0, -1.0, 1.0)
+    nearest = np.arccos(cos.max(axis=1))
+    keep = _angles(r) <= nearest + math.radians(margin) + 1e-9
+    return r[keep]
