@@ -85,6 +85,7 @@ class ParticleStack:
     snr: float
     snr_stack: float
     snr_disc: float
+    atoms: Atoms | None = None  # the specimen, when not the phantom of ``diameter``
 
     @property
     def good(self) -> np.ndarray:
@@ -96,7 +97,8 @@ class ParticleStack:
 
     def volume(self, box: int | None = None) -> np.ndarray:
         """The truth volume (V) at ``pixel_size`` on a ``box``³ grid."""
-        return render_volume(phantom(self.diameter), box or self.box, self.pixel_size)
+        atoms = self.atoms if self.atoms is not None else phantom(self.diameter)
+        return render_volume(atoms, box or self.box, self.pixel_size)
 
 
 def _disc(box: int, diameter_px: float) -> np.ndarray:
@@ -179,10 +181,14 @@ def simulate_particles(
     snr: float = 0.05,
     snr_pixel_size: float = 1.5,
     seed: int = 0,
+    atoms: Atoms | None = None,
 ) -> ParticleStack:
-    """Simulate ``n`` extracted boxes (see the module docstring)."""
+    """Simulate ``n`` extracted boxes (see the module docstring); ``atoms``: another
+    specimen than the phantom (``diameter`` should be its extent; ``snr`` is then
+    calibrated on the phantom of that diameter)."""
     rng = np.random.default_rng(seed)
-    atoms = phantom(diameter)
+    specimen = atoms
+    atoms = phantom(diameter) if specimen is None else specimen
     d_px = diameter / pixel_size
     n_junk = int(round(junk_fraction * n))
     kinds = np.array(["particle"] * (n - n_junk) + [JUNK_KINDS[i % 4] for i in range(n_junk)])
@@ -265,6 +271,7 @@ def simulate_particles(
         snr=snr,
         snr_stack=var_box / noise_var,
         snr_disc=var_disc / noise_var,
+        atoms=specimen,
     )
 
 
@@ -370,3 +377,19 @@ def match_projections(
         if ncc > best[0]:
             best = (ncc, k, float(psi))
     return best
+
+
+def symmetric_specimen(group: str, unit_diameter: float = 60.0) -> tuple[Atoms, float]:
+    """A specimen of point group ``group``: the phantom of ``unit_diameter`` Å moved off
+    the centre by (12, 20, 45) Å and copied by every element ``g`` of the group (atoms at
+    ``g r``). Returns the atoms and the specimen's extent (Å)."""
+    from cryosnake.ops.symmetry import symmetry_group
+
+    elements = symmetry_group(group)
+    unit = phantom(unit_diameter)
+    coords = np.concatenate([(unit.coords + np.array([12.0, 20.0, 45.0])) @ g.T for g in elements])
+    copies = len(elements)
+    atoms = Atoms(
+        coords=coords, weights=np.tile(unit.weights, copies), sigma=np.tile(unit.sigma, copies)
+    )
+    return atoms, float(2.0 * np.sqrt((coords**2).sum(axis=1)).max())

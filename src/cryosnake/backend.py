@@ -46,6 +46,7 @@ __all__ = [
     "gpu_available",
     "parallel_map",
     "resolve_device",
+    "take_rows",
     "to_device",
     "to_host",
 ]
@@ -255,6 +256,12 @@ def to_device(array: Any, device: Device) -> Any:
     if cp is None:
         raise CryosnakeError("--device gpu: CuPy is not installed (pip install cryosnake[gpu])")
     return cp.asarray(array)
+
+
+def take_rows(array: Any, indices: np.ndarray) -> Any:
+    """``array[indices]`` on the array's own device (``indices``: NumPy integers)."""
+    xp = get_array_module(array)
+    return array[indices] if xp is np else array[xp.asarray(indices)]
 
 
 def to_host(array: Any) -> np.ndarray:

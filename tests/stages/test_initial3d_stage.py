@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from particles_sim import ParticleStack, simulate_particles, write_particles
 
+from cryosnake.backend import gpu_available
 from cryosnake.io import read_mrc, read_star
 from cryosnake.ops.fourier import fourier_crop
 from cryosnake.ops.initial3d import align_volumes, rotate_volume
@@ -91,3 +92,20 @@ def test_bad_input_is_one_line(
         assert code != 0
         lines = err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+def test_gpu_ab_initio_matches_the_truth(run: tuple[Path, ParticleStack], tmp_path: Path) -> None:
+    from cryosnake import cli
+
+    out, stack = run
+    star = out.parent / "particles.star"
+    args = ["initial3d", "--particles", str(star), "--out-dir", str(tmp_path / "gpu"),
+            "--diameter", "165", "--iterations", "30", "--device", "gpu"]  # fmt: skip
+    assert cli.main(args) == 0
+    volume, _ = read_mrc(tmp_path / "gpu" / "initial_model.mrc")
+    small = np.asarray(fourier_crop(volume, (32, 32, 32)))
+    truth = np.asarray(fourier_crop(stack.volume(), (32, 32, 32)))
+    aligned, _ = align_volumes(small, truth, 6.75)
+    assert _fsc_at(aligned, truth, 6.75, 20.0) >= 0.5

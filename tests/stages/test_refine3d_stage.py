@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from particles_sim import ParticleStack, simulate_particles, write_particles
 
+from cryosnake.backend import gpu_available
 from cryosnake.io import read_mrc, read_star, write_mrc
 from cryosnake.ops.postprocess import auto_mask
 from cryosnake.ops.reconstruct import fsc, shell_resolution
@@ -147,3 +148,45 @@ def test_bad_input_is_one_line(
         assert code != 0
         lines = err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_box_too_large_for_the_memory_is_one_line(
+    dataset: tuple[Path, Path, ParticleStack],
+    tmp_path: Path,
+    run_cli: RunCli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    star, reference, _ = dataset
+    monkeypatch.setenv("CRYOSNAKE_MEMORY", "100M")  # a 48 px box needs about 0.3 GiB
+    code, _, err = run_cli(_args(star, reference, tmp_path / "o", 1))
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "box of 48 px needs about" in lines[0], err
+    assert not (tmp_path / "o" / "run_class001.mrc").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+def test_gpu_run_matches_the_cpu_run(
+    run: Path, dataset: tuple[Path, Path, ParticleStack], tmp_path: Path
+) -> None:
+    from cryosnake import cli
+
+    star, reference, stack = dataset
+    out = tmp_path / "gpu"
+    assert cli.main([str(a) for a in [*_args(star, reference, out, 8), "--device", "gpu"]]) == 0
+    gold = {
+        name: float(read_star(folder / "fsc.star")["general"]["rlnFinalResolution"].iloc[0])
+        for name, folder in (("cpu", run), ("gpu", out))
+    }
+    assert gold["gpu"] == pytest.approx(gold["cpu"], rel=0.05)
+    data = read_star(out / "run_data.star")["particles"]
+    matrices = euler_to_matrix(
+        data["rlnAngleRot"].to_numpy(), data["rlnAngleTilt"].to_numpy(),
+        data["rlnAnglePsi"].to_numpy(),
+    )  # fmt: skip
+    assert np.median(angular_errors(matrices, stack.matrices)) <= 3.0
+    cpu_map, _ = read_mrc(run / "run_class001.mrc")
+    gpu_map, _ = read_mrc(out / "run_class001.mrc")
+    curve = fsc(cpu_map, gpu_map)
+    assert shell_resolution(curve, PX, 0.9) <= 1.05 * gold["cpu"]

@@ -141,3 +141,8 @@ def test_cupy_arrays_get_cupy() -> None:
     assert isinstance(y, cp.ndarray)
     np.testing.assert_array_equal(backend.to_host(y), np.arange(3.0))
     assert backend.resolve_device("gpu") == "gpu"
+
+
+def test_take_rows_stays_on_the_host() -> None:
+    a = np.arange(12).reshape(6, 2)
+    np.testing.assert_array_equal(backend.take_rows(a, np.array([4, 1])), [[8, 9], [2, 3]])

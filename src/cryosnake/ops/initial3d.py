@@ -39,10 +39,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from cryosnake.backend import get_array_module, take_rows
 from cryosnake.ops import reconstruct as rc
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import random_rotations
@@ -146,7 +148,7 @@ def _noise_spectrum(spectra: np.ndarray) -> np.ndarray:
 
 
 def _reconstruct(
-    spectra: np.ndarray,
+    spectra: Any,
     ctf: np.ndarray,
     matrices: np.ndarray,
     shifts: np.ndarray,
@@ -156,9 +158,13 @@ def _reconstruct(
     symmetry: str,
 ) -> np.ndarray:
     w = int(spectra.shape[1])
-    bp = rc.BackProjector.zeros(w)
-    r3.insert_particles(bp, spectra, ctf, matrices, shifts, sigma2, pixel_size, 128, symmetry)
+    bp = rc.BackProjector.zeros(w, xp=get_array_module(spectra))
+    r3.insert_particles(bp, spectra, ctf, matrices, shifts, sigma2, pixel_size, None, symmetry)
     return r3.wiener_map(bp, np.full(w // 2 + 1, snr), 1.0)
+
+
+def _projector(volume: np.ndarray, r_max: int, xp: Any) -> rc.Projector:
+    return rc.Projector.from_volume(xp.asarray(volume, dtype=xp.float32), r_max)
 
 
 def _descend(
@@ -175,9 +181,10 @@ def _descend(
 ) -> np.ndarray:
     """One attempt: a random start and the mini-batch iterations (steps 2-3)."""
     n, w = int(data.shape[0]), int(data.shape[1])
+    xp = get_array_module(data)
     sub = rng.choice(n, size=min(n, 2000), replace=False)
     start = _reconstruct(
-        data[sub], ctf[sub], random_rotations(len(sub), rng), np.zeros((len(sub), 2)),
+        take_rows(data, sub), ctf[sub], random_rotations(len(sub), rng), np.zeros((len(sub), 2)),
         sigma2, px, 1.0, settings.symmetry,
     )  # fmt: skip
     volume = r3.lowpass_volume(np.maximum(start * mask, 0.0), px, settings.start_resolution)
@@ -187,10 +194,11 @@ def _descend(
         res = settings.start_resolution + frac * (settings.resolution - settings.start_resolution)
         r_max = max(3, int(math.ceil(w * px / res)))
         pick = rng.choice(n, size=batch, replace=False)
+        batch_data = take_rows(data, pick)
         m, s, _ = r3.global_search(
-            data[pick], ctf[pick], rc.pad_volume_spectrum(volume), w, px, sigma2, r_max, search
+            batch_data, ctf[pick], _projector(volume, r_max, xp), w, px, sigma2, r_max, search
         )
-        recon = _reconstruct(data[pick], ctf[pick], m, s, sigma2, px, 1.0, settings.symmetry)
+        recon = _reconstruct(batch_data, ctf[pick], m, s, sigma2, px, 1.0, settings.symmetry)
         eta = max(0.1, 0.5 / math.sqrt(t))
         volume = (1.0 - eta) * volume + eta * recon
         volume = r3.lowpass_volume(np.maximum(volume * mask, 0.0), px, res)
@@ -208,8 +216,10 @@ def ab_initio(
     pixel_size: float,
     settings: AbInitioSettings,
     progress: Callable[[str], None] | None = None,
+    xp: Any = np,
 ) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
-    """Ab initio map from particle spectra (see the module docstring).
+    """Ab initio map from particle spectra (see the module docstring), computed on the
+    device of the array module ``xp`` (the cropped spectra are moved there once).
 
     Parameters
     ----------
@@ -217,6 +227,7 @@ def ab_initio(
     ctf : (n, 7) CTF parameters (:data:`cryosnake.ops.class2d.CTF_COLUMNS`)
     pixel_size : Å per pixel of the particles
     progress : called with a line of progress now and then
+    xp : :mod:`numpy` or :mod:`cupy`
 
     Returns
     -------
@@ -226,13 +237,17 @@ def ab_initio(
     n, b = int(spectra.shape[0]), int(spectra.shape[1])
     w = working_box(b, pixel_size, settings.resolution)
     px = pixel_size * b / w
-    data = crop_spectra(spectra, w)
-    sigma2 = _noise_spectrum(data)
+    cropped = crop_spectra(spectra, w)
+    sigma2 = _noise_spectrum(cropped)
+    data = xp.asarray(cropped)
     rng = np.random.default_rng(settings.seed)
     mask = r3.soft_sphere(w, settings.diameter / px, edge=3.0)
     diameter_px = settings.diameter / px
     search = r3.RefineSettings(
-        mask_diameter=diameter_px, max_shift=settings.max_shift / px, global_step=settings.step
+        mask_diameter=diameter_px,
+        max_shift=settings.max_shift / px,
+        global_step=settings.step,
+        symmetry=settings.symmetry,
     )
     r_max = max(3, int(math.ceil(w * px / settings.resolution)))
     judge = rng.choice(n, size=min(n, JUDGE_PARTICLES), replace=False)
@@ -241,8 +256,9 @@ def ab_initio(
         volume = _descend(data, ctf, px, sigma2, mask, settings, search, rng, attempt, progress)
         # The attempt whose map the particles fit best (mean normalised correlation).
         _, _, score = r3.global_search(
-            data[judge], ctf[judge], rc.pad_volume_spectrum(volume), w, px, sigma2, r_max, search
-        )
+            take_rows(data, judge), ctf[judge], _projector(volume, r_max, xp), w, px, sigma2, r_max,
+            search,
+        )  # fmt: skip
         fit = float(np.mean(score))
         if progress is not None:
             progress(f"attempt {attempt + 1}: mean correlation of the particles {fit:.5f}")
@@ -254,7 +270,7 @@ def ab_initio(
         if progress is not None:
             progress(f"full pass {k + 1}/{FINAL_PASSES} over {n} particles")
         m, s, score = r3.global_search(
-            data, ctf, rc.pad_volume_spectrum(volume), w, px, sigma2, r_max, search
+            data, ctf, _projector(volume, r_max, xp), w, px, sigma2, r_max, search
         )
         final = _reconstruct(data, ctf, m, s, sigma2, px, 1.0, settings.symmetry)
         volume = r3.lowpass_volume(np.maximum(final * mask, 0.0), px, settings.resolution)

@@ -28,9 +28,11 @@ An iteration, for each half:
 
    - *Global* (first ``global_iterations``): all orientations of a uniform grid of
      ``global_step`` degrees (Fibonacci directions, in-plane angles every
-     ``global_step``) x all shifts within ``max_shift`` every pixel. For a batch of
-     particles all poses come from one real matrix product: rows are the particles' CTF-
-     and noise-weighted, shifted spectra, columns the projections.
+     ``global_step``; with a point group, those of its asymmetric unit:
+     :func:`cryosnake.ops.symmetry.asymmetric_unit`) x all shifts within ``max_shift``
+     every pixel. For a batch of particles all poses come from one real matrix
+     product: rows are the particles' CTF- and noise-weighted, shifted spectra, columns
+     the projections.
    - *Local* afterwards: the 27 rotations ``A dR`` with ``dR`` a rotation by
      ``(-s, 0, s)`` about each axis (``s`` the current angular step) around the best pose,
      x 25 shifts on a 5 x 5 grid of half the shift step around the best shift. The step
@@ -40,8 +42,7 @@ An iteration, for each half:
 2. **Reconstruction**: the particles' ``C X / sigma2`` and ``C^2 / sigma2`` are inserted
    at their poses into the half's back-projector (Fourier insertion, trilinear on a 2x
    padded grid, gridding-corrected), once per element of the point group
-   (``symmetry``; the pose search covers all of SO(3), so the maps' symmetry comes from
-   the insertion alone).
+   (``symmetry``).
 3. **FSC and filter**: the two half maps, reconstructed with a tiny regulariser and
    masked with a soft sphere of ``mask_diameter``, give the FSC;
    ``SSNR_half = FSC / (1 - FSC)`` sets the Wiener regulariser
@@ -50,6 +51,18 @@ An iteration, for each half:
    FSC-based tau2). The masked, filtered half maps are the next references.
 4. **Noise**: ``sigma2`` per shell is the mean residual power ``|X - C P|^2`` at the new
    poses.
+
+Projections are sampled from a :class:`cryosnake.ops.reconstruct.Projector` (the
+reference's padded transform unfolded into a cube limited to the searched shells).
+
+**Devices and memory.** Every step runs on the device of the array module ``xp``
+(NumPy, or CuPy on a GPU): the projector, the back-projectors and the batches live
+there; the state (poses, maps, noise) stays on the host. The particle spectra may live
+on the host and then move to the device one batch at a time (a stack of 10^5 particles
+of 256 px, 27 GB, fits no GPU). :func:`plan_memory` checks before the first iteration
+that the grids of a box fit the device's free memory; each search and insertion then
+sizes its batches from the memory free at that moment (:func:`work_budget`), so a
+smaller GPU runs more, smaller batches rather than running out of memory.
 
 Resolution: FSC = 0.143 between the masked half maps (interpolated). Convergence: the
 angular step has reached the needed sampling and the resolution has not improved by
@@ -64,13 +77,14 @@ from typing import Any
 
 import numpy as np
 
-from cryosnake.backend import get_array_module
+from cryosnake.backend import available_memory, get_array_module, take_rows, to_host
 from cryosnake.ops import reconstruct as rc
 from cryosnake.ops.class2d import model_ctf
 from cryosnake.ops.rotation import euler_to_matrix
-from cryosnake.ops.symmetry import symmetry_group
+from cryosnake.ops.symmetry import asymmetric_unit, symmetry_group
 
 __all__ = [
+    "MemoryPlan",
     "RefineSettings",
     "RefineState",
     "angular_errors",
@@ -79,6 +93,7 @@ __all__ = [
     "lowpass_volume",
     "needed_step",
     "particle_spectra",
+    "plan_memory",
     "reconstruct_halves",
     "refine_iteration",
     "soft_sphere",
@@ -86,7 +101,9 @@ __all__ = [
 
 FSC_THRESHOLD = 0.143
 LOCAL_SHIFT_POINTS = 5  # local shift grid: 5 x 5 points
-SCORE_BUDGET = 32 << 20  # floats in one batch's score matrix (global search)
+CPU_BUDGET = 1 << 30  # bytes of one batch's temporaries on the CPU
+MIN_WORK = 256 << 20  # bytes a refinement needs beyond its grids, at the least
+MAX_BATCH = 8192  # particles per batch, at most
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,8 @@ class RefineSettings:
     max_iterations : stop after this many iterations
     tau2_fudge : ``T`` of the Wiener filter (> 1 trusts the data more)
     shell_margin : shells beyond the current resolution used in the search
-    batch : particles per batch of the local search and of the insertion
+    batch : particles per batch of the local search and of the insertion, at most (the
+        global search takes 4x); 0: planned from the device's free memory
     symmetry : point group of the particle (C1, C<n>, D<n>, T, O, I)
     """
 
@@ -113,7 +131,7 @@ class RefineSettings:
     max_iterations: int = 12
     tau2_fudge: float = 1.0
     shell_margin: int = 3
-    batch: int = 64
+    batch: int = 0
     symmetry: str = "C1"
 
     def __post_init__(self) -> None:
@@ -123,8 +141,8 @@ class RefineSettings:
             raise ValueError("global_step must be in (0, 90] degrees")
         if self.max_shift < 0 or self.final_step < 0 or self.global_iterations < 0:
             raise ValueError("max_shift, final_step and global_iterations must be >= 0")
-        if self.max_iterations < 1 or self.batch < 1:
-            raise ValueError("max_iterations and batch must be >= 1")
+        if self.max_iterations < 1 or self.batch < 0:
+            raise ValueError("max_iterations must be >= 1 and batch >= 0")
         symmetry_group(self.symmetry)  # a ValueError names an unknown group
 
 
@@ -254,10 +272,13 @@ def _plane(box: int, r_max: float) -> _Plane:
     )
 
 
-def _ramps(plane: _Plane, shifts: np.ndarray, box: int) -> np.ndarray:
-    """(..., F) complex64 exp(-2 pi i k.t / b) for shifts (..., 2) (dx, dy)."""
-    phase = -2.0 * np.pi * (shifts[..., 0:1] * plane.kx + shifts[..., 1:2] * plane.ky) / box
-    return np.exp(1j * phase).astype(np.complex64)
+def _ramps(plane: _Plane, shifts: Any, box: int, xp: Any = np) -> Any:
+    """(..., F) complex64 exp(-2 pi i k.t / b) for shifts (..., 2) (dx, dy) on ``xp``."""
+    t = xp.asarray(shifts, dtype=xp.float32)
+    kx = xp.asarray((plane.kx * (-2.0 * np.pi / box)).astype(np.float32))
+    ky = xp.asarray((plane.ky * (-2.0 * np.pi / box)).astype(np.float32))
+    phase = t[..., 0:1] * kx + t[..., 1:2] * ky
+    return (xp.cos(phase) + 1j * xp.sin(phase)).astype(xp.complex64)
 
 
 def _shift_grid(radius: float, step: float) -> np.ndarray:
@@ -270,63 +291,160 @@ def _shift_grid(radius: float, step: float) -> np.ndarray:
     return t[np.argsort((t**2).sum(axis=1), kind="stable")]
 
 
-def _ctf(ctf_params: np.ndarray, plane: _Plane, box: int, pixel_size: float) -> np.ndarray:
+@dataclass(frozen=True)
+class _Terms:
+    """The per-frequency terms of the score on the device ``xp``."""
+
+    xp: Any
+    flat: np.ndarray  # (F,) host indices into the flattened half plane
+    kx: Any  # (F,) 1/Å, device
+    ky: Any
+    w: Any  # (F,) float32 weight / sigma2, device
+
+
+def _terms(plane: _Plane, sigma2: np.ndarray, box: int, pixel_size: float, xp: Any) -> _Terms:
+    inv_s2 = 1.0 / np.asarray(sigma2)[np.minimum(plane.shells, len(sigma2) - 1)]
     n_px = box * pixel_size
-    return np.asarray(model_ctf(ctf_params, plane.kx / n_px, plane.ky / n_px), np.float64)
+    return _Terms(
+        xp=xp,
+        flat=plane.flat,
+        kx=xp.asarray(plane.kx / n_px),
+        ky=xp.asarray(plane.ky / n_px),
+        w=xp.asarray((plane.weight * inv_s2).astype(np.float32)),
+    )
+
+
+def _rows(flat_spectra: Any, start: int, stop: int, terms: _Terms) -> Any:
+    """(B, F) complex64 on the device: the kept frequencies of particles start:stop
+    (gathered on the host first when the stack lives there: less to move)."""
+    xp = terms.xp
+    block = flat_spectra[start:stop]
+    if get_array_module(block) is np:
+        return xp.asarray(np.ascontiguousarray(block[:, terms.flat]).astype(np.complex64))
+    return block[:, xp.asarray(terms.flat)].astype(xp.complex64)
+
+
+def work_budget(xp: Any) -> int:
+    """Bytes for the temporaries of one batch: half of the free memory, at most
+    :data:`CPU_BUDGET` on the CPU (larger batches gain nothing there)."""
+    free = available_memory(xp)
+    return int(min(CPU_BUDGET, 0.5 * free) if xp is np else 0.6 * free)
+
+
+def _batch(per_item: float, budget: int | None, xp: Any, fixed: int = 0) -> int:
+    if budget is None:
+        budget = work_budget(xp)
+    return int(np.clip((budget - fixed) // max(per_item, 1.0), 1, MAX_BATCH))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a refinement of box ``box`` needs on a device (bytes).
+
+    grids : the two back-projectors (complex128 numerator and float64 weight on the 2x
+        padded half grid), the reconstruction's temporaries and a projector cube
+    stack : the particle spectra (complex64 half planes)
+    available : free memory of the device when planned
+    stack_on_device : whether the spectra are moved to the device once (else streamed
+        batch by batch)
+    """
+
+    box: int
+    grids: int
+    stack: int
+    available: int
+    stack_on_device: bool
+
+
+def plan_memory(box: int, n_particles: int, xp: Any, available: int | None = None) -> MemoryPlan:
+    """Plan a refinement's memory from the box size and the device's free memory.
+
+    Raises ``MemoryError`` with the figures when the grids alone do not fit; the batch
+    sizes of the searches and the insertion are then planned at each call from what is
+    left (:func:`work_budget`).
+    """
+    free = available_memory(xp) if available is None else int(available)
+    size = rc.PAD * box
+    voxels = size * size * (size // 2 + 1)
+    side = 2 * (int(math.ceil(rc.PAD * (box // 2 + 0.5))) + 1) + 1
+    # 2 back-projectors (24 B/voxel), reconstruct's temporaries (~60 B/voxel), the
+    # padded spectrum a projector is built from (8 B/voxel), one projector cube.
+    grids = voxels * (2 * 24 + 60 + 8) + 8 * side**3 + 24 * box**3
+    stack = n_particles * box * (box // 2 + 1) * 8
+    if grids + MIN_WORK > free:
+        raise MemoryError(
+            f"a box of {box} px needs about {(grids + MIN_WORK) / 2**30:.1f} GiB for its "
+            f"Fourier grids, more than the {free / 2**30:.1f} GiB free"
+        )
+    on_device = xp is not np and stack < 0.5 * (free - grids - MIN_WORK)
+    return MemoryPlan(box=box, grids=grids, stack=stack, available=free, stack_on_device=on_device)
 
 
 # ------------------------------------------------------------------------- search
 
 
 def global_search(
-    spectra: np.ndarray,
+    spectra: Any,
     ctf_params: np.ndarray,
-    padded: Any,
+    projector: rc.Projector,
     box: int,
     pixel_size: float,
     sigma2: np.ndarray,
     r_max: int,
     settings: RefineSettings,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best orientation (uniform grid of ``global_step``) and shift (pixel grid within
-    ``max_shift``) of each particle, and its score (normalised correlation)."""
+    ``max_shift``) of each particle, and its score (normalised correlation).
+
+    ``projector`` (of the reference, shells up to at least ``r_max``) decides the device;
+    ``spectra`` (n, b, b//2+1) may live on the host or on it. Returns NumPy arrays.
+    """
+    xp = get_array_module(projector.cube)
     plane = _plane(box, r_max)
-    rotations = fibonacci_rotations(settings.global_step)
-    proj = np.asarray(rc.project(padded, rotations, box, r_max)).reshape(len(rotations), -1)
-    proj = proj[:, plane.flat]  # (P, F)
-    inv_s2 = 1.0 / sigma2[np.minimum(plane.shells, len(sigma2) - 1)]
-    w = plane.weight * inv_s2
-    pr = np.concatenate([proj.real, proj.imag], axis=1).astype(np.float32)  # (P, 2F)
-    p2 = (proj.real**2 + proj.imag**2).astype(np.float32)  # (P, F)
+    terms = _terms(plane, sigma2, box, pixel_size, xp)
+    rotations = asymmetric_unit(
+        fibonacci_rotations(settings.global_step), settings.symmetry, 0.5 * settings.global_step
+    )
+    proj = projector.sample(rotations, plane.kx, plane.ky)  # (P, F)
+    pr = xp.concatenate([proj.real, proj.imag], axis=1)  # (P, 2F) float32
+    p2 = proj.real**2 + proj.imag**2  # (P, F)
+    del proj
     shifts = _shift_grid(settings.max_shift, 1.0)
-    ramps = _ramps(plane, shifts, box)  # (T, F)
+    ramps = _ramps(plane, shifts, box, xp)  # (T, F)
     n_t, n_p, n_f = len(shifts), len(rotations), len(plane.flat)
-    batch = int(max(1, min(settings.batch * 4, SCORE_BUDGET // max(n_t * n_p, 1))))
     n = len(spectra)
+    batch = _batch(n_t * (24.0 * n_f + 8.0 * n_p) + 64.0 * n_f, budget, xp)
+    if settings.batch:
+        batch = min(batch, settings.batch * 4)
     best_rot = np.zeros(n, dtype=np.int64)
     best_shift = np.zeros(n, dtype=np.int64)
     best_score = np.zeros(n)
     flat = spectra.reshape(n, -1)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
-        x = flat[start:stop][:, plane.flat].astype(np.complex64)
-        c = _ctf(ctf_params[start:stop], plane, box, pixel_size)
-        d = (w * c)[:, None, :] * np.conj(x)[:, None, :] * ramps[None]  # (B, T, F)
-        rows = np.concatenate([d.real, -d.imag], axis=2).astype(np.float32)
-        score = (rows.reshape(-1, 2 * n_f) @ pr.T).reshape(stop - start, n_t, n_p)
-        norm = (w * c * c).astype(np.float32) @ p2.T  # (B, P)
-        score /= np.sqrt(np.maximum(norm, 1e-30))[:, None, :]
-        flat_score = score.reshape(stop - start, -1)
-        idx = np.argmax(flat_score, axis=1)
-        best_score[start:stop] = flat_score[np.arange(stop - start), idx]
-        best_shift[start:stop], best_rot[start:stop] = np.divmod(idx, n_p)
+        nb = stop - start
+        x = _rows(flat, start, stop, terms)
+        c = model_ctf(ctf_params[start:stop], terms.kx, terms.ky)  # (B, F) float32
+        wc = terms.w * c
+        d = (wc * xp.conj(x))[:, None, :] * ramps[None]  # (B, T, F)
+        rows = xp.concatenate([d.real, -d.imag], axis=2).reshape(-1, 2 * n_f)
+        del d
+        score = (rows @ pr.T).reshape(nb, n_t, n_p)
+        del rows
+        norm = (wc * c) @ p2.T  # (B, P)
+        score /= xp.sqrt(xp.maximum(norm, 1e-30))[:, None, :]
+        flat_score = score.reshape(nb, -1)
+        idx = xp.argmax(flat_score, axis=1)
+        best_score[start:stop] = to_host(flat_score[xp.arange(nb), idx])
+        best_shift[start:stop], best_rot[start:stop] = np.divmod(to_host(idx), n_p)
     return rotations[best_rot], shifts[best_shift], best_score
 
 
 def local_search(
-    spectra: np.ndarray,
+    spectra: Any,
     ctf_params: np.ndarray,
-    padded: Any,
+    projector: rc.Projector,
     box: int,
     pixel_size: float,
     sigma2: np.ndarray,
@@ -336,35 +454,48 @@ def local_search(
     step: float,
     shift_step: float,
     settings: RefineSettings,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Best of the 27 rotations ``A dR`` x 25 shifts around each particle's pose (see
+    the module docstring); NumPy results, device as :func:`global_search`."""
+    xp = get_array_module(projector.cube)
     plane = _plane(box, r_max)
+    terms = _terms(plane, sigma2, box, pixel_size, xp)
     delta = axis_rotations(step)  # (J, 3, 3)
     half = (LOCAL_SHIFT_POINTS - 1) / 2
     g = (np.arange(LOCAL_SHIFT_POINTS) - half) * shift_step
     offsets = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)  # (M, 2)
-    inv_s2 = 1.0 / sigma2[np.minimum(plane.shells, len(sigma2) - 1)]
-    w = plane.weight * inv_s2
-    n, n_j = len(spectra), len(delta)
+    ramp_off = _ramps(plane, offsets, box, xp)  # (M, F): ramp(t + o) = ramp(t) ramp(o)
+    n, n_j, n_m, n_f = len(spectra), len(delta), len(offsets), len(plane.flat)
+    per_candidate = 120.0 * n_f  # Projector.sample's temporaries
+    batch = _batch(n_j * 28.0 * n_f + n_m * 24.0 * n_f + per_candidate * n_j, budget, xp)
+    if settings.batch:
+        batch = min(batch, settings.batch)
     out_m = matrices.copy()
     out_t = shifts.copy()
     flat = spectra.reshape(n, -1)
-    for start in range(0, n, settings.batch):
-        stop = min(start + settings.batch, n)
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
         nb = stop - start
         cand = np.einsum("bij,qjk->bqik", matrices[start:stop], delta).reshape(-1, 3, 3)
-        proj = np.asarray(rc.project(padded, cand, box, r_max)).reshape(nb, n_j, -1)
-        proj = proj[:, :, plane.flat]  # (B, J, F)
-        t = shifts[start:stop, None, :] + offsets[None]  # (B, M, 2)
-        x = flat[start:stop][:, plane.flat]
-        c = _ctf(ctf_params[start:stop], plane, box, pixel_size)
-        d = (w * c)[:, None, :] * np.conj(x)[:, None, :] * _ramps(plane, t, box)  # (B, M, F)
-        cross = np.einsum("bmf,bjf->bmj", d, proj).real
-        norm = np.einsum("bf,bjf->bj", w * c * c, proj.real**2 + proj.imag**2)
-        score = cross / np.sqrt(np.maximum(norm, 1e-30))[:, None, :]
-        idx = np.argmax(score.reshape(nb, -1), axis=1)
+        proj = projector.sample(cand, plane.kx, plane.ky, batch=len(cand)).reshape(nb, n_j, n_f)
+        x = _rows(flat, start, stop, terms)
+        c = model_ctf(ctf_params[start:stop], terms.kx, terms.ky)
+        wc = terms.w * c
+        base = wc * xp.conj(x) * _ramps(plane, shifts[start:stop], box, xp)  # (B, F)
+        d = base[:, None, :] * ramp_off[None]  # (B, M, F)
+        rows = xp.concatenate([d.real, -d.imag], axis=2)  # (B, M, 2F)
+        del d
+        cols = xp.concatenate([proj.real, proj.imag], axis=2)  # (B, J, 2F)
+        cross = rows @ cols.transpose(0, 2, 1)  # (B, M, J)
+        del rows, cols
+        p2 = proj.real**2 + proj.imag**2
+        norm = (p2 @ (wc * c)[:, :, None])[:, :, 0]  # (B, J)
+        score = cross / xp.sqrt(xp.maximum(norm, 1e-30))[:, None, :]
+        idx = to_host(xp.argmax(score.reshape(nb, -1), axis=1))
         m_idx, j_idx = np.divmod(idx, n_j)
         out_m[start:stop] = cand.reshape(nb, n_j, 3, 3)[np.arange(nb), j_idx]
-        out_t[start:stop] = t[np.arange(nb), m_idx]
+        out_t[start:stop] = shifts[start:stop] + offsets[m_idx]
     return out_m, out_t
 
 
@@ -379,30 +510,38 @@ def _shell_grid(box: int) -> np.ndarray:
 
 def insert_particles(
     bp: rc.BackProjector,
-    spectra: np.ndarray,
+    spectra: Any,
     ctf_params: np.ndarray,
     matrices: np.ndarray,
     shifts: np.ndarray,
     sigma2: np.ndarray,
     pixel_size: float,
-    batch: int,
+    batch: int | None = None,
     symmetry: str = "C1",
 ) -> None:
     """Insert ``C X / sigma2`` and ``C^2 / sigma2`` of the particles at their poses, once
-    per element ``g`` of the point group (pose ``A g``: :mod:`cryosnake.ops.symmetry`)."""
+    per element ``g`` of the point group (pose ``A g``: :mod:`cryosnake.ops.symmetry`),
+    on the back-projector's device (``spectra`` on the host or there). ``batch`` None:
+    planned from the free memory."""
+    xp = get_array_module(bp.numerator)
     group = symmetry_group(symmetry)
     box = bp.n
+    n_plane = box * (box // 2 + 1)
+    if batch is None:
+        batch = _batch(420.0 * n_plane, None, xp)
     shells = np.minimum(_shell_grid(box), box // 2)
-    inv_s2 = (1.0 / sigma2)[shells]  # (b, b//2+1)
+    inv_s2 = xp.asarray((1.0 / np.asarray(sigma2))[shells].astype(np.float32))  # (b, b//2+1)
     n_px = box * pixel_size
     ky = (np.fft.fftfreq(box) * box)[:, None] * np.ones((1, box // 2 + 1))
     kx = np.ones((box, 1)) * np.arange(box // 2 + 1)[None, :]
+    kx_d, ky_d = xp.asarray(kx.ravel() / n_px), xp.asarray(ky.ravel() / n_px)
     for start in range(0, len(spectra), batch):
         stop = min(start + batch, len(spectra))
-        c = np.asarray(model_ctf(ctf_params[start:stop], kx.ravel() / n_px, ky.ravel() / n_px))
-        c = c.reshape(stop - start, box, box // 2 + 1)
-        weighted = (c * inv_s2 * spectra[start:stop]).astype(np.complex64)
-        weights = (c * c * inv_s2).astype(np.float32)
+        c = model_ctf(ctf_params[start:stop], kx_d, ky_d).reshape(stop - start, box, box // 2 + 1)
+        x = xp.asarray(spectra[start:stop])
+        weighted = (c * inv_s2 * x).astype(xp.complex64)
+        weights = (c * c * inv_s2).astype(xp.float32)
+        del c, x
         for g in group:
             bp.insert(
                 weighted, matrices[start:stop] @ g, weights, shifts=shifts[start:stop], batch=batch
@@ -410,29 +549,35 @@ def insert_particles(
 
 
 def _mean_weight(bp: rc.BackProjector) -> np.ndarray:
-    """(b//2+1,) mean data weight per shell in units of the unpadded grid."""
+    """(b//2+1,) mean data weight per shell in units of the unpadded grid (voxels beyond
+    shell ``b // 2``, the cube's corners, left out)."""
+    xp = get_array_module(bp.weight)
     size = bp.pad * bp.n
-    q = np.fft.fftfreq(size) * size
-    qx = np.arange(size // 2 + 1)
-    r = np.sqrt(q[:, None, None] ** 2 + q[None, :, None] ** 2 + qx[None, None, :] ** 2)
-    shells = np.rint(r / bp.pad).astype(np.int64)
-    keep = shells <= bp.n // 2
-    weight = np.asarray(bp.weight)
-    total = np.bincount(shells[keep], weights=weight[keep], minlength=bp.n // 2 + 1)
-    count = np.bincount(shells[keep], minlength=bp.n // 2 + 1)
-    return total / np.maximum(count, 1) * bp.pad**3
+    n_shells = bp.n // 2 + 1
+    q = (np.fft.fftfreq(size) * size / bp.pad).astype(np.float32)
+    qx = (np.arange(size // 2 + 1) / bp.pad).astype(np.float32)
+    r = xp.sqrt(
+        xp.asarray(q * q)[:, None, None]
+        + xp.asarray(q * q)[None, :, None]
+        + xp.asarray(qx * qx)[None, None, :]
+    )
+    shells = xp.minimum(xp.rint(r), n_shells).astype(xp.int32).ravel()  # n_shells: beyond
+    del r
+    total = to_host(xp.bincount(shells, weights=bp.weight.ravel(), minlength=n_shells + 1))
+    count = to_host(xp.bincount(shells, minlength=n_shells + 1))
+    return total[:n_shells] / np.maximum(count[:n_shells], 1) * bp.pad**3
 
 
 def wiener_map(bp: rc.BackProjector, ssnr: np.ndarray, fudge: float) -> np.ndarray:
-    """Map regularised with ``1 / (T tau2) = W / (T ssnr)`` per shell."""
+    """Map regularised with ``1 / (T tau2) = W / (T ssnr)`` per shell (NumPy)."""
     mean_w = _mean_weight(bp)
     reg = mean_w / (fudge * np.maximum(ssnr, 1e-3))
     reg = np.maximum(reg, 1e-9 * max(float(mean_w.max()), 1e-30))
-    return np.asarray(bp.reconstruct(reg), dtype=np.float32)
+    return to_host(bp.reconstruct(reg)).astype(np.float32)
 
 
 def reconstruct_halves(
-    spectra: np.ndarray,
+    spectra: Any,
     ctf_params: np.ndarray,
     matrices: np.ndarray,
     shifts: np.ndarray,
@@ -442,28 +587,32 @@ def reconstruct_halves(
     mask_diameter: float,
     *,
     tau2_fudge: float = 1.0,
-    batch: int = 64,
+    batch: int | None = None,
     symmetry: str = "C1",
+    xp: Any = np,
 ) -> dict[str, Any]:
-    """Half maps and their FSC from particles at given poses.
+    """Half maps and their FSC from particles at given poses, reconstructed on ``xp``'s
+    device (``spectra`` on the host or there).
 
     Returns ``fsc`` (FSC of the masked, lightly regularised half maps), ``halves`` (2,
     b, b, b) Wiener-filtered half maps (not masked), ``full`` the filtered map of all
-    particles, ``resolution`` (Å at FSC 0.143) and the two back-projectors ``bp``.
+    particles, ``resolution`` (Å at FSC 0.143) and the two back-projectors ``bp``
+    (all NumPy but the back-projectors).
     """
     box = int(spectra.shape[1])
     bps = []
     for h in (0, 1):
         sel = np.flatnonzero(halves == h)
-        bp = rc.BackProjector.zeros(box)
+        bp = rc.BackProjector.zeros(box, xp=xp)
         insert_particles(
-            bp, spectra[sel], ctf_params[sel], matrices[sel], shifts[sel], sigma2, pixel_size,
-            batch, symmetry,
+            bp, take_rows(spectra, sel), ctf_params[sel], matrices[sel], shifts[sel], sigma2,
+            pixel_size, batch, symmetry,
         )  # fmt: skip
         bps.append(bp)
     mask = soft_sphere(box, mask_diameter)
     raw = [wiener_map(bp, np.full(box // 2 + 1, 1e6), 1.0) for bp in bps]
     fsc = rc.fsc(raw[0] * mask, raw[1] * mask)
+    del raw
     f = np.clip(fsc, 0.0, 0.999)
     ssnr_half = f / (1.0 - f)
     maps = np.stack([wiener_map(bp, ssnr_half, tau2_fudge) for bp in bps])
@@ -472,38 +621,47 @@ def reconstruct_halves(
         weight=bps[0].weight + bps[1].weight,
     )  # fmt: skip
     full = wiener_map(both, 2.0 * f / (1.0 - f), tau2_fudge)
+    del both
     resolution = rc.shell_resolution(fsc, pixel_size, FSC_THRESHOLD)
     return {"fsc": fsc, "halves": maps, "full": full, "resolution": resolution, "bp": bps}
 
 
 def _noise(
-    spectra: np.ndarray,
+    spectra: Any,
     ctf_params: np.ndarray,
     refs: np.ndarray,
     halves: np.ndarray,
     matrices: np.ndarray,
     shifts: np.ndarray,
     pixel_size: float,
-    batch: int,
+    xp: Any = np,
+    budget: int | None = None,
 ) -> np.ndarray:
     """(b//2+1,) mean residual power per shell at the given poses."""
     box = int(spectra.shape[1])
     plane = _plane(box, box // 2)
+    terms = _terms(plane, np.ones(1), box, pixel_size, xp)
     n_shells = box // 2 + 1
+    shells = xp.asarray(plane.shells)
     total = np.zeros(n_shells)
     count = np.bincount(plane.shells, minlength=n_shells).astype(np.float64)
-    flat = spectra.reshape(len(spectra), -1)
+    n_f = len(plane.flat)
+    batch = _batch(300.0 * n_f, budget, xp)
     for h in (0, 1):
-        padded = rc.pad_volume_spectrum(refs[h])
+        projector = rc.Projector.from_volume(xp.asarray(refs[h]), box // 2)
         sel = np.flatnonzero(halves == h)
+        part = take_rows(spectra, sel)
+        flat = part.reshape(len(sel), -1)
         for start in range(0, len(sel), batch):
-            idx = sel[start : start + batch]
-            proj = np.asarray(rc.project(padded, matrices[idx], box, shifts=shifts[idx]))
-            proj = proj.reshape(len(idx), -1)[:, plane.flat]
-            c = _ctf(ctf_params[idx], plane, box, pixel_size)
-            resid = flat[idx][:, plane.flat] - c * proj
+            stop = min(start + batch, len(sel))
+            idx = sel[start:stop]
+            proj = projector.sample(matrices[idx], plane.kx, plane.ky, batch=stop - start)
+            proj *= _ramps(plane, shifts[idx], box, xp)
+            c = model_ctf(ctf_params[idx], terms.kx, terms.ky)
+            resid = _rows(flat, start, stop, terms) - c * proj
             power = (resid.real**2 + resid.imag**2).sum(axis=0)
-            total += np.bincount(plane.shells, weights=power, minlength=n_shells)
+            total += to_host(xp.bincount(shells, weights=power, minlength=n_shells))
+        del projector
     sigma2 = total / np.maximum(count * len(spectra), 1)
     sigma2[0] = sigma2[1]
     return np.maximum(sigma2, 1e-6 * float(sigma2.max()))
@@ -517,7 +675,7 @@ def _shell(resolution: float, box: int, pixel_size: float) -> int:
 
 
 def initial_refine_state(
-    spectra: np.ndarray,
+    spectra: Any,
     reference: np.ndarray,
     pixel_size: float,
     initial_lowpass: float,
@@ -532,7 +690,8 @@ def initial_refine_state(
         box, settings.mask_diameter
     )
     shells = np.minimum(_shell_grid(box), box // 2).ravel()
-    sub = spectra[: min(n, 5000)].reshape(min(n, 5000), -1)
+    m = min(n, 5000)
+    sub = to_host(spectra[:m]).reshape(m, -1)
     power = (sub.real**2 + sub.imag**2).astype(np.float64).mean(axis=0)
     mean = sub.astype(np.complex128).mean(axis=0)
     noise = power - (mean.real**2 + mean.imag**2)
@@ -560,13 +719,15 @@ def needed_step(resolution: float, diameter_angstrom: float, final_step: float) 
 
 
 def refine_iteration(
-    spectra: np.ndarray,
+    spectra: Any,
     ctf_params: np.ndarray,
     pixel_size: float,
     state: RefineState,
     settings: RefineSettings,
+    xp: Any = np,
 ) -> tuple[RefineState, dict[str, Any]]:
-    """One iteration (see the module docstring); returns the new state and the
+    """One iteration (see the module docstring) on ``xp``'s device (``spectra`` on the
+    host, streamed batch by batch, or on the device); returns the new state and the
     reconstruction of :func:`reconstruct_halves`."""
     box = int(spectra.shape[1])
     it = state.iteration + 1
@@ -579,28 +740,30 @@ def refine_iteration(
     shifts = state.shifts.copy()
     for h in (0, 1):
         sel = np.flatnonzero(state.halves == h)
-        padded = rc.pad_volume_spectrum(state.references[h])
+        projector = rc.Projector.from_volume(xp.asarray(state.references[h]), state.r_max)
+        part = take_rows(spectra, sel)
         if is_global:
             m, t, _ = global_search(
-                spectra[sel], ctf_params[sel], padded, box, pixel_size, state.sigma2,
-                state.r_max, settings,
+                part, ctf_params[sel], projector, box, pixel_size, state.sigma2, state.r_max,
+                settings,
             )  # fmt: skip
         else:
             m, t = local_search(
-                spectra[sel], ctf_params[sel], padded, box, pixel_size, state.sigma2,
-                state.r_max, state.matrices[sel], state.shifts[sel], step, shift_step, settings,
+                part, ctf_params[sel], projector, box, pixel_size, state.sigma2, state.r_max,
+                state.matrices[sel], state.shifts[sel], step, shift_step, settings,
             )  # fmt: skip
+        del projector, part
         matrices[sel], shifts[sel] = m, t
     rec = reconstruct_halves(
         spectra, ctf_params, matrices, shifts, state.halves, state.sigma2, pixel_size,
-        settings.mask_diameter, tau2_fudge=settings.tau2_fudge, batch=settings.batch,
-        symmetry=settings.symmetry,
+        settings.mask_diameter, tau2_fudge=settings.tau2_fudge, batch=settings.batch or None,
+        symmetry=settings.symmetry, xp=xp,
     )  # fmt: skip
+    rec["bp"] = None  # the grids are not needed any more: free the device
     mask = soft_sphere(box, settings.mask_diameter)
     references = np.stack([rec["halves"][0] * mask, rec["halves"][1] * mask])
     sigma2 = _noise(
-        spectra, ctf_params, references, state.halves, matrices, shifts, pixel_size,
-        settings.batch,
+        spectra, ctf_params, references, state.halves, matrices, shifts, pixel_size, xp,
     )  # fmt: skip
     resolution = float(rec["resolution"])
     history = [*state.history, resolution]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosnake.backend import resolve_device
+from cryosnake.backend import array_module, resolve_device
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import initial3d as ai
@@ -114,8 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"initial3d: {n} particles of {box} px at {pixel_size:g} Å, working box {w} px "
         f"({pixel_size * box / w:.2f} Å/px), {args.iterations} mini-batches of "
-        f"{settings.batch}, on cpu"
-        + (" (the GPU path is not implemented yet)" if device == "gpu" else ""),
+        f"{settings.batch}, on the {device}",
         flush=True,
     )
     spectra = r3.particle_spectra(read_images(groups, n, box))
@@ -124,7 +123,9 @@ def _run(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"initial3d: {message}  {time.perf_counter() - started:.1f} s", flush=True)
 
-    volume, _, poses = ai.ab_initio(spectra, ctf, pixel_size, settings, progress)
+    volume, _, poses = ai.ab_initio(
+        spectra, ctf, pixel_size, settings, progress, xp=array_module(device)
+    )
     full = ai.pad_volume(volume, box) if box > volume.shape[0] else volume
     out.mkdir(parents=True, exist_ok=True)
     write_mrc(out / "initial_model.mrc", full, pixel_size, kind="volume")

@@ -23,10 +23,19 @@ Outputs in ``--out-dir`` (RELION's names):
   ``rlnOriginXAngst/YAngst`` and ``rlnRandomSubset``;
 - ``run_angdist.png``: the distribution of projection directions, and the FSC.
 
+``--device gpu`` (or ``auto`` with CuPy and a CUDA device) runs the searches and the
+reconstructions on the GPU. Memory is planned from the box size and the device's free
+memory: the Fourier grids (two back-projectors on a 2x padded grid, about 1.1 GiB at
+128 px, 9 GiB at 256 px, 24 GiB at 360 px) must fit, or the run stops at once with the
+figures; the particle stack moves to the GPU when it takes less than half of what is
+left, else it is streamed batch by batch; every batch size follows from what is free
+(``CRYOSNAKE_MEMORY``, e.g. ``16G``, caps it on a shared node).
+
 A checkpoint (``run_checkpoint.npz``) is written atomically after every iteration; a
 restarted run with the same inputs resumes after the last finished iteration
 (``--no-resume`` starts over). ``--symmetry`` imposes a point group (C<n>, D<n>, T,
-O, I; axes as RELION's defaults, :mod:`cryosnake.ops.symmetry`) on the reconstructions.
+O, I; axes as RELION's defaults, :mod:`cryosnake.ops.symmetry`) on the reconstructions;
+the global search then covers the asymmetric unit only.
 
 Example::
 
@@ -48,7 +57,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from cryosnake.backend import resolve_device
+from cryosnake.backend import array_module, resolve_device
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import atomic_path, read_mrc, save_figure, write_mrc, write_star
 from cryosnake.ops import postprocess as pp
@@ -228,17 +237,29 @@ def _run(args: argparse.Namespace) -> int:
     reference = _reference(args.reference, box, pixel_size)
     halves = _halves(particles, star, args.seed)
     n = len(particles)
+    xp = array_module(device)
+    try:
+        plan = r3.plan_memory(box, n, xp)
+    except MemoryError as err:
+        raise CryosnakeError(
+            f"refine3d on the {device}: {err}; extract the particles with a smaller box "
+            "(or binned)" + (", or run with --device cpu" if device == "gpu" else "")
+        ) from err
     print(
         f"refine3d: {n} particles of {box} px at {pixel_size:g} Å "
         f"({int((halves == 0).sum())} + {int((halves == 1).sum())} in the half sets), "
         f"mask {diameter:g} Å, reference {args.reference} low-passed to "
-        f"{args.initial_lowpass:g} Å, on cpu"
-        + (" (the GPU path is not implemented yet)" if device == "gpu" else ""),
+        f"{args.initial_lowpass:g} Å, on the {device} ({plan.available / 2**30:.1f} GiB free: "
+        f"grids {plan.grids / 2**30:.2f} GiB, particles {plan.stack / 2**30:.2f} GiB "
+        + ("moved to the device once)" if plan.stack_on_device else
+           "kept on the host)" if device == "gpu" else "in memory)"),
         flush=True,
-    )
+    )  # fmt: skip
     images = read_images(groups, n, box)
     spectra = r3.particle_spectra(images)
     del images
+    if plan.stack_on_device:
+        spectra = xp.asarray(spectra)
     ctf = ctf_table(particles, values)
     fingerprint = _fingerprint(
         args,
@@ -257,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
     while not state.converged and state.iteration < settings.max_iterations:
         tick = time.perf_counter()
         kind = "global" if state.iteration < settings.global_iterations else "local"
-        state, rec = r3.refine_iteration(spectra, ctf, pixel_size, state, settings)
+        state, rec = r3.refine_iteration(spectra, ctf, pixel_size, state, settings, xp)
         _save(checkpoint, state, fingerprint)
         print(
             f"refine3d: iteration {state.iteration}/{settings.max_iterations} ({kind}, step "
@@ -268,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
     if rec is None:  # resumed a finished run: rebuild the maps from the saved poses
         rec = r3.reconstruct_halves(
             spectra, ctf, state.matrices, state.shifts, state.halves, state.sigma2,
-            pixel_size, settings.mask_diameter, batch=settings.batch, symmetry=symmetry,
+            pixel_size, settings.mask_diameter, symmetry=symmetry, xp=xp,
         )  # fmt: skip
     half1, half2 = rec["halves"]
     out.mkdir(parents=True, exist_ok=True)
