@@ -1,6 +1,7 @@
 """3D: reconstruction side by side with ASPIRE, and refine3d time per iteration.
 
-Two measurements, in one run on one machine (CPU; the 3D stages have no GPU path yet):
+Two measurements, in one run on one machine (CPU always, and the GPU where CuPy finds
+one):
 
 1. **Reconstruction from particles with known poses**, cryosnake's Fourier insertion
    (``ops.reconstruct.BackProjector``: 2x padded grid, trilinear, gridding-corrected,
@@ -17,7 +18,8 @@ Two measurements, in one run on one machine (CPU; the 3D stages have no GPU path
    (``tests/particles_sim.py``, SNR 0.05 at 1.5 Å/px) refined from the truth low-passed
    to 30 Å: seconds per iteration (global and local), iterations and seconds to
    convergence, the gold-standard resolution, the truth FSC at 0.5 within the same
-   mask, the median angular and shift errors.
+   mask, the median angular and shift errors - on each device (``--devices``), from the
+   same particles, so the GPU's figures are its speed-up and its agreement with the CPU.
 
 Run from the benchmark environment (``make bench-env``)::
 
@@ -39,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from cryosnake.backend import array_module, gpu_available
 from cryosnake.ops import postprocess as pp
 from cryosnake.ops import reconstruct as rc
 from cryosnake.ops import refine3d as r3
@@ -113,14 +116,18 @@ def reconstruction(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def refinement(args: argparse.Namespace) -> dict[str, Any]:
+def refinement(args: argparse.Namespace, device: str) -> dict[str, Any]:
     n, box, px = args.refine_particles, args.refine_box, args.refine_pixel_size
     stack = simulate_particles(n, box=box, pixel_size=px, junk_fraction=0.0, snr=0.05, seed=3)
     truth = render_volume(phantom_atoms(150.0), box, px)
     ctf = np.column_stack(
         [stack.defocus, np.zeros(n)] + [np.full(n, v) for v in (VOLTAGE, CS, AMPLITUDE_CONTRAST)]
     )
+    xp = array_module("gpu" if device == "gpu" else "cpu")
+    plan = r3.plan_memory(box, n, xp)
     spectra = r3.particle_spectra(stack.images)
+    if plan.stack_on_device:
+        spectra = xp.asarray(spectra)
     settings = r3.RefineSettings(mask_diameter=165 / px, max_shift=16.5 / px, max_iterations=12)
     halves = np.random.default_rng(0).permutation(n) % 2
     state = r3.initial_refine_state(spectra, truth, px, 30.0, settings, halves)
@@ -130,13 +137,15 @@ def refinement(args: argparse.Namespace) -> dict[str, Any]:
     while not state.converged and state.iteration < settings.max_iterations:
         kind = "global" if state.iteration < settings.global_iterations else "local"
         tick = time.perf_counter()
-        state, rec = r3.refine_iteration(spectra, ctf, px, state, settings)
+        state, rec = r3.refine_iteration(spectra, ctf, px, state, settings, xp)
+        if xp is not np:
+            xp.cuda.Device().synchronize()
         seconds = time.perf_counter() - tick
         iterations.append(
             {"iteration": state.iteration, "kind": kind, "step": state.step,
              "seconds": seconds, "resolution": state.resolution}
         )  # fmt: skip
-        print(f"refine3d iteration {state.iteration} ({kind}): {seconds:.1f} s, "
+        print(f"refine3d on the {device}, iteration {state.iteration} ({kind}): {seconds:.1f} s, "
               f"{state.resolution:.2f} Å", flush=True)  # fmt: skip
     total = time.perf_counter() - started
     half1, half2 = rec["halves"]
@@ -149,9 +158,11 @@ def refinement(args: argparse.Namespace) -> dict[str, Any]:
     glob = [i["seconds"] for i in iterations if i["kind"] == "global"]
     local = [i["seconds"] for i in iterations if i["kind"] == "local"]
     return {
+        "device": device,
         "particles": n,
         "box": box,
         "pixel_size": px,
+        "poses": {"matrices": state.matrices, "map": rec["full"]},
         "iterations": iterations,
         "converged": state.converged,
         "seconds_to_convergence": total,
@@ -175,6 +186,10 @@ def main() -> int:
     parser.add_argument("--refine-box", type=int, default=64, help="px (64)")
     parser.add_argument("--refine-pixel-size", type=float, default=3.375, help="Å/px (3.375)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["aspire", "refine3d"])
+    parser.add_argument(
+        "--devices", nargs="*", default=None, choices=["cpu", "gpu"],
+        help="of the refine3d run (default: the CPU, and the GPU where CuPy finds one)",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="JSON report to write")
     args = parser.parse_args()
     report: dict[str, Any] = {
@@ -188,8 +203,28 @@ def main() -> int:
         },
         "reconstruction": reconstruction(args),
     }
+    if gpu_available():
+        import cupy
+
+        report["machine"]["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     if "refine3d" not in args.skip:
-        report["refine3d"] = refinement(args)
+        devices = args.devices or (["cpu"] + (["gpu"] if gpu_available() else []))
+        runs = [refinement(args, device) for device in devices]
+        if len(runs) == 2:  # the GPU against the CPU, from the same particles
+            cpu, gpu = (run.pop("poses") for run in runs)
+            runs[1]["agreement_with_cpu"] = {
+                "median_pose_difference_deg": float(
+                    np.median(r3.angular_errors(gpu["matrices"], cpu["matrices"]))
+                ),
+                "map_fsc_0.5_angstrom": rc.shell_resolution(
+                    rc.fsc(gpu["map"], cpu["map"]), args.refine_pixel_size, 0.5
+                ),
+                "speed_up_to_convergence": runs[0]["seconds_to_convergence"]
+                / runs[1]["seconds_to_convergence"],
+            }
+        for run in runs:
+            run.pop("poses", None)
+        report["refine3d"] = runs if len(runs) > 1 else runs[0]
     report["machine"]["load_average_end"] = os.getloadavg()[0]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
