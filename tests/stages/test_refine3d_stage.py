@@ -6,12 +6,17 @@ noise at SNR 0.05 (per pixel at 1.5 Å/px; :mod:`particles_sim`), no junk. Refer
 the true volume, which ``refine3d`` low-passes to 30 Å. Checked: the gold-standard
 resolution, its agreement with the FSC of the map against the truth at 0.5 (no
 overfitting: the half sets stay independent), the pose errors, RELION's outputs, and
-that a run stopped after an iteration resumes and ends like an uninterrupted one.
+that a run killed mid-iteration resumes and ends like an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -113,21 +118,43 @@ def test_relion_outputs(run: Path, dataset: tuple[Path, Path, ParticleStack]) ->
     assert (run / "run_angdist.png").stat().st_size > 10_000
 
 
-def test_stopped_run_resumes_and_ends_like_an_uninterrupted_one(
+def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(
     dataset: tuple[Path, Path, ParticleStack], tmp_path: Path, run_cli: RunCli
 ) -> None:
     star, reference, _ = dataset
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert run_cli(_args(star, reference, straight, 3))[0] == 0
-    assert run_cli(_args(star, reference, resumed, 2))[0] == 0
-    code, out, err = run_cli(_args(star, reference, resumed, 3))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryosnake.cli", *map(str, _args(star, reference, killed, 3))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / "run_checkpoint.npz").exists():  # written after iteration 1
+            assert proc.poll() is None, "refine3d ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # in iteration 2
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (killed / "run_data.star").exists()
+    code, out, err = run_cli(_args(star, reference, killed, 3))
     assert code == 0, err
-    assert "resuming" in out and "after iteration 2" in out
+    resumed = re.search(r"resuming from .* after iteration (\d+)", out)
+    assert resumed is not None and int(resumed.group(1)) in (1, 2), out
     assert "iteration 1/" not in out and "iteration 3/3" in out
+    # Same checkpointed state, same computation: the same poses as without the kill.
     a = read_star(straight / "run_data.star")["particles"]
-    b = read_star(resumed / "run_data.star")["particles"]
+    b = read_star(killed / "run_data.star")["particles"]
     for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"):
         np.testing.assert_allclose(a[label], b[label], atol=1e-6)
+    # A finished run asked for more iterations goes on from its last one.
+    code, out, err = run_cli(_args(star, reference, killed, 4))
+    assert code == 0, err
+    assert "after iteration 3" in out and "iteration 4/4" in out
 
 
 def test_bad_input_is_one_line(
