@@ -32,7 +32,10 @@ An iteration, for each half:
      :func:`cryosnake.ops.symmetry.asymmetric_unit`) x all shifts within ``max_shift``
      every pixel. For a batch of particles all poses come from one real matrix
      product: rows are the particles' CTF- and noise-weighted, shifted spectra, columns
-     the projections.
+     the projections. The shells are those the grid can tell apart
+     (:func:`grid_resolution`, as RELION's coarse pass): beyond them a node half a
+     step off the true pose correlates no better than any other, so those shells add
+     noise to the choice and most of the cost.
    - *Local* afterwards: the 27 rotations ``A dR`` with ``dR`` a rotation by
      ``(-s, 0, s)`` about each axis (``s`` the current angular step) around the best pose,
      x 25 shifts on a 5 x 5 grid of half the shift step around the best shift. The step
@@ -89,6 +92,7 @@ __all__ = [
     "RefineState",
     "angular_errors",
     "fibonacci_rotations",
+    "grid_resolution",
     "initial_refine_state",
     "lowpass_volume",
     "needed_step",
@@ -465,10 +469,14 @@ def local_search(
     half = (LOCAL_SHIFT_POINTS - 1) / 2
     g = (np.arange(LOCAL_SHIFT_POINTS) - half) * shift_step
     offsets = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)  # (M, 2)
-    ramp_off = _ramps(plane, offsets, box, xp)  # (M, F): ramp(t + o) = ramp(t) ramp(o)
+    # ramp(t + o) = ramp(t) ramp(o): the offsets' ramps as the columns of one real
+    # product, Re(q r) = [q.real, -q.imag] . [r.real; r.imag]
+    ramp_off = _ramps(plane, offsets, box, xp)  # (M, F)
+    ramp_cols = xp.concatenate([ramp_off.real, ramp_off.imag], axis=1).T  # (2F, M)
+    del ramp_off
     n, n_j, n_m, n_f = len(spectra), len(delta), len(offsets), len(plane.flat)
     per_candidate = 120.0 * n_f  # Projector.sample's temporaries
-    batch = _batch(n_j * 28.0 * n_f + n_m * 24.0 * n_f + per_candidate * n_j, budget, xp)
+    batch = _batch(n_j * (40.0 * n_f + 8.0 * n_m + per_candidate), budget, xp)
     if settings.batch:
         batch = min(batch, settings.batch)
     out_m = matrices.copy()
@@ -483,15 +491,15 @@ def local_search(
         c = model_ctf(ctf_params[start:stop], terms.kx, terms.ky)
         wc = terms.w * c
         base = wc * xp.conj(x) * _ramps(plane, shifts[start:stop], box, xp)  # (B, F)
-        d = base[:, None, :] * ramp_off[None]  # (B, M, F)
-        rows = xp.concatenate([d.real, -d.imag], axis=2)  # (B, M, 2F)
-        del d
-        cols = xp.concatenate([proj.real, proj.imag], axis=2)  # (B, J, 2F)
-        cross = rows @ cols.transpose(0, 2, 1)  # (B, M, J)
-        del rows, cols
+        q = (base[:, None, :] * proj).reshape(nb * n_j, n_f)  # (B J, F)
+        rows = xp.concatenate([q.real, -q.imag], axis=1)  # (B J, 2F)
+        del q
+        cross = (rows @ ramp_cols).reshape(nb, n_j, n_m)  # one product for the batch
+        del rows
         p2 = proj.real**2 + proj.imag**2
         norm = (p2 @ (wc * c)[:, :, None])[:, :, 0]  # (B, J)
-        score = cross / xp.sqrt(xp.maximum(norm, 1e-30))[:, None, :]
+        # (B, M, J): shifts major, as the poses are numbered
+        score = (cross / xp.sqrt(xp.maximum(norm, 1e-30))[:, :, None]).transpose(0, 2, 1)
         idx = to_host(xp.argmax(score.reshape(nb, -1), axis=1))
         m_idx, j_idx = np.divmod(idx, n_j)
         out_m[start:stop] = cand.reshape(nb, n_j, 3, 3)[np.arange(nb), j_idx]
@@ -718,6 +726,14 @@ def needed_step(resolution: float, diameter_angstrom: float, final_step: float) 
     return max(final_step, math.degrees(resolution / max(diameter_angstrom, 1e-6)))
 
 
+def grid_resolution(step: float, diameter_angstrom: float) -> float:
+    """Å: the finest detail a pose grid of ``step`` degrees resolves on a particle of
+    ``diameter_angstrom``: a rotation by one step moves its rim by ``pi D step / 360``
+    (half the step on either side of a node), divided by a safety factor of 1.2 (the
+    figure of RELION's coarse pass for 3D)."""
+    return math.pi * diameter_angstrom * step / 360.0 / 1.2
+
+
 def refine_iteration(
     spectra: Any,
     ctf_params: np.ndarray,
@@ -738,13 +754,17 @@ def refine_iteration(
     shift_step = float(np.clip(math.radians(step) * radius / 2.0, 0.1, 1.0))
     matrices = state.matrices.copy()
     shifts = state.shifts.copy()
+    r_search = state.r_max
+    if is_global:
+        coarse = grid_resolution(settings.global_step, settings.mask_diameter * pixel_size)
+        r_search = min(state.r_max, max(4, _shell(coarse, box, pixel_size)))
     for h in (0, 1):
         sel = np.flatnonzero(state.halves == h)
-        projector = rc.Projector.from_volume(xp.asarray(state.references[h]), state.r_max)
+        projector = rc.Projector.from_volume(xp.asarray(state.references[h]), r_search)
         part = take_rows(spectra, sel)
         if is_global:
             m, t, _ = global_search(
-                part, ctf_params[sel], projector, box, pixel_size, state.sigma2, state.r_max,
+                part, ctf_params[sel], projector, box, pixel_size, state.sigma2, r_search,
                 settings,
             )  # fmt: skip
         else:
