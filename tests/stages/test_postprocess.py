@@ -148,6 +148,13 @@ def test_postprocess_stage_writes_relion_outputs(tmp_path: Path, run_cli: RunCli
     )
     assert code == 0, err
     assert "B-factor -50 Å² (given)" in stdout
+    # No Guinier fit: the STAR still holds numbers only (RELION reads no NaN).
+    text = (tmp_path / "pp2" / "postprocess.star").read_text()
+    tokens = {t.lower() for t in text.split()}
+    assert not tokens & {"<na>", "nan", "none"}
+    general = read_star(tmp_path / "pp2" / "postprocess.star")["general"].iloc[0]
+    assert general["rlnFittedInterceptGuinierPlot"] == 0.0
+    assert general["rlnBfactorUsedForSharpening"] == pytest.approx(-50.0)
 
 
 def test_bad_input_is_one_line(tmp_path: Path, run_cli: RunCli) -> None:

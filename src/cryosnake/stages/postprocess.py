@@ -182,7 +182,11 @@ def _run(args: argparse.Namespace) -> int:
                 "rlnMaskName": str(args.mask or out / "postprocess_mask.mrc"),
                 "rlnRandomiseFrom": float(angstrom[result.randomise_shell]),
                 "rlnFittedSlopeGuinierPlot": result.bfactor / 4.0,
-                "rlnFittedInterceptGuinierPlot": result.intercept,
+                # No fit (a given B-factor, or no shells beyond 10 Å): RELION's readers
+                # want a number, not NaN.
+                "rlnFittedInterceptGuinierPlot": (
+                    result.intercept if np.isfinite(result.intercept) else 0.0
+                ),
             }
         ]
     )
