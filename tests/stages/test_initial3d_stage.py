@@ -22,7 +22,7 @@ from cryosnake.backend import gpu_available
 from cryosnake.io import read_mrc, read_star
 from cryosnake.ops.fourier import fourier_crop
 from cryosnake.ops.initial3d import align_volumes, rotate_volume
-from cryosnake.ops.reconstruct import fsc
+from cryosnake.ops.reconstruct import fsc, fsc_at_resolution
 from cryosnake.ops.rotation import euler_to_matrix
 
 RunCli = Callable[[Sequence[object]], tuple[int, str, str]]
@@ -30,10 +30,7 @@ PX = 4.5
 
 
 def _fsc_at(a: np.ndarray, b: np.ndarray, pixel_size: float, resolution: float) -> float:
-    curve = fsc(a, b)
-    shell = a.shape[0] * pixel_size / resolution
-    k = int(np.floor(shell))
-    return float(curve[k] + (shell - k) * (curve[k + 1] - curve[k]))
+    return fsc_at_resolution(fsc(a, b), pixel_size, resolution)
 
 
 @pytest.fixture(scope="module")

@@ -399,6 +399,23 @@ def test_shell_resolution_and_frequencies() -> None:
     assert rc.shell_resolution(np.ones(n // 2 + 1), px) == pytest.approx(2 * px)
 
 
+def test_fsc_at_resolution_reads_the_curve_where_shell_resolution_does() -> None:
+    px, n = 2.0, 64
+    shells = np.arange(n // 2 + 1)
+    curve = 1.0 / (1.0 + (shells / 12.0) ** 4)  # smooth and falling; 0.5 at shell 12
+    assert rc.fsc_at_resolution(curve, px, n * px / 12.0) == pytest.approx(0.5)
+    # Between shells: linear; the inverse of shell_resolution's reading.
+    assert rc.fsc_at_resolution(curve, px, n * px / 12.5) == pytest.approx(
+        0.5 * (curve[12] + curve[13])
+    )
+    for threshold in (0.9, 0.5, 0.143):
+        at = rc.shell_resolution(curve, px, threshold)
+        assert rc.fsc_at_resolution(curve, px, at) == pytest.approx(threshold, abs=1e-9)
+    assert rc.fsc_at_resolution(curve, px, 2 * px) == pytest.approx(curve[-1])
+    with pytest.raises(ValueError, match="outside the curve"):
+        rc.fsc_at_resolution(curve, px, 1.5 * px)
+
+
 def _plane_points(n: int, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ky = np.fft.fftfreq(n) * n
     kx = np.arange(n // 2 + 1, dtype=np.float64)

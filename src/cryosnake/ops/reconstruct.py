@@ -114,6 +114,7 @@ __all__ = [
     "BackProjector",
     "Projector",
     "fsc",
+    "fsc_at_resolution",
     "pad_volume_spectrum",
     "project",
     "reconstruct",
@@ -681,6 +682,22 @@ def fsc(volume1: Any, volume2: Any) -> np.ndarray:
 def shell_frequencies(n: int, pixel_size: float) -> np.ndarray:
     """(n//2+1,) spatial frequency of each shell in 1/Å: ``s / (n pixel_size)``."""
     return np.arange(n // 2 + 1) / (n * pixel_size)
+
+
+def fsc_at_resolution(fsc_curve: Any, pixel_size: float, resolution: float) -> float:
+    """The FSC at ``resolution`` Å, interpolated linearly between the two shells about
+    its fractional shell ``n pixel_size / resolution`` (the inverse of
+    :func:`shell_resolution`'s reading).
+
+    fsc_curve : (n//2+1,) per shell (:func:`fsc`); pixel_size : Å per voxel
+    """
+    curve = np.asarray(fsc_curve, dtype=np.float64).ravel()
+    n = 2 * (len(curve) - 1)
+    shell = n * pixel_size / resolution
+    if not 0.0 <= shell <= n // 2:
+        raise ValueError(f"{resolution:g} Å is outside the curve (Nyquist {2 * pixel_size:g} Å)")
+    k = min(int(np.floor(shell)), len(curve) - 2)
+    return float(curve[k] + (shell - k) * (curve[k + 1] - curve[k]))
 
 
 def shell_resolution(fsc_curve: Any, pixel_size: float, threshold: float = 0.143) -> float:
