@@ -226,7 +226,7 @@ def test_user_threshold_overrides_the_automatic_one(
     assert code == 0, err
     assert f"threshold {cut:.3f}" in stdout
     kept = read_star_block(strict, "particles").rlnAutopickFigureOfMerit.to_numpy()
-    assert 0 < len(kept) <= len(scores) // 2 + 1 and (kept > cut).all()
+    assert 0 < len(kept) <= len(scores) // 2 + 1 and (kept >= cut).all()  # STAR: 4 decimals
 
 
 def test_ctf_from_a_relion_micrographs_table(case: Case, tmp_path: Path, run_cli: RunCli) -> None:
@@ -258,6 +258,10 @@ def test_bad_input_is_one_line_naming_the_file(case: Case, tmp_path: Path, run_c
     other_px = tmp_path / "px.star"
     table = read_star_block(case.ctf, "micrograph").assign(rlnMicrographPixelSize=1.0)
     write_star(other_px, {"micrograph": table})
+    row = read_star_block(case.ctf, "micrograph").iloc[0].to_dict()
+    optics_only = write_star(tmp_path / "optics.star", {"optics": pd.DataFrame([row])})
+    others = [{**row, "rlnMicrographName": f"mc/other_{k}.mrc"} for k in (1, 2)]
+    wrong = write_star(tmp_path / "wrong.star", {"micrographs": pd.DataFrame(others)})
     volume = write_mrc(tmp_path / "volume.mrc", np.zeros((64, 64, 64), np.float32), 3.0)
     small = write_mrc(tmp_path / "small.mrcs", np.ones((2, 30, 30), np.float32), 3.0, kind="stack")
     oblong = write_mrc(
@@ -286,6 +290,8 @@ def test_bad_input_is_one_line_naming_the_file(case: Case, tmp_path: Path, run_c
         (replace(ctf, no_defocus), "nodefocus.star: lacks label(s) rlnDefocusU"),
         (replace(ctf, tmp_path / "nothere.star"), "nothere.star: no such file"),
         (replace(ctf, other_px), "px.star: rlnMicrographPixelSize 1.0000"),
+        (replace(ctf, optics_only), "optics.star: no data_micrograph block"),
+        (replace(ctf, wrong), f"wrong.star: no single row for micrograph {case.micrograph.stem}"),
         ([*base, "--templates", volume], "volume.mrc: a 3D volume"),
         ([*base, "--templates", small], "small.mrcs: templates span 90 Å"),
         ([*base, "--templates", oblong], "oblong.mrcs: expected a stack of square"),

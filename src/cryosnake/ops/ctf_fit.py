@@ -59,13 +59,16 @@ class CtfFit:
     ring_correlation: np.ndarray
 
 
-def amplitude_spectrum(micrograph: Any, tile: int = 512) -> np.ndarray:
+def amplitude_spectrum(
+    micrograph: Any, tile: int = 512, max_tiles: int | None = None
+) -> np.ndarray:
     """Square root of the averaged power spectrum of overlapping tiles.
 
     Parameters
     ----------
     micrograph : (ny, nx) image (NumPy or CuPy)
     tile : tile size in pixels (tiles overlap by half)
+    max_tiles : at most about this many tiles, spread evenly over the micrograph
 
     Returns
     -------
@@ -77,8 +80,13 @@ def amplitude_spectrum(micrograph: Any, tile: int = 512) -> np.ndarray:
     taper = np.hanning(tile)
     window = np.outer(taper, taper)
     step = tile // 2
-    starts_y = range(0, ny - tile + 1, step)
-    starts_x = range(0, nx - tile + 1, step)
+    starts_y = np.arange(0, ny - tile + 1, step)
+    starts_x = np.arange(0, nx - tile + 1, step)
+    if max_tiles is not None and len(starts_y) * len(starts_x) > max_tiles:
+        keep = min(1.0, math.sqrt(max_tiles / (len(starts_y) * len(starts_x))))
+        starts_y = np.unique(np.linspace(0, ny - tile, max(1, int(len(starts_y) * keep))))
+        starts_x = np.unique(np.linspace(0, nx - tile, max(1, int(len(starts_x) * keep))))
+        starts_y, starts_x = starts_y.astype(int), starts_x.astype(int)
     power = np.zeros((tile, tile))
     count = 0
     for y0 in starts_y:

@@ -8,23 +8,38 @@ by 1.5 ``r`` so that the FFT filters do not wrap around.
 
 Blob picking (after RELION's LoG picker and Laplacian-of-Gaussian blob detection):
 
-1. Phase-flip the spectrum with the sign of the CTF (without a CTF, invert the contrast:
+1. With a CTF, whiten: divide the spectrum by the square root of the background's
+   power, ``N(s) + T CTF(s)^2`` (:func:`cryosnake.ops.noise.noise_power`: the noise
+   ``N`` read off the spectrum at the CTF's zeros, where particles give no signal, and
+   the specimen's own texture ``T``, ice or carbon, taken flat like ice's from the
+   first rings). What stands above that background, a particle's low-resolution mass,
+   is then measured in units of it, however crowded the micrograph.
+2. Phase-flip the spectrum with the sign of the CTF (without a CTF, invert the contrast:
    at the usual underfocus the CTF is negative at low frequency), so that particles
    are bright.
-2. Localisation map ``L``: scale-normalised Laplacian of Gaussian at
-   ``sigma = 0.4 r``, i.e. ``sigma = r_core / sqrt(2)`` for a core of radius ``0.57 r``:
-   a particle's mass sits well inside the sphere of its longest extent, and the CTF
-   leaves little contrast at the scale of the whole particle, so the core is the
-   blob that stands out of the noise (measured against the simulator's truth, this
-   scale detects particles best; ``sigma = r / sqrt(2)`` responds mostly to ice).
-3. Local energy ``E``: the square of the micrograph band-passed between Gaussians
+3. Localisation map ``L``: scale-normalised Laplacian of Gaussian at
+   ``sigma =`` :data:`BLOB_SIGMA` ``r``, i.e. a positive core of radius ``0.7 r``.
+4. Local energy ``E``: the square of the micrograph band-passed between Gaussians
    of ``0.1 r`` and ``0.53 r``, smoothed over ``0.33 r``. Phase contrast puts most of
    a particle's signal at frequencies where its sign alternates; the energy collects it
    whatever its sign.
-4. Candidates: maxima of ``L`` at least 0.8 diameter apart (non-maximum suppression),
-   refined to sub-pixel by parabolas. Figure of merit: ``zL + zE``, robust z-scores
-   (median, 1.4826 MAD) against background pixels, i.e. pixels outside junk and
-   outside the discs of radius ``r`` around provisional particles.
+5. Candidates: maxima of ``L`` at least :data:`SEPARATION` diameter apart (non-maximum
+   suppression), refined to sub-pixel by parabolas. Figure of merit: ``zL + zE``. With a
+   CTF these are first z-scores against the whitened background itself (the median and
+   robust sd of the same maps of white noise). When the candidates that pass the
+   threshold on those scores leave at least :data:`MIN_FREE` of the micrograph (outside
+   junk) farther than ``r`` from them, that free area measures the background directly:
+   the scores become robust z-scores (median, 1.4826 MAD) against its pixels. A crowded
+   micrograph keeps the spectral background; a sparse one uses its own empty pixels,
+   which also see noise the zeros cannot (a low-frequency rise). Without a CTF, robust
+   z-scores against background pixels, i.e. pixels outside junk and outside the discs of
+   radius ``r`` around provisional particles.
+6. With a CTF, each pick moves to its particle's centre of mass (:func:`_mass_centres`):
+   the blob detector finds a particle's densest part, which for a ring, a rod, a
+   dumbbell or an oligomer is not its centre.
+7. A candidate within :data:`SHOULDER_DISTANCE` diameters of one whose figure of merit
+   is :data:`SHOULDER_RATIO` times its own is a shoulder of that particle (its outer
+   density or a fringe), not a particle of its own.
 
 Template picking (after RELION's reference-based autopicking): each template (2D
 class average or projection, protein white, centred on ``b // 2``) is rescaled to the
@@ -46,9 +61,11 @@ comes from white noise of the micrograph's size passed through the same filters 
 same template bank); a Benjamini-Hochberg procedure then keeps the largest set of best
 candidates in which noise would account for at most :data:`FALSE_PICK_RATE` of the
 picks. Pure noise and empty ice therefore give no pick, while a micrograph full of
-particles is thresholded lower than a single candidate would be. (The micrograph's
-own background is smoother than white noise in these bands, so the null errs on the
-safe side.) ``threshold`` overrides it.
+particles is thresholded lower than a single candidate would be. Blob picks with a
+CTF are scored against the whitened background, so the threshold follows the
+micrograph's own noise and texture (a crowded micrograph does not raise it); template
+picks, and blob picks without a CTF, are scored against the micrograph's background
+pixels. ``threshold`` overrides it.
 
 Rejection, the same for both:
 
@@ -103,23 +120,31 @@ from scipy import ndimage
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module, to_host
 from cryosnake.ops.ctf import ctf_2d
 from cryosnake.ops.fourier import fourier_crop
+from cryosnake.ops.noise import NoisePower, noise_power
 
 __all__ = [
     "BACKGROUND_SCALE",
+    "BLOB_SIGMA",
     "CONTRAST_Z",
     "DENSE_Z",
     "FALSE_PICK_RATE",
+    "MASS_RADIUS",
+    "MIN_FREE",
     "MIN_POPULATION",
     "PIXELS_PER_RADIUS",
     "PROFILE_Z",
     "RECENTRE_RADIUS",
     "RIVAL_RING",
     "RIVAL_Z",
+    "SEPARATION",
+    "SHOULDER_DISTANCE",
+    "SHOULDER_RATIO",
     "TEMPLATE_BAND",
     "TEMPLATE_ENERGY_WEIGHT",
     "TEMPLATE_MASK",
     "TEMPLATE_PROFILE_Z",
     "UNSET_PSI",
+    "WIENER",
     "MicrographCtf",
     "Picks",
     "pick_blobs",
@@ -129,6 +154,13 @@ __all__ = [
 ]
 
 PIXELS_PER_RADIUS = 12.0  # particle radius in working pixels
+BLOB_SIGMA = 0.5  # blob detector: LoG sigma, x r
+WIENER = 1.0  # blob centres: CTF correction CTF / (CTF² + this)
+MASS_RADIUS = 1.0  # blob picks: centre of mass within this x r (mean shift)
+MIN_FREE = 0.7  # blob picks: this much of the micrograph free of particles: measure it there
+SEPARATION = 0.8  # candidates at least this many diameters apart (non-maximum suppression)
+SHOULDER_DISTANCE = 1.2  # a candidate this close (diameters) to a much stronger one ...
+SHOULDER_RATIO = 2.5  # ... whose figure of merit is this many times its own is a shoulder
 CONTRAST_Z = 5.0  # ice/carbon: local-mean outliers, robust sd
 BACKGROUND_SCALE = 3.0  # ice/carbon: background smoothing, x r
 MIN_POPULATION = 8  # picks needed before outliers are judged against the population
@@ -248,7 +280,13 @@ class _Work:
     """The working image (padded spectrum), its frequency grid and CTF sign."""
 
     def __init__(
-        self, image: Any, pixel_size: float, diameter: float, ctf: MicrographCtf | None
+        self,
+        image: Any,
+        pixel_size: float,
+        diameter: float,
+        ctf: MicrographCtf | None,
+        *,
+        whiten: bool = False,
     ) -> None:
         xp = get_array_module(image)
         self.xp: ModuleType = xp
@@ -270,7 +308,8 @@ class _Work:
         self.r = 0.5 * diameter  # Å
         self.r_px = self.r / (0.5 * (self.pixel[0] + self.pixel[1]))
         small = small - small.mean()
-        small = small / max(float(small.std()), 1e-20)
+        spread = max(float(small.std()), 1e-20)
+        small = small / spread
         self.pad = int(math.ceil(1.5 * self.r_px))
         padded = xp.pad(small, self.pad, mode="reflect")
         self.padded_shape = (int(padded.shape[0]), int(padded.shape[1]))
@@ -298,6 +337,22 @@ class _Work:
             self.flip = xp.where(self.ctf < 0, -1.0, 1.0).astype(xp.float32)
         self.crop = (slice(self.pad, self.pad + my), slice(self.pad, self.pad + mx))
         self._band: Any = None
+        self.noise: NoisePower | None = None
+        self.detect = self.spec  # the spectrum the detectors see (whitened: see whiten)
+        self.gain: Any = None  # the whitening filter
+        if whiten and self.ctf is not None:
+            self.noise = noise_power(img, pixel_size, ctf)
+        if self.noise is not None and self.ctf is not None:
+            # background variance per working pixel at each frequency: that of the
+            # micrograph times the Fourier crop's averaging (my mx / ny nx), over the
+            # normalisation
+            factor = (my * mx) / (ny * nx) / (spread * spread)
+            c2 = self.ctf * self.ctf
+            variance = self.noise(xp.sqrt(self.s2)) + self.noise.texture * c2
+            variance = variance * factor
+            floor = 1e-6 * float(variance.max())
+            self.gain = (1.0 / xp.sqrt(xp.maximum(variance, floor))).astype(xp.float32)
+            self.detect = self.spec * self.gain
 
     def gauss(self, sigma: float) -> Any:
         """Transfer function of a Gaussian blur of ``sigma`` Å."""
@@ -308,8 +363,8 @@ class _Work:
         return (2.0 * math.pi * sigma) ** 2 * self.s2 * self.gauss(sigma)
 
     def blob_filter(self) -> Any:
-        """The blob detector: scale-normalised LoG at sigma = 0.4 r."""
-        return self.log(0.4 * self.r)
+        """The blob detector: scale-normalised LoG at sigma = :data:`BLOB_SIGMA` r."""
+        return self.log(BLOB_SIGMA * self.r)
 
     def real(self, spectrum: Any) -> Any:
         """Inverse FFT on the padded grid (device array)."""
@@ -327,7 +382,7 @@ class _Work:
     def band(self) -> Any:
         """The phase-flipped, band-passed micrograph (padded, device)."""
         if self._band is None:
-            self._band = self.real(self.spec * self.flip * self.band_filter())
+            self._band = self.real(self.detect * self.flip * self.band_filter())
         return self._band
 
     def energy(self, sigma: float) -> np.ndarray:
@@ -406,6 +461,57 @@ def _refine(score: np.ndarray, peaks: np.ndarray) -> np.ndarray:
         step = np.zeros(len(peaks))
         step[ok] = np.clip(0.5 * (a[ok] - c[ok]) / den[ok], -0.5, 0.5)
         out[:, axis] += step
+    return out
+
+
+def _local_maxima(score: np.ndarray, peaks: np.ndarray, radius: float) -> np.ndarray:
+    """Sub-pixel positions (row, col) of the maximum of ``score`` within ``radius``
+    pixels of each of ``peaks``."""
+    h = int(math.ceil(radius))
+    window = _disc(radius)
+    ny, nx = score.shape
+    out = peaks.astype(np.float64).reshape(-1, 2)
+    for n, (i, j) in enumerate(peaks):
+        y0, y1 = max(0, i - h), min(ny, i + h + 1)
+        x0, x1 = max(0, j - h), min(nx, j + h + 1)
+        sub = score[y0:y1, x0:x1]
+        inside = window[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
+        a, b = np.unravel_index(int(np.argmax(np.where(inside, sub, -np.inf))), sub.shape)
+        out[n] = _refine(score, np.array([[y0 + a, x0 + b]], dtype=np.int64))[0]
+    return out
+
+
+def _mass_centres(work: _Work, peaks: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Centres of mass (row, col) of the particles at ``peaks``: mean shift on the
+    CTF-corrected density (CTF / (CTF² + :data:`WIENER`), low-passed at 0.15 r,
+    background beyond 2 r removed, positive part) within :data:`MASS_RADIUS` ``r``.
+    A blob detector finds the densest part of a particle; the centre of a ring, a rod
+    or a dumbbell is the centre of its mass. Needs ``work.ctf``."""
+    ctf = work.ctf
+    if ctf is None:
+        raise ValueError("_mass_centres: the micrograph has no CTF")
+    f = work.detect * ctf / (ctf * ctf + WIENER)
+    f = f * work.gauss(0.15 * work.r) * (1.0 - work.gauss(2.0 * work.r))
+    density = np.maximum(work.host(work.real(f)), 0.0)
+    radius = MASS_RADIUS * work.r_px
+    h = int(math.ceil(radius)) + 1
+    padded = np.pad(density, h)
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
+    out = peaks.astype(np.float64).reshape(-1, 2).copy()
+    ny, nx = density.shape
+    for n in range(len(out)):
+        y, x = out[n]
+        for _ in range(iterations):
+            i, j = int(round(y)), int(round(x))
+            w = padded[i : i + 2 * h + 1, j : j + 2 * h + 1]
+            inside = ((yy + i - y) ** 2 + (xx + j - x) ** 2) <= radius * radius
+            w = np.where(inside, w, 0.0)
+            total = float(w.sum())
+            if total <= 0:
+                break
+            y = min(max(i + float((w * yy).sum()) / total, 0.0), ny - 1.0)
+            x = min(max(j + float((w * xx).sum()) / total, 0.0), nx - 1.0)
+        out[n] = (y, x)
     return out
 
 
@@ -539,6 +645,22 @@ def _rival_z(ncc: np.ndarray, centres: np.ndarray, r_px: float) -> np.ndarray:
     return np.asarray((ratio - med) / sd)
 
 
+def _shoulders(peaks: np.ndarray, score: np.ndarray, ok: np.ndarray, r_px: float) -> np.ndarray:
+    """Candidates on the flank of a much stronger one: within :data:`SHOULDER_DISTANCE`
+    diameters of a kept candidate whose figure of merit is :data:`SHOULDER_RATIO` times
+    theirs or more (a particle's outer structure or CTF fringe beside it, not a
+    particle: two particles that touch score alike)."""
+    out = np.zeros(len(peaks), dtype=bool)
+    idx = np.flatnonzero(ok & (score > 0))
+    if len(idx) < 2:
+        return out
+    d = np.hypot(*(peaks[idx][:, None, :] - peaks[idx][None]).transpose(2, 0, 1))
+    near = d < 2.0 * SHOULDER_DISTANCE * r_px
+    stronger = score[idx][None, :] >= SHOULDER_RATIO * score[idx][:, None]
+    out[idx[(near & stronger).any(axis=1)]] = True
+    return out
+
+
 class _Null:
     """Figures of merit of candidate peaks in pure noise: the null distribution.
 
@@ -549,9 +671,15 @@ class _Null:
     so that small expectations are not zero.
     """
 
-    def __init__(self, scores: np.ndarray, realisations: int) -> None:
+    def __init__(
+        self,
+        scores: np.ndarray,
+        realisations: int,
+        map_stats: list[tuple[float, float]] | None = None,
+    ) -> None:
         self.scores = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
         self.realisations = max(1, realisations)
+        self.map_stats = map_stats  # median and robust sd of each noise map
         m = min(len(self.scores), max(10, int(NULL_TAIL * len(self.scores))))
         if m == 0:
             self.u, self.beta, self.m = 0.0, 1.0, 0
@@ -622,14 +750,29 @@ def _select(
     r_px = work.r_px
     local_mean = work.host(work.real(work.spec * work.gauss(0.5 * work.r)))
     junk = _contrast_outliers(local_mean, r_px)
-    peaks = _peaks(locate, 1.6 * r_px, max(0.0, r_px - 2.0))
+    peaks = _peaks(locate, 2.0 * SEPARATION * r_px, max(0.0, r_px - 2.0))
     near_junk = ndimage.binary_dilation(junk, structure=_disc(r_px)) if junk.any() else junk
-    stats = _background_stats([*score_maps, energy], locate, peaks, ~near_junk, r_px)
     rows, cols = peaks[:, 0], peaks[:, 1]
-    zs = [(m[rows, cols] - med) / sd for m, (med, sd) in zip(score_maps, stats[:-1], strict=True)]
-    z_energy = (energy[rows, cols] - stats[-1][0]) / stats[-1][1]
-    score = np.sum([w * z for w, z in zip(weights, zs, strict=True)], axis=0)
-    score = np.asarray(score, dtype=np.float64).reshape(-1)
+
+    def figure_of_merit(stats: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+        zs = [(m[rows, cols] - med) / sd for m, (med, sd) in zip(score_maps, stats, strict=False)]
+        z_energy = (energy[rows, cols] - stats[-1][0]) / stats[-1][1]
+        total = np.sum([w * z for w, z in zip(weights, zs, strict=False)], axis=0)
+        return np.asarray(total, dtype=np.float64).reshape(-1), z_energy
+
+    maps = [*score_maps, energy]
+    if null.map_stats is not None and work.noise is not None:
+        # against the measured background (whitened maps); where that leaves most of the
+        # micrograph free of particles, the free pixels measure the background directly
+        score, z_energy = figure_of_merit(null.map_stats)
+        strong = peaks[(score > _fdr_threshold(score, null)) & ~near_junk[rows, cols]]
+        free = ~near_junk
+        _stamp(free, strong, r_px)
+        if free.sum() >= MIN_FREE * max(int((~near_junk).sum()), 1):
+            score, z_energy = figure_of_merit([_robust(m[free]) for m in maps])
+    else:
+        stats = _background_stats(maps, locate, peaks, ~near_junk, r_px)
+        score, z_energy = figure_of_merit(stats)
 
     refined = _refine(locate, peaks)
     coords = np.stack([refined[:, 1] * work.scale[1], refined[:, 0] * work.scale[0]], axis=1)
@@ -672,7 +815,8 @@ def _select(
             bad = peaks[outlier]
             near = np.hypot(*(peaks[idx][:, None, :] - bad[None]).transpose(2, 0, 1)).min(1)
             outlier[idx[(near < 2.0 * r_px) & (distance > 0.5 * profile_z)]] = True
-    keep = ok & ~outlier
+    shoulder = _shoulders(peaks, score, ok & ~outlier, r_px)
+    keep = ok & ~outlier & ~shoulder
     classes = np.zeros(len(peaks), np.int64) if extra is None else extra[0][rows, cols]
     psi = np.full(len(peaks), UNSET_PSI) if extra is None else extra[1][rows, cols]
     return Picks(
@@ -698,7 +842,7 @@ def _select(
 
 def _blob_maps(work: _Work) -> tuple[Any, Any]:
     """LoG (localisation) and local energy maps on the padded grid (device)."""
-    lmap = work.real(work.spec * work.flip * work.blob_filter())
+    lmap = work.real(work.detect * work.flip * work.blob_filter())
     band = work.band()
     emap = work.real(work.fft.rfft2(band * band, **work.kw) * work.gauss(0.33 * work.r))
     return lmap, emap
@@ -714,18 +858,21 @@ def _blob_null(work: _Work) -> _Null:
         return _BLOB_NULL[key]
     xp, fft, kw = work.xp, work.fft, work.kw
     rng = np.random.default_rng(20260)
-    scores = []
+    scores, stats = [], []
     for _ in range(NOISE_REALISATIONS):
         noise = xp.asarray(rng.standard_normal(work.padded_shape).astype(np.float32))
         spec = fft.rfft2(noise, **kw)
         lmap = work.host(work.real(spec * work.blob_filter()))
         band = work.real(spec * work.band_filter())
         emap = work.host(work.real(fft.rfft2(band * band, **kw) * work.gauss(0.33 * work.r)))
-        peaks = _peaks(lmap, 1.6 * work.r_px, work.r_px)
+        peaks = _peaks(lmap, 2.0 * SEPARATION * work.r_px, work.r_px)
         (ml, sl), (me, se) = _robust(lmap), _robust(emap)
+        stats.append((ml, sl, me, se))
         rows, cols = peaks[:, 0], peaks[:, 1]
         scores.append((lmap[rows, cols] - ml) / sl + ENERGY_WEIGHT * (emap[rows, cols] - me) / se)
-    null = _Null(np.concatenate(scores), NOISE_REALISATIONS)
+    ml, sl, me, se = (float(v) for v in np.median(np.array(stats), axis=0))
+    # the energy map is the third map of _select's statistics (locate, energy, energy)
+    null = _Null(np.concatenate(scores), NOISE_REALISATIONS, [(ml, sl), (me, se), (me, se)])
     _BLOB_NULL[key] = null
     return null
 
@@ -748,7 +895,7 @@ def pick_blobs(
     ctf : the micrograph's CTF (phase flipping); None inverts the contrast instead
     threshold : figure of merit to exceed (None: the automatic noise floor)
     """
-    work = _Work(micrograph, pixel_size, diameter, ctf)
+    work = _Work(micrograph, pixel_size, diameter, ctf, whiten=ctf is not None)
     lmap, emap = _blob_maps(work)
     locate, energy = work.host(lmap), work.host(emap)
     return _select(
@@ -759,6 +906,7 @@ def pick_blobs(
         _blob_null(work),
         threshold,
         energy,
+        recentre=None if ctf is None else (lambda peaks: _mass_centres(work, peaks)),
     )
 
 
@@ -856,23 +1004,13 @@ class _TemplateBank:
         within :data:`RECENTRE_RADIUS` ``r`` of the peak."""
         work = self.work
         f_img = spec * work.band_filter(*TEMPLATE_BAND)
-        radius = RECENTRE_RADIUS * work.r_px
-        h = int(math.ceil(radius))
-        window = _disc(radius)
         out = peaks.astype(np.float64).reshape(-1, 2)
         maps: dict[int, np.ndarray] = {}
         for n, (i, j) in enumerate(peaks):
             k = int(index[i, j])
             if k not in maps:
                 maps[k] = work.host(work.real(f_img * self.spectra[k]))
-            cc = maps[k]
-            ny, nx = cc.shape
-            y0, y1 = max(0, i - h), min(ny, i + h + 1)
-            x0, x1 = max(0, j - h), min(nx, j + h + 1)
-            sub = cc[y0:y1, x0:x1]
-            inside = window[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
-            a, b = np.unravel_index(int(np.argmax(np.where(inside, sub, -np.inf))), sub.shape)
-            out[n] = _refine(cc, np.array([[y0 + a, x0 + b]], dtype=np.int64))[0]
+            out[n] = _local_maxima(maps[k], peaks[n : n + 1], RECENTRE_RADIUS * work.r_px)[0]
         return out
 
 
@@ -890,7 +1028,7 @@ def _template_null(work: _Work, bank: _TemplateBank, key: tuple[Any, ...]) -> _N
         noise = work.xp.asarray(rng.standard_normal(work.padded_shape).astype(np.float32))
         spec = work.fft.rfft2(noise, **work.kw)
         ncc, _ = bank.correlate(spec)
-        peaks = _peaks(ncc, 1.6 * work.r_px, work.r_px)
+        peaks = _peaks(ncc, 2.0 * SEPARATION * work.r_px, work.r_px)
         rows, cols = peaks[:, 0], peaks[:, 1]
         band = work.real(spec * work.band_filter())
         emap = work.real(work.fft.rfft2(band * band, **work.kw) * work.gauss(0.33 * work.r))

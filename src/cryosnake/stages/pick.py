@@ -12,11 +12,21 @@ protein white, e.g. RELION's run_classes.mrcs) rotated in-plane every
 Both pickers suppress picks closer than 0.8 diameter to a stronger one and reject
 picks closer than a radius to the edge, on ice or carbon (local contrast outliers) and
 aggregates (picks unlike the population of picks). The figure of merit is a sum of
-robust z-scores against the micrograph's background (blobs: Laplacian of Gaussian and
-local energy; templates: best cross-correlation and local energy). The threshold is
-automatic unless ``--threshold`` is given: the lowest score at which noise, simulated
-through the same filters, would account for at most 5 % of the picks (pure noise or
-empty ice: no pick).
+z-scores (blobs: Laplacian of Gaussian and local energy; templates: best
+cross-correlation and local energy).
+
+How the automatic threshold follows the data (unless ``--threshold`` is given): blob
+picking with ``--ctf`` first measures the micrograph's background from its own power
+spectrum, the noise at the CTF's zeros (where particles give no signal) plus the
+specimen's texture (ice, carbon) from the first Thon rings, and scores candidates in
+units of that background, so a crowded micrograph is scored as fairly as a sparse
+one. Template picking, and blob picking without ``--ctf``, score against the
+micrograph's pixels away from provisional picks. In both cases the threshold is the
+lowest score at which noise, simulated through the same filters, would account for at
+most 5 % of the picks (Benjamini-Hochberg): pure noise or empty ice gives no pick, a
+micrograph full of particles is cut lower than one with a few. The plot (``--plot``)
+shows the candidates' scores against it. Blob picks (with ``--ctf``) are placed at
+their particle's centre of mass, not at its densest part.
 
 Writes one STAR block ``data_particles`` with RELION's autopick labels:
 ``rlnCoordinateX``, ``rlnCoordinateY`` (micrograph pixels, x = column, y = row, the
