@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mrcfile
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -169,8 +170,12 @@ def pick_all(
         mrc = folder / f"mic_{i:03d}.mrc"
         out = folder / f"{program}_{i:03d}.star"
         t0 = time.perf_counter()
-        if program == "apple":
-            xy = apple_pick(mrc, int(round(m0.diameter / m0.pixel_size)))
+        if program == "apple":  # ASPIRE refuses a header pixel size it was not given
+            bare = folder / f"apple_{i:03d}.mrc"
+            if not bare.exists():
+                with mrcfile.new(bare) as out_mrc:
+                    out_mrc.set_data(micrographs[i].image)
+            xy = apple_pick(bare, int(round(m0.diameter / m0.pixel_size)))
         else:
             argv = ["--micrograph", str(mrc), "--ctf", str(star), "--out", str(out)]
             argv += ["--pixel-size", f"{m0.pixel_size}", "--diameter", f"{m0.diameter}"]
