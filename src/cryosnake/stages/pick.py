@@ -20,7 +20,9 @@ picking with ``--ctf`` first measures the micrograph's background from its own p
 spectrum, the noise at the CTF's zeros (where particles give no signal) plus the
 specimen's texture (ice, carbon) from the first Thon rings, and scores candidates in
 units of that background, so a crowded micrograph is scored as fairly as a sparse
-one. Template picking, and blob picking without ``--ctf``, score against the
+one; when those picks leave at least 70 % of the micrograph free, its free pixels
+measure the background instead (they also see noise the zeros cannot). Template
+picking, and blob picking without ``--ctf``, score against the
 micrograph's pixels away from provisional picks. In both cases the threshold is the
 lowest score at which noise, simulated through the same filters, would account for at
 most 5 % of the picks (Benjamini-Hochberg): pure noise or empty ice gives no pick, a
