@@ -118,6 +118,18 @@ import numpy as np
 from scipy import ndimage
 
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module, to_host
+from cryosnake.ops._pick_stats import (
+    FALSE_PICK_RATE,
+    NullModel,
+    background_stats,
+    disc,
+    fdr_threshold,
+    find_peaks,
+    local_maxima,
+    refine_peaks,
+    robust,
+    stamp,
+)
 from cryosnake.ops.ctf import ctf_2d
 from cryosnake.ops.fourier import fourier_crop
 from cryosnake.ops.noise import NoisePower, noise_power
@@ -167,10 +179,8 @@ MIN_POPULATION = 8  # picks needed before outliers are judged against the popula
 PROFILE_Z = 2.0  # rms robust z of the radial energy profile
 DENSE_Z = 8.0  # robust z of the local energy against the population
 ENERGY_WEIGHT = 1.0  # figure of merit of blob picks: zL + ENERGY_WEIGHT * zE
-FALSE_PICK_RATE = 0.05  # automatic threshold: false discovery rate of noise peaks
 NOISE_REALISATIONS = 16  # white-noise images for the null distribution of blob scores
 TEMPLATE_REALISATIONS = 2  # ... of template scores (each costs a full correlation)
-NULL_TAIL = 0.05  # fraction of the null peaks the exponential tail is fitted to
 TEMPLATE_ENERGY_WEIGHT = 0.5  # figure of merit of template picks: zNCC + this * zE
 TEMPLATE_MASK = 1.3  # template mask radius, x r
 TEMPLATE_BAND = (0.07, 1.0)  # template matching: low-pass, high-pass Gaussians, x r
@@ -396,91 +406,6 @@ class _Work:
         return self.host(self.real(f)).astype(np.float32)
 
 
-def _robust(values: np.ndarray) -> tuple[float, float]:
-    """Median and 1.4826 x median absolute deviation (> 0)."""
-    if values.size == 0:
-        return 0.0, 1.0
-    med = float(np.median(values))
-    mad = 1.4826 * float(np.median(np.abs(values - med)))
-    return med, mad if mad > 0 else max(float(np.std(values)), 1e-20)
-
-
-def _disc(radius: float) -> np.ndarray:
-    h = int(math.ceil(radius))
-    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
-    return np.asarray((yy * yy + xx * xx) <= radius * radius)
-
-
-def _stamp(mask: np.ndarray, centres: np.ndarray, radius: float) -> None:
-    """Set discs of ``radius`` around ``centres`` (row, col) to False."""
-    h = int(math.ceil(radius))
-    disc = _disc(radius)
-    ny, nx = mask.shape
-    for i, j in centres:
-        y0, y1 = max(0, i - h), min(ny, i + h + 1)
-        x0, x1 = max(0, j - h), min(nx, j + h + 1)
-        sub = disc[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
-        mask[y0:y1, x0:x1][sub] = False
-
-
-def _peaks(score: np.ndarray, distance: float, border: float) -> np.ndarray:
-    """Local maxima at least ``distance`` apart (greedy, strongest first), clear of
-    ``border`` pixels. Returns (k, 2) int64 (row, col)."""
-    ny, nx = score.shape
-    local = score == ndimage.maximum_filter(score, footprint=_disc(max(distance / 2, 1)))
-    rows, cols = np.nonzero(local)
-    inside = (rows >= border) & (rows <= ny - 1 - border)
-    inside &= (cols >= border) & (cols <= nx - 1 - border)
-    rows, cols = rows[inside], cols[inside]
-    order = np.argsort(score[rows, cols], kind="stable")[::-1]
-    rows, cols = rows[order], cols[order]
-    keep = np.ones(len(rows), dtype=bool)
-    d2 = distance * distance
-    for k in range(len(rows)):
-        if keep[k]:
-            close = (rows[k + 1 :] - rows[k]) ** 2 + (cols[k + 1 :] - cols[k]) ** 2 < d2
-            keep[k + 1 :] &= ~close
-    return np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64).reshape(-1, 2)
-
-
-def _refine(score: np.ndarray, peaks: np.ndarray) -> np.ndarray:
-    """Sub-pixel peak positions (row, col): a parabola through 3 points on each axis."""
-    out = peaks.astype(np.float64)
-    if len(peaks) == 0:
-        return out
-    ny, nx = score.shape
-    for axis, n in ((0, ny), (1, nx)):
-        i, j = peaks[:, 0], peaks[:, 1]
-        lo = np.clip(peaks[:, axis] - 1, 0, n - 1)
-        hi = np.clip(peaks[:, axis] + 1, 0, n - 1)
-        a = score[lo, j] if axis == 0 else score[i, lo]
-        c = score[hi, j] if axis == 0 else score[i, hi]
-        b = score[i, j]
-        den = a - 2.0 * b + c
-        ok = (den < 0) & (lo != peaks[:, axis]) & (hi != peaks[:, axis])
-        step = np.zeros(len(peaks))
-        step[ok] = np.clip(0.5 * (a[ok] - c[ok]) / den[ok], -0.5, 0.5)
-        out[:, axis] += step
-    return out
-
-
-def _local_maxima(score: np.ndarray, peaks: np.ndarray, radius: float) -> np.ndarray:
-    """Sub-pixel positions (row, col) of the maximum of ``score`` within ``radius``
-    pixels of each of ``peaks``."""
-    h = int(math.ceil(radius))
-    window = _disc(radius)
-    ny, nx = score.shape
-    out = peaks.astype(np.float64).reshape(-1, 2)
-    for n, (i, j) in enumerate(peaks):
-        y0, y1 = max(0, i - h), min(ny, i + h + 1)
-        x0, x1 = max(0, j - h), min(nx, j + h + 1)
-        sub = score[y0:y1, x0:x1]
-        inside = window[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
-        a, b = np.unravel_index(int(np.argmax(np.where(inside, sub, -np.inf))), sub.shape)
-        out[n] = _refine(score, np.array([[y0 + a, x0 + b]], dtype=np.int64))[0]
-    return out
-
-
 def _mass_centres(work: _Work, peaks: np.ndarray, iterations: int = 4) -> np.ndarray:
     """Centres of mass (row, col) of the particles at ``peaks``: mean shift on the
     CTF-corrected density (CTF / (CTF² + :data:`WIENER`), low-passed at 0.15 r,
@@ -536,7 +461,7 @@ def _contrast_outliers(local_mean: np.ndarray, r_px: float) -> np.ndarray:
             smooth = ndimage.gaussian_filter(np.where(valid, local_mean, 0.0), sigma)
             background = smooth / np.maximum(weight, 1e-6)
         deviation = local_mean - background
-        med, sd = _robust(deviation[valid] if valid.any() else deviation)
+        med, sd = robust(deviation[valid] if valid.any() else deviation)
         z = np.abs(deviation - med) / sd
         extended, n = ndimage.label(z > 0.5 * CONTRAST_Z)
         if n == 0:
@@ -550,34 +475,12 @@ def _contrast_outliers(local_mean: np.ndarray, r_px: float) -> np.ndarray:
             if step == 0:
                 continue
             break
-        valid = ~ndimage.binary_dilation(region, structure=_disc(0.5 * r_px))
+        valid = ~ndimage.binary_dilation(region, structure=disc(0.5 * r_px))
         if valid.mean() < 0.2:  # mostly contaminated: keep what we have
             break
     if region.any():
-        region = ndimage.binary_dilation(region, structure=_disc(0.25 * r_px))
+        region = ndimage.binary_dilation(region, structure=disc(0.25 * r_px))
     return np.asarray(region)
-
-
-def _background_stats(
-    maps: list[np.ndarray], locate: np.ndarray, peaks: np.ndarray, free: np.ndarray, r_px: float
-) -> list[tuple[float, float]]:
-    """Median and robust sd of each map over background pixels.
-
-    Background: outside ``~free`` and outside discs of radius ``r`` around the peaks
-    whose ``locate`` value is more than 3 robust sd above the background (iterated).
-    """
-    stats = [_robust(m[free]) for m in maps]
-    lm, ls = _robust(locate[free])
-    for _ in range(2):
-        values = locate[peaks[:, 0], peaks[:, 1]] if len(peaks) else np.zeros(0)
-        strong = peaks[(values - lm) / ls > 3.0]
-        mask = free.copy()
-        _stamp(mask, strong, r_px)
-        if mask.sum() < 0.1 * mask.size:  # crowded: keep the estimate we have
-            break
-        lm, ls = _robust(locate[mask])
-        stats = [_robust(m[mask]) for m in maps]
-    return stats
 
 
 def _profile_distance(
@@ -602,7 +505,7 @@ def _profile_distance(
             markers[i, j] = len(owners) + k + 1
     _, (iy, ix) = ndimage.distance_transform_edt(markers == 0, return_indices=True)
     owner = markers[iy, ix]
-    near_junk = ndimage.binary_dilation(junk, structure=_disc(r_px)) if junk.any() else junk
+    near_junk = ndimage.binary_dilation(junk, structure=disc(r_px)) if junk.any() else junk
     owner[near_junk] = -1
     background = float(np.median(energy[~near_junk])) if (~near_junk).any() else 0.0
     edges = np.arange(0.0, 1.6 + 1e-9, 0.2)
@@ -641,7 +544,7 @@ def _rival_z(ncc: np.ndarray, centres: np.ndarray, r_px: float) -> np.ndarray:
     for k, (i, j) in enumerate(centres):
         sub = padded[i : i + 2 * h + 1, j : j + 2 * h + 1]
         ratio[k] = float(sub[ring].max()) / max(float(ncc[i, j]), 1e-20)
-    med, sd = _robust(ratio)
+    med, sd = robust(ratio)
     return np.asarray((ratio - med) / sd)
 
 
@@ -661,77 +564,12 @@ def _shoulders(peaks: np.ndarray, score: np.ndarray, ok: np.ndarray, r_px: float
     return out
 
 
-class _Null:
-    """Figures of merit of candidate peaks in pure noise: the null distribution.
-
-    ``scores`` are the peaks of ``realisations`` noise images processed like the
-    micrograph. :meth:`expected` is the expected number of noise peaks at or above a
-    score in one micrograph: counted where there are enough, and beyond the top
-    :data:`NULL_TAIL` peaks from an exponential fitted to them (maximum likelihood),
-    so that small expectations are not zero.
-    """
-
-    def __init__(
-        self,
-        scores: np.ndarray,
-        realisations: int,
-        map_stats: list[tuple[float, float]] | None = None,
-    ) -> None:
-        self.scores = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-        self.realisations = max(1, realisations)
-        self.map_stats = map_stats  # median and robust sd of each noise map
-        m = min(len(self.scores), max(10, int(NULL_TAIL * len(self.scores))))
-        if m == 0:
-            self.u, self.beta, self.m = 0.0, 1.0, 0
-            return
-        self.m = m
-        self.u = float(self.scores[m - 1])
-        self.beta = max(float(np.mean(self.scores[:m] - self.u)), 1e-6)
-
-    def expected(self, t: float) -> float:
-        """Expected number of noise peaks with a figure of merit >= ``t``."""
-        if self.m == 0:
-            return 0.0
-        if t >= self.u:
-            return self.m / self.realisations * math.exp(-(t - self.u) / self.beta)
-        return float(np.count_nonzero(self.scores >= t)) / self.realisations
-
-    def level(self, expected: float) -> float:
-        """The figure of merit that noise reaches ``expected`` times per micrograph."""
-        if self.m == 0:
-            return 0.0
-        ratio = expected * self.realisations / self.m
-        if ratio <= 1.0:
-            return self.u + self.beta * math.log(1.0 / ratio)
-        k = min(len(self.scores) - 1, int(expected * self.realisations))
-        return float(self.scores[k])
-
-
-def _fdr_threshold(scores: np.ndarray, null: _Null) -> float:
-    """Benjamini-Hochberg threshold: the lowest score ``s_k`` (k-th best) for which the
-    noise is expected to give at most ``FALSE_PICK_RATE * k`` peaks above it.
-
-    With no such score (pure noise) the threshold is the score noise reaches
-    ``FALSE_PICK_RATE`` times per micrograph, above every candidate.
-    """
-    ranked = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    best = 0
-    for k, s in enumerate(ranked, start=1):
-        if null.expected(float(s)) <= FALSE_PICK_RATE * k:
-            best = k
-    if best == 0:
-        return max(null.level(FALSE_PICK_RATE), float(ranked[0]) if len(ranked) else -np.inf)
-    if best < len(ranked):
-        return 0.5 * float(ranked[best - 1] + ranked[best])
-    return float(ranked[best - 1]) - 1e-9
-
-
 def _select(
     work: _Work,
     locate: np.ndarray,
     score_maps: list[np.ndarray],
     weights: list[float],
-    null: _Null,
+    null: NullModel,
     user_threshold: float | None,
     energy: np.ndarray,
     extra: tuple[np.ndarray, np.ndarray] | None = None,
@@ -750,8 +588,8 @@ def _select(
     r_px = work.r_px
     local_mean = work.host(work.real(work.spec * work.gauss(0.5 * work.r)))
     junk = _contrast_outliers(local_mean, r_px)
-    peaks = _peaks(locate, 2.0 * SEPARATION * r_px, max(0.0, r_px - 2.0))
-    near_junk = ndimage.binary_dilation(junk, structure=_disc(r_px)) if junk.any() else junk
+    peaks = find_peaks(locate, 2.0 * SEPARATION * r_px, max(0.0, r_px - 2.0))
+    near_junk = ndimage.binary_dilation(junk, structure=disc(r_px)) if junk.any() else junk
     rows, cols = peaks[:, 0], peaks[:, 1]
 
     def figure_of_merit(stats: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -765,16 +603,16 @@ def _select(
         # against the measured background (whitened maps); where that leaves most of the
         # micrograph free of particles, the free pixels measure the background directly
         score, z_energy = figure_of_merit(null.map_stats)
-        strong = peaks[(score > _fdr_threshold(score, null)) & ~near_junk[rows, cols]]
+        strong = peaks[(score > fdr_threshold(score, null)) & ~near_junk[rows, cols]]
         free = ~near_junk
-        _stamp(free, strong, r_px)
+        stamp(free, strong, r_px)
         if free.sum() >= MIN_FREE * max(int((~near_junk).sum()), 1):
-            score, z_energy = figure_of_merit([_robust(m[free]) for m in maps])
+            score, z_energy = figure_of_merit([robust(m[free]) for m in maps])
     else:
-        stats = _background_stats(maps, locate, peaks, ~near_junk, r_px)
+        stats = background_stats(maps, locate, peaks, ~near_junk, r_px)
         score, z_energy = figure_of_merit(stats)
 
-    refined = _refine(locate, peaks)
+    refined = refine_peaks(locate, peaks)
     coords = np.stack([refined[:, 1] * work.scale[1], refined[:, 0] * work.scale[0]], axis=1)
     coords = coords.reshape(-1, 2)
     ny, nx = work.micrograph_shape
@@ -784,7 +622,7 @@ def _select(
     on_junk = junk[rows, cols] if len(peaks) else np.zeros(0, bool)
     eligible = ~edge & ~on_junk
     if user_threshold is None:
-        thr = _fdr_threshold(score[eligible], null)
+        thr = fdr_threshold(score[eligible], null)
     else:
         thr = float(user_threshold)
     above = score > thr
@@ -806,7 +644,7 @@ def _select(
         if rival is not None:
             outlier[np.flatnonzero(ok)] |= _rival_z(rival, peaks[ok], r_px) > RIVAL_Z
         dense_z = z_energy[ok]
-        med, sd = _robust(dense_z)
+        med, sd = robust(dense_z)
         outlier[np.flatnonzero(ok)] |= (dense_z - med) / sd > DENSE_Z
         if outlier.any():
             # the other parts of an aggregate: picks within a diameter of a rejected one
@@ -848,10 +686,10 @@ def _blob_maps(work: _Work) -> tuple[Any, Any]:
     return lmap, emap
 
 
-_BLOB_NULL: dict[tuple[Any, ...], _Null] = {}
+_BLOB_NULL: dict[tuple[Any, ...], NullModel] = {}
 
 
-def _blob_null(work: _Work) -> _Null:
+def _blob_null(work: _Work) -> NullModel:
     """Blob figures of merit of the peaks of white noise (NOISE_REALISATIONS images)."""
     key = (work.padded_shape, round(work.pixel[0], 5), round(work.pixel[1], 5), round(work.r, 4))
     if key in _BLOB_NULL:
@@ -865,14 +703,14 @@ def _blob_null(work: _Work) -> _Null:
         lmap = work.host(work.real(spec * work.blob_filter()))
         band = work.real(spec * work.band_filter())
         emap = work.host(work.real(fft.rfft2(band * band, **kw) * work.gauss(0.33 * work.r)))
-        peaks = _peaks(lmap, 2.0 * SEPARATION * work.r_px, work.r_px)
-        (ml, sl), (me, se) = _robust(lmap), _robust(emap)
+        peaks = find_peaks(lmap, 2.0 * SEPARATION * work.r_px, work.r_px)
+        (ml, sl), (me, se) = robust(lmap), robust(emap)
         stats.append((ml, sl, me, se))
         rows, cols = peaks[:, 0], peaks[:, 1]
         scores.append((lmap[rows, cols] - ml) / sl + ENERGY_WEIGHT * (emap[rows, cols] - me) / se)
     ml, sl, me, se = (float(v) for v in np.median(np.array(stats), axis=0))
     # the energy map is the third map of _select's statistics (locate, energy, energy)
-    null = _Null(np.concatenate(scores), NOISE_REALISATIONS, [(ml, sl), (me, se), (me, se)])
+    null = NullModel(np.concatenate(scores), NOISE_REALISATIONS, [(ml, sl), (me, se), (me, se)])
     _BLOB_NULL[key] = null
     return null
 
@@ -1010,14 +848,14 @@ class _TemplateBank:
             k = int(index[i, j])
             if k not in maps:
                 maps[k] = work.host(work.real(f_img * self.spectra[k]))
-            out[n] = _local_maxima(maps[k], peaks[n : n + 1], RECENTRE_RADIUS * work.r_px)[0]
+            out[n] = local_maxima(maps[k], peaks[n : n + 1], RECENTRE_RADIUS * work.r_px)[0]
         return out
 
 
-_TEMPLATE_NULL: dict[tuple[Any, ...], _Null] = {}
+_TEMPLATE_NULL: dict[tuple[Any, ...], NullModel] = {}
 
 
-def _template_null(work: _Work, bank: _TemplateBank, key: tuple[Any, ...]) -> _Null:
+def _template_null(work: _Work, bank: _TemplateBank, key: tuple[Any, ...]) -> NullModel:
     """Template figures of merit at the peaks of white noise (TEMPLATE_REALISATIONS
     images through the same bank)."""
     if key in _TEMPLATE_NULL:
@@ -1028,15 +866,15 @@ def _template_null(work: _Work, bank: _TemplateBank, key: tuple[Any, ...]) -> _N
         noise = work.xp.asarray(rng.standard_normal(work.padded_shape).astype(np.float32))
         spec = work.fft.rfft2(noise, **work.kw)
         ncc, _ = bank.correlate(spec)
-        peaks = _peaks(ncc, 2.0 * SEPARATION * work.r_px, work.r_px)
+        peaks = find_peaks(ncc, 2.0 * SEPARATION * work.r_px, work.r_px)
         rows, cols = peaks[:, 0], peaks[:, 1]
         band = work.real(spec * work.band_filter())
         emap = work.real(work.fft.rfft2(band * band, **work.kw) * work.gauss(0.33 * work.r))
         emap = work.host(emap)
-        (mn, sn), (me, se) = _robust(ncc), _robust(emap)
+        (mn, sn), (me, se) = robust(ncc), robust(emap)
         z_ncc, z_energy = (ncc[rows, cols] - mn) / sn, (emap[rows, cols] - me) / se
         scores.append(z_ncc + TEMPLATE_ENERGY_WEIGHT * z_energy)
-    null = _Null(np.concatenate(scores), TEMPLATE_REALISATIONS)
+    null = NullModel(np.concatenate(scores), TEMPLATE_REALISATIONS)
     _TEMPLATE_NULL[key] = null
     return null
 
