@@ -168,11 +168,11 @@ __all__ = [
 PIXELS_PER_RADIUS = 12.0  # particle radius in working pixels
 BLOB_SIGMA = 0.5  # blob detector: LoG sigma, x r
 WIENER = 1.0  # blob centres: CTF correction CTF / (CTF² + this)
-MASS_RADIUS = 1.0  # blob picks: centre of mass within this x r (mean shift)
+MASS_RADIUS = 1.0  # blob picks: centre of mass within this x r (one mean-shift step)
 MIN_FREE = 0.7  # blob picks: this much of the micrograph free of particles: measure it there
 SEPARATION = 0.8  # candidates at least this many diameters apart (non-maximum suppression)
 SHOULDER_DISTANCE = 1.2  # a candidate this close (diameters) to a much stronger one ...
-SHOULDER_RATIO = 2.5  # ... whose figure of merit is this many times its own is a shoulder
+SHOULDER_RATIO = 3.5  # ... whose figure of merit is this many times its own is a shoulder
 CONTRAST_Z = 5.0  # ice/carbon: local-mean outliers, robust sd
 BACKGROUND_SCALE = 3.0  # ice/carbon: background smoothing, x r
 MIN_POPULATION = 8  # picks needed before outliers are judged against the population
@@ -406,12 +406,14 @@ class _Work:
         return self.host(self.real(f)).astype(np.float32)
 
 
-def _mass_centres(work: _Work, peaks: np.ndarray, iterations: int = 4) -> np.ndarray:
-    """Centres of mass (row, col) of the particles at ``peaks``: mean shift on the
-    CTF-corrected density (CTF / (CTF² + :data:`WIENER`), low-passed at 0.15 r,
-    background beyond 2 r removed, positive part) within :data:`MASS_RADIUS` ``r``.
-    A blob detector finds the densest part of a particle; the centre of a ring, a rod
-    or a dumbbell is the centre of its mass. Needs ``work.ctf``."""
+def _mass_centres(work: _Work, peaks: np.ndarray) -> np.ndarray:
+    """Centres of mass (row, col) of the particles at ``peaks``: one mean-shift step on
+    the CTF-corrected density (CTF / (CTF² + :data:`WIENER`), low-passed at 0.15 r,
+    background beyond 2 r removed, positive part), the centroid within
+    :data:`MASS_RADIUS` ``r`` of each peak. A blob detector finds the densest part of a
+    particle; the centre of a ring, a rod or a dumbbell is the centre of its mass (more
+    steps drift with the noise and the neighbours of compact particles). Needs
+    ``work.ctf``."""
     ctf = work.ctf
     if ctf is None:
         raise ValueError("_mass_centres: the micrograph has no CTF")
@@ -419,24 +421,18 @@ def _mass_centres(work: _Work, peaks: np.ndarray, iterations: int = 4) -> np.nda
     f = f * work.gauss(0.15 * work.r) * (1.0 - work.gauss(2.0 * work.r))
     density = np.maximum(work.host(work.real(f)), 0.0)
     radius = MASS_RADIUS * work.r_px
-    h = int(math.ceil(radius)) + 1
+    h = int(math.ceil(radius))
     padded = np.pad(density, h)
     yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
+    window = (yy * yy + xx * xx) <= radius * radius
     out = peaks.astype(np.float64).reshape(-1, 2).copy()
     ny, nx = density.shape
-    for n in range(len(out)):
-        y, x = out[n]
-        for _ in range(iterations):
-            i, j = int(round(y)), int(round(x))
-            w = padded[i : i + 2 * h + 1, j : j + 2 * h + 1]
-            inside = ((yy + i - y) ** 2 + (xx + j - x) ** 2) <= radius * radius
-            w = np.where(inside, w, 0.0)
-            total = float(w.sum())
-            if total <= 0:
-                break
-            y = min(max(i + float((w * yy).sum()) / total, 0.0), ny - 1.0)
-            x = min(max(j + float((w * xx).sum()) / total, 0.0), nx - 1.0)
-        out[n] = (y, x)
+    for n, (i, j) in enumerate(peaks):
+        w = np.where(window, padded[i : i + 2 * h + 1, j : j + 2 * h + 1], 0.0)
+        total = float(w.sum())
+        if total > 0:
+            out[n, 0] = min(max(i + float((w * yy).sum()) / total, 0.0), ny - 1.0)
+            out[n, 1] = min(max(j + float((w * xx).sum()) / total, 0.0), nx - 1.0)
     return out
 
 
