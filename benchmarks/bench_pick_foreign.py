@@ -17,7 +17,10 @@ so different seeds are different data. The micrographs and a RELION
 and picked as a user would, with ``cryosnake pick --micrograph M --ctf STAR
 --pixel-size P --diameter D`` (blob) and ``--templates`` (template; 12 of the
 generator's own noiseless projections), and by ASPIRE's APPLE picker (when ASPIRE is
-installed: run under ``.venv-bench``). Scores: precision and recall against the truth
+installed: run under ``.venv-bench``). Beside them, ``bound``: the ideal isotropic
+detector of ``_pick_bound.py``, which knows the noise spectrum, the CTF, the particle's
+radial profile and, through the truth, its best threshold; no reference-free picker
+does better. Scores: precision and recall against the truth
 (one-to-one within 0.2 x diameter), F1, the fraction of contamination items with no
 pick inside, picks on carbon, seconds per micrograph.
 
@@ -51,6 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _pick_bound import bound
 from bench_pick import apple_pick, source, versions
 from foreign_sim import SHAPES, ForeignMicrograph, simulate_micrograph, write_micrographs
 
@@ -60,7 +64,7 @@ from cryosnake.simulate import matched_picks
 from cryosnake.stages import pick as pick_stage
 
 GENERATORS = ("foreign", "aspire")
-PROGRAMS = ("blob", "template", "apple")
+PROGRAMS = ("blob", "template", "apple", "bound")
 SNRS = (0.005, 0.01, 0.02, 0.05)
 VOLUMES = ("asymmetric", "c4", "d2", "t", "o")
 
@@ -250,8 +254,14 @@ def main() -> int:
                     folder = Path(tmp)
                     star = write_micrographs(micrographs, folder)
                     for program in programs:
-                        picks, seconds = pick_all(program, micrographs, folder, star)
-                        s = score(picks, micrographs)
+                        if program == "bound":
+                            t0 = time.perf_counter()
+                            s: dict[str, Any] = bound(micrographs)
+                            seconds = [(time.perf_counter() - t0) / len(micrographs)]
+                            s.update(junk_free=1.0, junk_items=0, picks_on_carbon=0)
+                        else:
+                            picks, seconds = pick_all(program, micrographs, folder, star)
+                            s = score(picks, micrographs)
                         s["seconds_per_micrograph"] = float(np.mean(seconds))
                         s["snr_measured"] = float(np.mean([m.snr for m in micrographs]))
                         rows.append({"condition": c.__dict__, "program": program, **s})

@@ -48,7 +48,15 @@ from scipy.special import erf
 
 from cryosnake.io import optics_table, write_mrc, write_star
 
-__all__ = ["SHAPES", "ForeignMicrograph", "simulate_micrograph", "write_micrographs"]
+__all__ = [
+    "SHAPES",
+    "ForeignMicrograph",
+    "ctf_transfer",
+    "noise_power_spectrum",
+    "project_views",
+    "simulate_micrograph",
+    "write_micrographs",
+]
 
 SHAPES = ("rod", "ring", "dumbbell", "globule", "tetramer")
 NOISE_SD = 0.05  # per-pixel noise sd, in units of the unattenuated beam
@@ -80,6 +88,8 @@ class ForeignMicrograph:
         Carbon film mask (all False without carbon).
     defocus_u, defocus_v, defocus_angle
         Å, Å (U >= V), degrees of the U axis from x, counter-clockwise.
+    voltage, cs, amplitude_contrast, bfactor
+        kV, mm, fraction, Å² (the CTF's envelope; 0 where the generator has none).
     snr
         Measured SNR (see the module docstring).
     templates : (k, b, b) float32
@@ -99,6 +109,7 @@ class ForeignMicrograph:
     voltage: float = 300.0  # kV
     cs: float = 2.7  # mm
     amplitude_contrast: float = 0.1
+    bfactor: float = 0.0  # Å², the CTF's envelope exp(-B s^2 / 4)
     snr: float
     templates: np.ndarray
     generator: str = "foreign"
@@ -186,13 +197,15 @@ def _wavelength(kilovolts: float) -> float:
 
 
 def _ctf(
-    n: int, pixel_size: float, df: tuple[float, float, float], voltage: float, cs: float,
-    w: float, bfactor: float,
+    n: int | tuple[int, int], pixel_size: float, df: tuple[float, float, float],
+    voltage: float, cs: float, w: float, bfactor: float,
 ) -> np.ndarray:  # fmt: skip
-    """CTF times envelope on an (n, n // 2 + 1) rfft2 grid; ``df`` = (U Å, V Å, angle °)."""
+    """CTF times envelope on the rfft2 grid of an (n, n) or (ny, nx) image; ``df`` =
+    (U Å, V Å, angle °)."""
+    ny, nx = (n, n) if isinstance(n, int) else n
     lam = _wavelength(voltage)
-    sy = fft.fftfreq(n, pixel_size)[:, None]
-    sx = fft.rfftfreq(n, pixel_size)[None, :]
+    sy = fft.fftfreq(ny, pixel_size)[:, None]
+    sx = fft.rfftfreq(nx, pixel_size)[None, :]
     s2 = sx**2 + sy**2
     a = np.arctan2(sy, sx)
     dfu, dfv, ang = df
@@ -200,6 +213,19 @@ def _ctf(
     chi = np.pi * lam * s2 * defocus - 0.5 * np.pi * cs * 1e7 * lam**3 * s2**2
     ctf = -np.sqrt(1 - w**2) * np.sin(chi) - w * np.cos(chi)
     return ctf * np.exp(-bfactor * s2 / 4)
+
+
+def noise_power_spectrum(s: np.ndarray, pixel_size: float) -> np.ndarray:
+    """The noise's power at spatial frequency ``s`` (1/Å) relative to white noise:
+    three times as much below s0 = 1/50 Å^-1, and the sinc^2 of pixel integration."""
+    return (1 + 2 * np.exp(-((s * 50.0) ** 2))) * np.sinc(s * pixel_size) ** 2
+
+
+def ctf_transfer(shape: tuple[int, int], pixel_size: float, m: ForeignMicrograph) -> np.ndarray:
+    """The CTF of micrograph ``m`` (its defocus, voltage, Cs, amplitude contrast and
+    envelope) on the rfft2 grid of an image of ``shape`` at ``pixel_size``."""
+    df = (m.defocus_u, m.defocus_v, m.defocus_angle)
+    return _ctf(shape, pixel_size, df, m.voltage, m.cs, m.amplitude_contrast, m.bfactor)
 
 
 def _place(rng: np.random.Generator, allowed: np.ndarray, n: int, distance: float) -> np.ndarray:
@@ -348,7 +374,7 @@ def simulate_micrograph(
     background = attenuation * (1 + fft.irfft2(fft.rfft2(other) * ctf, s=other.shape)[inside])
     sy, sx = fft.fftfreq(size, pixel_size)[:, None], fft.rfftfreq(size, pixel_size)[None, :]
     s = np.hypot(sx, sy)
-    power = (1 + 2 * np.exp(-((s * 50.0) ** 2))) * np.sinc(s * pixel_size) ** 2
+    power = noise_power_spectrum(s, pixel_size)
     noise = fft.irfft2(
         fft.rfft2(r_noise.normal(size=(size, size))) * np.sqrt(power), s=(size, size)
     )
@@ -383,9 +409,28 @@ def simulate_micrograph(
         voltage=voltage,
         cs=cs,
         amplitude_contrast=w,
+        bfactor=float(bfactor),
         snr=measured,
         templates=(templates * (scale or 1.0)).astype(np.float32),
     )
+
+
+def project_views(
+    shape_name: str, diameter: float, pixel_size: float, box: int, count: int, seed: int
+) -> np.ndarray:
+    """``count`` noiseless projections of the specimen in uniformly random orientations.
+
+    The same specimen and projection as :func:`simulate_micrograph` (protein white, no
+    CTF, centre of mass at pixel ``box // 2``), in the units of the pseudo-atoms'
+    weights (not scaled to an SNR). Returns (count, box, box) float32.
+    """
+    atoms, sigma, weight = _specimen(shape_name, diameter)
+    rotations = Rotation.random(count, rng=np.random.default_rng(seed))
+    out = np.empty((count, box, box), dtype=np.float32)
+    for i, rot in enumerate(rotations):
+        xy = rot.apply(atoms)[:, :2] / pixel_size + box // 2
+        out[i] = _render(xy, sigma / pixel_size, weight, (box, box))
+    return out
 
 
 def write_micrographs(micrographs: list[ForeignMicrograph], folder: Path) -> Path:
