@@ -19,7 +19,7 @@ rule initial3d:
         CONTAINER_GPU
     threads: 8
     resources:
-        mem_mb=32768,
+        mem_mb=28672,
         runtime=240,
         gpu=1,
         _gpus=1,
@@ -54,7 +54,7 @@ rule refine3d:
         CONTAINER_GPU
     threads: 8
     resources:
-        mem_mb=32768,
+        mem_mb=28672,
         runtime=720,
         gpu=1,
         _gpus=1,

@@ -2,7 +2,10 @@
 # In group "preprocess" with inspect, so a cluster/Batch job handles a chunk of movies.
 # A GPU rule declares gpu=1 (SLURM, local --resources) and _gpus=1 (the AWS Batch
 # executor reads only _gpus). Its threads take a whole job's cores (profiles/aws:
-# cores) so that a group job runs one GPU stage at a time and asks for one GPU.
+# cores) so that a group job runs one GPU stage at a time and asks for one GPU. Its
+# mem_mb stays at or below 28672 (3.5 GiB per thread): the 8-vCPU GPU instances have
+# 32 GiB, of which ECS offers the jobs somewhat less than 32768 MiB, and a larger
+# request lands on an instance of twice the price.
 
 
 rule motioncor:

@@ -113,7 +113,7 @@ rule class2d:
         CONTAINER_GPU
     threads: 8
     resources:
-        mem_mb=32768,
+        mem_mb=28672,
         runtime=240,
         gpu=1,
         _gpus=1,

@@ -23,8 +23,10 @@ Examples
 from __future__ import annotations
 
 import functools
+import glob
 import os
-from collections.abc import Callable, Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, Literal, TypeVar
@@ -45,6 +47,7 @@ __all__ = [
     "get_array_module",
     "gpu_available",
     "parallel_map",
+    "pin_assigned_gpus",
     "resolve_device",
     "take_rows",
     "to_device",
@@ -81,6 +84,45 @@ def gpu_available() -> bool:
         return int(cp.cuda.runtime.getDeviceCount()) > 0
     except Exception:
         return False
+
+
+_GPU_UUID = re.compile(r"(GPU|MIG)-[0-9A-Za-z-]+")
+
+
+def pin_assigned_gpus(
+    environ: MutableMapping[str, str] | None = None, visible: int | None = None
+) -> str | None:
+    """Restrict CUDA to the GPUs the container runtime assigned to this process.
+
+    AWS Batch (the ECS agent) tells a job that asked for GPUs which of its instance's
+    GPUs are its own in ``NVIDIA_VISIBLE_DEVICES`` (their UUIDs, ``GPU-...``). The
+    aws-batch executor registers every job definition as privileged, and a privileged
+    container sees every GPU of the instance: CUDA would number them from 0 and each
+    job of a multi-GPU instance would compute on the first. Copying the assignment to
+    ``CUDA_VISIBLE_DEVICES`` (which accepts the same UUIDs) before CUDA starts makes
+    device 0 the job's own GPU. Indices (``0,2``, Docker's ``--gpus device=``) are
+    copied only when the container sees more GPUs than it was given (``visible``, by
+    default the count of ``/dev/nvidiaN``); otherwise the runtime has already
+    renumbered them from 0. ``all``, ``none``, ``void``, an empty value, or a
+    ``CUDA_VISIBLE_DEVICES`` already set are left alone.
+
+    Returns the value written to ``CUDA_VISIBLE_DEVICES``, or None.
+    """
+    env = os.environ if environ is None else environ
+    assigned = env.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if "CUDA_VISIBLE_DEVICES" in env or assigned.lower() in ("", "all", "none", "void"):
+        return None
+    devices = [d.strip() for d in assigned.split(",") if d.strip()]
+    if not all(_GPU_UUID.fullmatch(d) for d in devices):
+        if not all(d.isdigit() for d in devices):
+            return None  # not a form CUDA reads the same way
+        if visible is None:
+            visible = len([p for p in glob.glob("/dev/nvidia*") if p[11:].isdigit()])
+        if visible <= len(devices):
+            return None
+    value = ",".join(devices)
+    env["CUDA_VISIBLE_DEVICES"] = value
+    return value
 
 
 def resolve_device(device: str = "auto") -> Device:

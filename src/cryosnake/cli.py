@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from cryosnake import __version__
+from cryosnake.backend import pin_assigned_gpus
 from cryosnake.errors import CryosnakeError
 from cryosnake.stages._common import OneLineParser
 
@@ -62,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command not in STAGES:
         parser.parse_args([command])  # prints the usage error and exits 2
+    pin_assigned_gpus()  # before anything starts CUDA: compute on this job's own GPU
     module = _load(command)
     try:
         return int(module.main(rest))  # type: ignore[attr-defined]

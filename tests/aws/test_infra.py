@@ -206,6 +206,37 @@ def test_one_queue_cpu_spot_then_gpu_spot_then_gpu_on_demand(template: dict[str,
     assert spot_res["AllocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
     assert od_res["Type"] == "EC2"
     assert od_res["AllocationStrategy"] == "BEST_FIT_PROGRESSIVE"
+    # GpuSpot=false disables the spot environment: the queue then skips it
+    assert gpu_spot["Properties"]["State"] == {"Fn::If": ["UseGpuSpot", "ENABLED", "DISABLED"]}
+
+
+# GPUs of the multi-GPU sizes of the families a user might list (the rest have one)
+MULTI_GPU = {"12xlarge": 4, "24xlarge": 4, "48xlarge": 8, "metal": 8}
+
+
+def test_default_gpu_instances_have_one_gpu_and_fit_a_gpu_job(template: dict[str, Any]) -> None:
+    """Explicit single-GPU sizes of g5 / g6 with at least the 8 vCPUs of a GPU job."""
+    types = str(template["Parameters"]["GpuInstanceTypes"]["Default"]).split(",")
+    vcpus = {"2xlarge": 8, "4xlarge": 16, "8xlarge": 32, "16xlarge": 64}
+    for t in types:
+        fam, _, size = t.partition(".")
+        assert fam in {"g5", "g6"} and size, t  # a size, not a whole family (p4d: 8 GPUs)
+        assert size not in MULTI_GPU and vcpus.get(size, 0) >= 8, t
+
+
+def test_runnable_jobs_are_cancelled_with_their_reason(template: dict[str, Any]) -> None:
+    (queue,) = resources(template, "AWS::Batch::JobQueue").values()
+    actions = queue["Properties"]["JobStateTimeLimitActions"]
+    assert {a["Reason"] for a in actions} == {
+        "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY",
+        "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE",
+        "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT",
+    }
+    for action in actions:
+        assert action["Action"] == "CANCEL" and action["State"] == "RUNNABLE"
+        assert action["MaxTimeSeconds"] == {"Ref": "RunnableTimeoutSeconds"}
+    parameter = template["Parameters"]["RunnableTimeoutSeconds"]
+    assert 600 <= parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"] <= 86400
 
 
 def test_root_volume_and_log_group(template: dict[str, Any]) -> None:
@@ -304,6 +335,9 @@ def test_profile_from_the_stack(
     out = capsys.readouterr().out
     for key, value in expected.items():
         assert f"{key}: {value}" in out
+    # then the quota check, which moto's Service Quotas (no EC2 quotas) cannot answer:
+    # the profile is written all the same (tests/aws/test_quotas.py checks the quotas)
+    assert "quota check skipped: quota L-34B43A08: " in out
 
     # The job queue tries CPU spot first, then GPU spot, then GPU on-demand.
     envs = {
@@ -313,8 +347,8 @@ def test_profile_from_the_stack(
     order = sorted(queue["computeEnvironmentOrder"], key=lambda o: o["order"])
     kinds = [envs[o["computeEnvironment"]]["type"] for o in order]
     assert kinds == ["SPOT", "SPOT", "EC2"]
-    assert "g5" not in envs[order[0]["computeEnvironment"]]["instanceTypes"]
-    assert "g5" in envs[order[1]["computeEnvironment"]]["instanceTypes"]
+    assert "g5.2xlarge" not in envs[order[0]["computeEnvironment"]]["instanceTypes"]
+    assert "g5.2xlarge" in envs[order[1]["computeEnvironment"]]["instanceTypes"]
 
     # The image tag and project are options.
     assert cli.main([*argv, "--image-tag", "dev", "--dry-run"]) == 0

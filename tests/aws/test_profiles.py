@@ -133,6 +133,20 @@ def test_gpu_rules_declare_both_gpu_resources(jobs: dict[str, dict[str, str]]) -
         assert jobs[rule].get("gpu") == "1" and jobs[rule].get("_gpus") == "1", rule
 
 
+def test_jobs_fit_their_instances_and_timeout(jobs: dict[str, dict[str, str]]) -> None:
+    """Memory of GPU rules: at most 3.5 GiB per thread, so that an 8-thread job fits the
+    32 GiB of a g5.2xlarge / g6.2xlarge as ECS offers it (a little under 32768 MiB; CPU
+    rules also have the r6i family, 8 GiB per vCPU). Time: the Batch job timeout exceeds
+    every rule's runtime (minutes)."""
+    timeout = int(profile("aws")["aws-batch-task-timeout"])
+    for rule, resources in jobs.items():
+        if rule == "all":
+            continue
+        if "_gpus" in resources:
+            assert int(resources["mem_mb"]) <= 3584 * int(resources["threads"]), rule
+        assert int(resources.get("runtime", 0)) * 60 < timeout, rule
+
+
 def test_aws_profile_settings() -> None:
     aws = profile("aws")
     assert aws["executor"] == "aws-batch"

@@ -146,3 +146,55 @@ def test_cupy_arrays_get_cupy() -> None:
 def test_take_rows_stays_on_the_host() -> None:
     a = np.arange(12).reshape(6, 2)
     np.testing.assert_array_equal(backend.take_rows(a, np.array([4, 1])), [[8, 9], [2, 3]])
+
+
+# --------------------------------------------------------------------------------------
+# the GPU a Batch job was given
+
+UUID_A = "GPU-1d6a7b4e-2c3f-4a5b-8c9d-0e1f2a3b4c5d"
+UUID_B = "GPU-9f8e7d6c-5b4a-4321-8765-43210fedcba9"
+
+
+@pytest.mark.parametrize(
+    ("assigned", "visible", "expected"),
+    [
+        (UUID_B, 4, UUID_B),  # ECS: the job's own GPU of a 4-GPU instance, by UUID
+        (f"{UUID_A},{UUID_B}", 1, f"{UUID_A},{UUID_B}"),  # UUIDs are safe at any count
+        ("2", 4, "2"),  # an index in a privileged container that sees all four
+        ("2", 1, None),  # the runtime already gave it one device, renumbered 0
+        ("all", 4, None),
+        ("none", 4, None),
+        ("void", 4, None),
+        ("", 4, None),
+    ],
+)
+def test_pin_assigned_gpus(assigned: str, visible: int, expected: str | None) -> None:
+    env = {"NVIDIA_VISIBLE_DEVICES": assigned}
+    assert backend.pin_assigned_gpus(env, visible=visible) == expected
+    assert env.get("CUDA_VISIBLE_DEVICES") == expected
+
+
+def test_pin_assigned_gpus_keeps_a_users_choice() -> None:
+    env = {"NVIDIA_VISIBLE_DEVICES": UUID_B, "CUDA_VISIBLE_DEVICES": "0"}
+    assert backend.pin_assigned_gpus(env, visible=4) is None
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_cli_pins_the_assigned_gpu_before_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cryosnake STAGE` sets CUDA_VISIBLE_DEVICES from the job's assignment before the
+    stage (and CUDA) starts."""
+    from cryosnake import cli
+
+    environ = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    monkeypatch.setattr(os, "environ", {**environ, "NVIDIA_VISIBLE_DEVICES": UUID_B})
+    seen: dict[str, str | None] = {}
+
+    class Stage:
+        @staticmethod
+        def main(argv: list[str]) -> int:
+            seen["cuda"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+            return 0
+
+    monkeypatch.setattr(cli, "_load", lambda command: Stage)
+    assert cli.main(["pick", "--help"]) == 0
+    assert seen["cuda"] == UUID_B
