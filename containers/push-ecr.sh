@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the job images (containers/build.sh) and push them to the ECR repository of a
-# stack deployed from infra/cryosnake.yaml, as REPOSITORY_URI:<version>-gpu and -cpu.
+# stack deployed from infra/cryosnake.yaml, as REPOSITORY_URI:<version>-gpu and -cpu and
+# REPOSITORY_URI:<version>-<commit>-gpu and -cpu (containers/tags.sh).
 # Needs docker and the AWS CLI v2 with credentials for the stack's account. Run from
 # anywhere.
 #   containers/push-ecr.sh STACK                  build, log in, tag, push
@@ -11,7 +12,8 @@ set -euo pipefail
 
 usage="usage: $0 STACK [--region REGION] [--no-build]"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")"
+# shellcheck source=containers/tags.sh
+source "$root/containers/tags.sh"
 
 stack=""
 build=1
@@ -68,10 +70,11 @@ aws ecr get-login-password --region "$region" \
     | docker login --username AWS --password-stdin "$registry"
 
 for kind in gpu cpu; do
-    local_tag="cryosnake/cryosnake:${version}-${kind}"
-    remote_tag="${repository}:${version}-${kind}"
-    docker tag "$local_tag" "$remote_tag"
-    docker push "$remote_tag"
-    echo "pushed $remote_tag"
+    for tag in "${version}-${kind}" "${version}-${commit}-${kind}"; do
+        docker tag "cryosnake/cryosnake:${tag}" "${repository}:${tag}"
+        docker push "${repository}:${tag}"
+        echo "pushed ${repository}:${tag}"
+    done
 done
 echo "next: cryosnake aws profile --stack $stack --image-tag ${version}-gpu"
+echo "  (or --image-tag ${version}-${commit}-gpu to pin this build)"

@@ -5,7 +5,7 @@ import shlex
 import sys
 import time
 
-from cryosnake.config import movie_table, simulated_gain
+from cryosnake.config import check_workflow_version, movie_table, simulated_gain
 from cryosnake.errors import ConfigError
 
 STARTED = time.time()
@@ -56,6 +56,14 @@ def report_stage_errors():
         print(f"  {line}   [{url}]", file=sys.stderr)
 
 
+# The version of these rules; the package that runs their stages (this environment,
+# or the job image on AWS) must be the same (tests/workflow checks it is pyproject's).
+WORKFLOW_VERSION = "0.1.0"
+
+try:
+    check_workflow_version(WORKFLOW_VERSION)
+except ConfigError as err:
+    sys.exit(f"cryosnake: {err}")
 try:
     MOVIES = movie_table(config, storage_lister())
 except ConfigError as err:

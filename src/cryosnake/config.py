@@ -26,10 +26,12 @@ from typing import Any
 
 import jsonschema
 
+from cryosnake import __version__
 from cryosnake.errors import ConfigError, CryosnakeError
 from cryosnake.io import MOVIE_SUFFIXES, read_yaml
 
 __all__ = [
+    "check_workflow_version",
     "fill_defaults",
     "load_config",
     "load_schema",
@@ -229,3 +231,23 @@ def movie_table(
             )
         table[stem] = p
     return table
+
+
+def check_workflow_version(workflow_version: str, installed: str = __version__) -> None:
+    """Stop when the workflow and the cryosnake package that runs its stages differ.
+
+    The rules come from the user's checkout (Snakemake deploys them to every AWS Batch
+    job), the stages from the package installed where the job runs (the job image). An
+    image built from another version would run stages whose options or outputs the
+    rules do not expect. ``CRYOSNAKE_IMAGE_COMMIT`` (set in the images) is named too.
+    """
+    if installed == workflow_version:
+        return
+    commit = os.environ.get("CRYOSNAKE_IMAGE_COMMIT")
+    image = f" (image of commit {commit})" if commit else ""
+    raise ConfigError(
+        f"the workflow is cryosnake {workflow_version} but cryosnake {installed} runs its "
+        f"stages here{image}: build and push the image of this checkout "
+        "(containers/push-ecr.sh STACK) and rerun cryosnake aws profile, or install "
+        "this checkout (make install)"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,28 @@ def test_existing_movies_sorted_and_names_unique(tmp_path: Path) -> None:
     config["input"]["movies"] = str(tmp_path / "*" / "m1.*")
     with pytest.raises(ConfigError, match="share the movie name 'm1'"):
         movie_table(config)
+
+
+def test_workflow_version_is_the_package_version() -> None:
+    """rules/common.smk's WORKFLOW_VERSION is pyproject.toml's version."""
+    root = Path(__file__).resolve().parents[2]
+    rules = (root / "rules" / "common.smk").read_text()
+    pyproject = (root / "pyproject.toml").read_text()
+    workflow = re.search(r'^WORKFLOW_VERSION = "([^"]+)"$', rules, re.M)
+    package = re.search(r'^version = "([^"]+)"$', pyproject, re.M)
+    assert workflow and package and workflow.group(1) == package.group(1)
+
+
+def test_a_job_image_of_another_version_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryosnake.config import check_workflow_version
+
+    check_workflow_version("0.1.0", installed="0.1.0")
+    monkeypatch.setenv("CRYOSNAKE_IMAGE_COMMIT", "0123456789ab")
+    with pytest.raises(ConfigError) as err:
+        check_workflow_version("0.2.0", installed="0.1.0")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "the workflow is cryosnake 0.2.0 but cryosnake 0.1.0 runs its stages here "
+        "(image of commit 0123456789ab): build and push the image of this checkout"
+    )
