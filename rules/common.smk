@@ -248,8 +248,20 @@ def class2d_options():
     c = config["class2d"]
     return (
         f"--classes {c['classes']} --iterations {c['iterations']} --seed {c['seed']} "
-        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']}"
+        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']} "
+        f"{checkpoint_url('class2d')}"
     )
+
+
+def checkpoint_url(rule):
+    """With S3 storage, where an iterative stage mirrors its checkpoint (spot-safe
+    resume; cryosnake.aws.checkpoints): the bucket's expiring scratch/ prefix."""
+    s3 = s3_storage()
+    if s3 is None:
+        return ""
+    bucket, _, project = s3[0].removeprefix("s3://").partition("/")
+    folder = "/".join(p for p in ("scratch", project.strip("/"), "checkpoints", rule) if p)
+    return f"--checkpoint-url s3://{bucket}/{folder}/"
 
 
 def select2d_options():
@@ -280,7 +292,8 @@ def refine3d_options():
     return (
         f"--initial-lowpass {c['initial_lowpass']:g} --iterations {c['iterations']} "
         f"--seed {c['seed']} --symmetry {config['initial3d']['symmetry']} "
-        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']}"
+        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']} "
+        f"{checkpoint_url('refine3d')}"
     )
 
 

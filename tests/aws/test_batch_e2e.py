@@ -268,6 +268,12 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     assert all(name.split("@")[1].startswith("results/extract/movie_") for name in names)
     with mrcfile.open(account.fetch("main/results/motioncor/movie_0001.mrc", tmp_path)) as mrc:
         assert mrc.data.ndim == 2
+    # class2d kept its checkpoint under the bucket's scratch/ prefix after every iteration
+    # and deleted it once it had finished.
+    log = account.read("main/results/logs/class2d.log").decode()
+    kept = f"s3://{account.bucket}/scratch/main/checkpoints/class2d/run_checkpoint.json"
+    assert f"class2d: checkpoint kept in {kept} after every iteration" in log
+    assert not account.objects("scratch/")
 
     launches = account.docker.launches
     assert all(launch.returncode == 0 for launch in launches)

@@ -10,6 +10,7 @@ particle in the order of :data:`cryosnake.ops.class2d.CTF_COLUMNS`.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cryosnake.io import read_mrc, read_mrc_header, read_star
 
 __all__ = [
     "ParticleSet",
+    "add_checkpoint_url_arg",
     "ctf_table",
     "image_groups",
     "image_path",
@@ -181,3 +183,15 @@ def read_images(groups: dict[Path, list[tuple[int, int]]], n: int, box: int) -> 
         out[rows] = np.asarray(stack[index], dtype=np.float32)
         del stack
     return out
+
+
+def add_checkpoint_url_arg(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint-url``: the S3 copy of an iterative stage's checkpoint
+    (:mod:`cryosnake.aws.checkpoints`)."""
+    parser.add_argument(
+        "--checkpoint-url",
+        default=None,
+        help="s3://BUCKET/PREFIX/: also keep the checkpoint there after every iteration and "
+        "resume from it when the output folder holds none (a spot instance reclaimed); "
+        "deleted once the outputs are written",
+    )

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import get_array_module, resolve_device, to_device, to_host
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import (
@@ -65,7 +66,12 @@ from cryosnake.io import (
 )
 from cryosnake.ops import class2d as c2
 from cryosnake.stages._common import positive, positive_int, run_stage
-from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter
+from cryosnake.stages._particles import (
+    add_checkpoint_url_arg,
+    ctf_table,
+    open_particles,
+    particle_diameter,
+)
 
 __all__ = ["add_args", "main"]
 
@@ -136,6 +142,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-resume", action="store_true", help="start over even if a checkpoint exists"
     )
+    add_checkpoint_url_arg(parser)
 
 
 # --------------------------------------------------------------------------- input
@@ -460,6 +467,9 @@ def _run(args: argparse.Namespace) -> int:
     spectra = _load_spectra(groups, n, pixel_size, box, big, device)
     data = c2.ParticleData(spectra=spectra, ctf=ctf_table(particles, values), pixel_size=work_pixel)
     checkpoint = out / CHECKPOINT
+    mirror = CheckpointMirror(args.checkpoint_url, checkpoint, "class2d")
+    if not args.no_resume:
+        mirror.restore()
     loaded = None if args.no_resume else _load_checkpoint(checkpoint, fingerprint, device)
     if loaded is not None:
         state, rng = loaded
@@ -471,6 +481,7 @@ def _run(args: argparse.Namespace) -> int:
         tick = time.perf_counter()
         state = c2.em_iteration(data, state, settings, rng)
         _save_checkpoint(checkpoint, state, rng, fingerprint)
+        mirror.store()
         res = state.resolution(work_pixel)
         note = f"  re-seeded class(es) {[k + 1 for k in state.reseeded]}" if state.reseeded else ""
         print(
@@ -485,6 +496,7 @@ def _run(args: argparse.Namespace) -> int:
     model = _write_outputs(
         out, optics, particles, state, settings, pixel_size, work_pixel, big, diameter, subsets
     )
+    mirror.clear()
     status = "converged" if state.converged else "stopped"
     print(
         f"class2d: {status} after {state.iteration} iterations, "

@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import array_module, resolve_device
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import atomic_path, read_mrc, save_figure, write_mrc, write_star
@@ -65,7 +66,13 @@ from cryosnake.ops import refine3d as r3
 from cryosnake.ops.reconstruct import shell_resolution
 from cryosnake.ops.rotation import matrix_to_euler
 from cryosnake.stages._common import point_group, positive, positive_int, run_stage
-from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter, read_images
+from cryosnake.stages._particles import (
+    add_checkpoint_url_arg,
+    ctf_table,
+    open_particles,
+    particle_diameter,
+    read_images,
+)
 
 __all__ = ["add_args", "main"]
 
@@ -94,6 +101,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the half split (0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or gpu")
     parser.add_argument("--no-resume", action="store_true", help="ignore a checkpoint")
+    add_checkpoint_url_arg(parser)
 
 
 def _reference(path: str, box: int, pixel_size: float) -> np.ndarray:
@@ -267,6 +275,9 @@ def _run(args: argparse.Namespace) -> int:
         {"diameter": diameter, "max_shift": max_shift, "box": box, "symmetry": symmetry},
     )
     checkpoint = out / CHECKPOINT
+    mirror = CheckpointMirror(args.checkpoint_url, checkpoint, "refine3d")
+    if not args.no_resume:
+        mirror.restore()
     state = None if args.no_resume else _load(checkpoint, fingerprint)
     if state is not None:
         print(f"refine3d: resuming from {checkpoint} after iteration {state.iteration}", flush=True)
@@ -280,6 +291,7 @@ def _run(args: argparse.Namespace) -> int:
         kind = "global" if state.iteration < settings.global_iterations else "local"
         state, rec = r3.refine_iteration(spectra, ctf, pixel_size, state, settings, xp)
         _save(checkpoint, state, fingerprint)
+        mirror.store()
         print(
             f"refine3d: iteration {state.iteration}/{settings.max_iterations} ({kind}, step "
             f"{state.step:.2f}°)  resolution {state.resolution:.2f} Å  "
@@ -336,6 +348,7 @@ def _run(args: argparse.Namespace) -> int:
         {"frequency": freq, "corrected": corrected, "unmasked": np.asarray(curves["unmasked"])},
         resolution,
     )
+    mirror.clear()
     status = "converged" if state.converged else "stopped"
     print(
         f"refine3d: {status} after {state.iteration} iterations; gold-standard FSC 0.143 at "
