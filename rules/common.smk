@@ -260,7 +260,9 @@ def checkpoint_url(rule):
     if s3 is None:
         return ""
     bucket, _, project = s3[0].removeprefix("s3://").partition("/")
-    folder = "/".join(p for p in ("scratch", project.strip("/"), "checkpoints", rule) if p)
+    folder = "/".join(
+        p for p in ("scratch", project.strip("/"), "checkpoints", rule) if p
+    )
     return f"--checkpoint-url s3://{bucket}/{folder}/"
 
 
