@@ -259,11 +259,9 @@ def checkpoint_url(rule):
     s3 = s3_storage()
     if s3 is None:
         return ""
-    bucket, _, project = s3[0].removeprefix("s3://").partition("/")
-    folder = "/".join(
-        p for p in ("scratch", project.strip("/"), "checkpoints", rule) if p
-    )
-    return f"--checkpoint-url s3://{bucket}/{folder}/"
+    from cryosnake.aws.checkpoints import scratch_url
+
+    return f"--checkpoint-url {scratch_url(s3[0], rule)}"
 
 
 def select2d_options():

@@ -92,3 +92,11 @@ def test_mirror_errors_are_one_line(aws_env: str, tmp_path: Path) -> None:
     # the run starts over and its first upload fails as above
     assert mirror.restore() is False
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_scratch_url_is_under_the_expiring_prefix() -> None:
+    from cryosnake.aws.checkpoints import scratch_url
+
+    assert scratch_url("s3://bkt/main", "class2d") == "s3://bkt/scratch/main/checkpoints/class2d/"
+    assert scratch_url("s3://bkt/a/b/", "refine3d") == "s3://bkt/scratch/a/b/checkpoints/refine3d/"
+    assert scratch_url("s3://bkt", "refine3d") == "s3://bkt/scratch/checkpoints/refine3d/"

@@ -20,7 +20,10 @@ from typing import Any
 
 from cryosnake.errors import CryosnakeError
 
-__all__ = ["CheckpointMirror"]
+__all__ = ["SCRATCH", "CheckpointMirror", "scratch_url"]
+
+#: expiring key prefix of the bucket (infra/cryosnake.yaml: ScratchPrefix)
+SCRATCH = "scratch"
 
 
 class CheckpointMirror:
@@ -112,3 +115,14 @@ class CheckpointMirror:
             self._s3().delete_object(Bucket=self.bucket, Key=self.key)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
             raise self._fail(err, "cannot delete") from err
+
+
+def scratch_url(storage_prefix: str, rule: str) -> str:
+    """Where ``rule`` keeps its checkpoint for a run whose default storage is
+    ``storage_prefix`` (``s3://BUCKET/PROJECT``): ``s3://BUCKET/scratch/PROJECT/
+    checkpoints/RULE/``, under the bucket's expiring prefix."""
+    from cryosnake.aws.transfer import parse_s3_url
+
+    bucket, project = parse_s3_url(storage_prefix)
+    parts = [SCRATCH, project.strip("/"), "checkpoints", rule]
+    return f"s3://{bucket}/" + posixpath.join(*[p for p in parts if p]) + "/"
