@@ -102,9 +102,10 @@ def pin_assigned_gpus(
     ``CUDA_VISIBLE_DEVICES`` (which accepts the same UUIDs) before CUDA starts makes
     device 0 the job's own GPU. Indices (``0,2``, Docker's ``--gpus device=``) are
     copied only when the container sees more GPUs than it was given (``visible``, by
-    default the count of ``/dev/nvidiaN``); otherwise the runtime has already
-    renumbered them from 0. ``all``, ``none``, ``void``, an empty value, or a
-    ``CUDA_VISIBLE_DEVICES`` already set are left alone.
+    default the count of ``/dev/nvidiaN``), with CUDA told to number devices in PCI bus
+    order as the runtime does; otherwise the runtime has already renumbered them from
+    0. ``all``, ``none``, ``void``, an empty value, or a ``CUDA_VISIBLE_DEVICES``
+    already set are left alone.
 
     Returns the value written to ``CUDA_VISIBLE_DEVICES``, or None.
     """
@@ -120,6 +121,7 @@ def pin_assigned_gpus(
             visible = len([p for p in glob.glob("/dev/nvidia*") if p[11:].isdigit()])
         if visible <= len(devices):
             return None
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # the runtime's (nvidia-smi's) order
     value = ",".join(devices)
     env["CUDA_VISIBLE_DEVICES"] = value
     return value

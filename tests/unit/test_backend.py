@@ -172,6 +172,9 @@ def test_pin_assigned_gpus(assigned: str, visible: int, expected: str | None) ->
     env = {"NVIDIA_VISIBLE_DEVICES": assigned}
     assert backend.pin_assigned_gpus(env, visible=visible) == expected
     assert env.get("CUDA_VISIBLE_DEVICES") == expected
+    # indices are the runtime's PCI bus order, which CUDA follows only when told to
+    indices = expected is not None and expected.isdigit()
+    assert (env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID") == indices
 
 
 def test_pin_assigned_gpus_keeps_a_users_choice() -> None:
