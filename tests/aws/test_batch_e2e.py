@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import mrcfile
+import numpy as np
 import pytest
 import requests
 import starfile
@@ -405,3 +406,47 @@ def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path
         if key.endswith(".mrc"):
             with mrcfile.open(account.fetch(key, tmp_path)) as mrc:
                 assert mrc.data.ndim == 2, key
+
+
+def test_reclaimed_class2d_resumes_from_its_s3_checkpoint(account: Account, tmp_path: Path) -> None:
+    """A spot reclaim in class2d's second iteration: the resubmitted job, in a fresh
+    container, restores the checkpoint from the bucket's scratch/ prefix and goes on
+    after the last finished iteration, to the classes of the uninterrupted run of the
+    same data (project main)."""
+    account.upload_dataset("spot")
+    key = "scratch/spot/checkpoints/class2d/run_checkpoint.json"
+    reclaimed: list[Launch] = []
+
+    def reclaim(launch: Launch) -> bool:
+        if reclaimed or "class2d" not in launch.name:
+            return False
+        if key in account.objects("scratch/spot/"):  # iteration 1 is done
+            reclaimed.append(launch)
+            return True
+        return False
+
+    account.docker.containers.reclaim = reclaim
+    before = len(account.docker.launches)
+    try:
+        proc = account.snakemake("spot")
+    finally:
+        account.docker.containers.reclaim = None
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert len(reclaimed) == 1 and reclaimed[0].killed
+    runs = [
+        launch.returncode for launch in launches_since(account, before) if "class2d" in launch.name
+    ]
+    assert runs == [137, 0]
+    log = account.read("spot/results/logs/class2d.log").decode()
+    assert f"class2d: checkpoint restored from s3://{account.bucket}/{key}" in log, log
+    assert "starting over" not in log, log
+    resumed = re.search(r"resuming from .* after iteration (\d+)", log)
+    assert resumed is not None and int(resumed.group(1)) >= 1, log
+    assert "iteration 1/" not in log
+    assert not account.objects("scratch/spot/")
+    classes = []
+    for project in ("main", "spot"):
+        path = account.fetch(f"{project}/results/class2d/run_classes.mrcs", tmp_path)
+        with mrcfile.open(path) as mrc:
+            classes.append(np.array(mrc.data))
+    np.testing.assert_allclose(classes[1], classes[0], atol=1e-5)

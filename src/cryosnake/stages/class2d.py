@@ -283,7 +283,9 @@ def _fingerprint(
 ) -> dict[str, Any]:
     names = "\n".join(map(str, particles["rlnImageName"])).encode()
     return {
-        "particles": str(Path(args.particles).resolve()),
+        # the file's content, not its path: a job resubmitted after a spot reclaim reads
+        # the same particles from another folder (aws.checkpoints)
+        "particles": hashlib.sha1(Path(args.particles).read_bytes()).hexdigest(),
         "n": len(particles),
         "images": hashlib.sha1(names).hexdigest(),
         "seed": int(args.seed),
