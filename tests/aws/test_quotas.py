@@ -148,3 +148,14 @@ def test_quota_errors_are_one_line(
     assert run_check(monkeypatch, PARAMETERS, sq) == 1
     err = capsys.readouterr().err
     assert err == f"cryosnake aws: error: quota {STANDARD_SPOT}: not allowed\n"
+
+
+def test_no_region_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    assert cli.main(["aws", "check", "--stack", STACK]) == 1
+    err = capsys.readouterr().err
+    assert err == "cryosnake aws: error: no AWS region: pass --region or set AWS_REGION\n"

@@ -45,8 +45,12 @@ __all__ = ["add_args", "main"]
 def _quotas(stack: str, region: str | None) -> int:
     """Print the quota check of ``stack``; 1 when some kind of job cannot start."""
     import boto3
+    import botocore.exceptions
 
-    cloudformation = boto3.client("cloudformation", region_name=region)
+    try:
+        cloudformation = boto3.client("cloudformation", region_name=region)
+    except botocore.exceptions.NoRegionError as err:
+        raise CryosnakeError("no AWS region: pass --region or set AWS_REGION") from err
     where = str(cloudformation.meta.region_name)
     parameters = stack_parameters(stack, cloudformation)
     lines = check(parameters, boto3.client("service-quotas", region_name=where), where)

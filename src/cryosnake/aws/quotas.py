@@ -92,6 +92,8 @@ def stack_parameters(stack: str, client: Any) -> dict[str, str]:
     except botocore.exceptions.ClientError as err:
         message = err.response.get("Error", {}).get("Message", str(err))
         raise CryosnakeError(f"stack {stack}: {message}") from err
+    except botocore.exceptions.BotoCoreError as err:  # no credentials, no connection
+        raise CryosnakeError(f"stack {stack}: {err}") from err
     stacks = response.get("Stacks", [])
     if not stacks:
         raise CryosnakeError(f"stack {stack}: not found")
@@ -136,11 +138,15 @@ def _applied(client: Any, code: str) -> float:
         if err.response.get("Error", {}).get("Code") != "NoSuchResourceException":
             message = err.response.get("Error", {}).get("Message", str(err))
             raise CryosnakeError(f"quota {code}: {message}") from err
+    except botocore.exceptions.BotoCoreError as err:
+        raise CryosnakeError(f"quota {code}: {err}") from err
     try:
         response = client.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)
     except botocore.exceptions.ClientError as err:
         message = err.response.get("Error", {}).get("Message", str(err))
         raise CryosnakeError(f"quota {code}: {message}") from err
+    except botocore.exceptions.BotoCoreError as err:
+        raise CryosnakeError(f"quota {code}: {err}") from err
     return float(response["Quota"]["Value"])
 
 
