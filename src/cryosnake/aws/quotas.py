@@ -132,22 +132,23 @@ def _applied(client: Any, code: str) -> float:
     """The account's value of quota ``code`` (the AWS default where none is applied)."""
     import botocore.exceptions
 
-    try:
-        return float(client.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
-    except botocore.exceptions.ClientError as err:
-        if err.response.get("Error", {}).get("Code") != "NoSuchResourceException":
-            message = err.response.get("Error", {}).get("Message", str(err))
-            raise CryosnakeError(f"quota {code}: {message}") from err
-    except botocore.exceptions.BotoCoreError as err:
-        raise CryosnakeError(f"quota {code}: {err}") from err
-    try:
-        response = client.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)
-    except botocore.exceptions.ClientError as err:
-        message = err.response.get("Error", {}).get("Message", str(err))
-        raise CryosnakeError(f"quota {code}: {message}") from err
-    except botocore.exceptions.BotoCoreError as err:
-        raise CryosnakeError(f"quota {code}: {err}") from err
-    return float(response["Quota"]["Value"])
+    def read(call: Any) -> float | None:
+        try:
+            return float(call(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
+        except botocore.exceptions.ClientError as err:
+            error = err.response.get("Error", {})
+            if error.get("Code") == "NoSuchResourceException":
+                return None
+            raise CryosnakeError(f"quota {code}: {error.get('Message', err)}") from err
+        except botocore.exceptions.BotoCoreError as err:
+            raise CryosnakeError(f"quota {code}: {err}") from err
+
+    value = read(client.get_service_quota)
+    if value is None:
+        value = read(client.get_aws_default_service_quota)
+    if value is None:
+        raise CryosnakeError(f"quota {code}: not known to Service Quotas")
+    return value
 
 
 def check(parameters: Mapping[str, str], client: Any, region: str) -> list[QuotaLine]:

@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryosnake.backend import get_array_module, to_host
-from cryosnake.ops.ctf import ctf_2d, wavelength
+from cryosnake.ops.ctf import wavelength
 from cryosnake.ops.ctf_fit import amplitude_spectrum
 
 __all__ = ["ZERO_CTF2", "ZERO_RINGS", "NoisePower", "noise_power"]
@@ -87,9 +87,8 @@ def noise_power(micrograph: Any, pixel_size: float, ctf: Any) -> NoisePower | No
     ----------
     micrograph : (ny, nx) float, NumPy or CuPy
     pixel_size : Å per pixel
-    ctf : the micrograph's CTF (an object with ``defocus_u``, ``defocus_v``, ``angle``,
-        ``voltage``, ``cs``, ``amplitude_contrast``, ``phase_shift`` in RELION units,
-        e.g. :class:`cryosnake.ops.pick.MicrographCtf`)
+    ctf : the micrograph's CTF, a :class:`cryosnake.ops.pick.MicrographCtf` (its
+        defocus, voltage and ``image`` are used)
 
     Returns
     -------
@@ -111,24 +110,7 @@ def noise_power(micrograph: Any, pixel_size: float, ctf: Any) -> NoisePower | No
     smooth[0] = total[1] if count > 1 else total[0]  # the DC ring carries the mean
     if ctf.defocus_u <= 0 or ctf.defocus_v <= 0:
         return None
-    c2 = np.fft.fftshift(
-        np.asarray(
-            ctf_2d(
-                (n, n),
-                pixel_size,
-                ctf.defocus_u,
-                ctf.defocus_v,
-                ctf.angle,
-                voltage=ctf.voltage,
-                cs=ctf.cs,
-                amplitude_contrast=ctf.amplitude_contrast,
-                phase_shift=ctf.phase_shift,
-                rfft=False,
-            ),
-            dtype=np.float64,
-        )
-        ** 2
-    )
+    c2 = np.fft.fftshift(np.asarray(ctf.image((n, n), pixel_size, rfft=False), np.float64) ** 2)
     mean_defocus = 0.5 * (ctf.defocus_u + ctf.defocus_v)
     first_zero = 1.0 / math.sqrt(wavelength(ctf.voltage) * mean_defocus)  # Cs ignored
     last = first_zero * math.sqrt(ZERO_RINGS + 0.5)

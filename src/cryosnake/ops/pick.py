@@ -203,6 +203,16 @@ class MicrographCtf:
     amplitude_contrast: float = 0.07
     phase_shift: float = 0.0
 
+    def image(
+        self, shape: tuple[int, int], pixel_size: float, *, rfft: bool = True, xp: ModuleType = np
+    ) -> Any:
+        """This CTF on the FFT grid of an image of ``shape`` (:func:`ctf_2d`)."""
+        return ctf_2d(
+            shape, pixel_size, self.defocus_u, self.defocus_v, self.angle,
+            voltage=self.voltage, cs=self.cs, amplitude_contrast=self.amplitude_contrast,
+            phase_shift=self.phase_shift, rfft=rfft, xp=xp,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Picks:
@@ -332,18 +342,7 @@ class _Work:
             self.ctf = None
             self.flip: Any = -1.0
         else:
-            self.ctf = ctf_2d(
-                self.padded_shape,
-                0.5 * (self.pixel[0] + self.pixel[1]),
-                ctf.defocus_u,
-                ctf.defocus_v,
-                ctf.angle,
-                voltage=ctf.voltage,
-                cs=ctf.cs,
-                amplitude_contrast=ctf.amplitude_contrast,
-                phase_shift=ctf.phase_shift,
-                xp=xp,
-            )
+            self.ctf = ctf.image(self.padded_shape, 0.5 * (self.pixel[0] + self.pixel[1]), xp=xp)
             self.flip = xp.where(self.ctf < 0, -1.0, 1.0).astype(xp.float32)
         self.crop = (slice(self.pad, self.pad + my), slice(self.pad, self.pad + mx))
         self._band: Any = None
