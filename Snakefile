@@ -45,6 +45,11 @@ rule all:
     default_target: True
     input:
         final_targets(),
+        per_movie(*FINAL_PER_MOVIE),
+
+
+onstart:
+    refuse_s3_keys()
 
 
 onerror:

@@ -5,8 +5,11 @@ import shlex
 import sys
 import time
 
+from snakemake.exceptions import IncompleteCheckpointException
+
 from cryosnake.config import check_workflow_version, movie_table, simulated_gain
 from cryosnake.errors import ConfigError
+from cryosnake.stages.import_movies import movie_names
 
 STARTED = time.time()
 
@@ -36,6 +39,27 @@ def storage_lister():
     return lambda pattern: glob_s3(
         prefix, pattern, endpoint_url=endpoint, region=region
     )
+
+
+def refuse_s3_keys():
+    """onstart: stop before any job is submitted to AWS Batch when S3 keys were given to
+    Snakemake (--storage-s3-access-key/-secret-key/-token, or their
+    SNAKEMAKE_STORAGE_S3_* variables): the executor would copy them in plain text into
+    every job definition. Jobs use the stack's job role, and this machine its own AWS
+    credentials (environment or ~/.aws)."""
+    plugin = workflow.executor_plugin
+    if workflow.remote_exec or plugin is None or plugin.name != "aws-batch":
+        return
+    settings = workflow.storage_provider_settings.get("s3")
+    s3 = settings.get_settings() if settings is not None else None
+    given = [k for k in ("access_key", "secret_key", "token") if getattr(s3, k, None)]
+    if given:
+        flags = ", ".join(f"--storage-s3-{k.replace('_', '-')}" for k in given)
+        sys.exit(
+            f"cryosnake: {flags} given: AWS Batch would copy it in plain text into every "
+            "job definition; remove it (and SNAKEMAKE_STORAGE_S3_* variables): jobs use "
+            "the stack's job role, this machine its AWS credentials"
+        )
 
 
 def report_stage_errors():
@@ -75,6 +99,10 @@ shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH;
 
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
+# Written by the checkpoint import_movies: the movies inspect accepted (one line each),
+# and those it rejected, with the reason.
+MOVIES_SUMMARY = f"{RESULTS}/movies_summary.tsv"
+REJECTED_MOVIES = f"{RESULTS}/movies_rejected.tsv"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 ACQ = config["acquisition"]
 SIM = config["simulate"]
@@ -111,6 +139,64 @@ def gain_args(wildcards, input):
 def inspect_reports(wildcards):
     """The inspect report of every movie."""
     return expand(f"{RESULTS}/inspect/{{movie}}.json", movie=MOVIES)
+
+
+def result_text(path):
+    """The text of a result the workflow reads while it plans jobs (in S3 when the
+    default storage is S3, else local); None when there is no such file yet."""
+    s3 = s3_storage()
+    if s3 is None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    from cryosnake.aws.storage import read_s3_text
+
+    prefix, endpoint, region = s3
+    return read_s3_text(
+        prefix, path, endpoint_url=endpoint, region=region, missing_ok=True
+    )
+
+
+def accepted_movies():
+    """Names of the movies inspect accepted, from import_movies' tables; None while
+    import_movies has not decided on every movie (not run yet, or movies added)."""
+    summary, rejected = result_text(MOVIES_SUMMARY), result_text(REJECTED_MOVIES)
+    if summary is None or rejected is None:
+        return None
+    accepted = movie_names(summary, MOVIES_SUMMARY)
+    rejected = movie_names(rejected, REJECTED_MOVIES)
+    if not set(MOVIES) <= accepted | rejected:
+        return None
+    return [movie for movie in MOVIES if movie not in rejected]
+
+
+def per_movie(*patterns):
+    """Input function: ``patterns`` (with {movie}) for every movie inspect accepted.
+
+    Until import_movies (a checkpoint) has decided on every movie: the files of every
+    movie and the checkpoint's output, so that dry runs and DAG pictures show every job
+    and Snakemake plans the job again, without the rejected movies, once import_movies
+    has finished. (Once decided, the tables are read directly: a job re-planned after
+    a checkpoint makes Snakemake 9.27 rerun the jobs after it in every later run.)
+    """
+
+    def files(wildcards):
+        movies = accepted_movies()
+        if movies is None:
+            try:
+                checkpoints.import_movies.get()
+            except IncompleteCheckpointException as pending:
+                return [pending.targetfile, *expand(list(patterns), movie=MOVIES)]
+            movies = accepted_movies()
+            if movies is None:
+                raise ConfigError(
+                    f"{REJECTED_MOVIES}: import_movies has run but does not list every movie"
+                )
+        return expand(list(patterns), movie=movies)
+
+    return files
 
 
 def simulated_outputs():
@@ -276,7 +362,8 @@ def initial3d_options():
     return (
         f"--resolution {c['resolution']:g} --iterations {c['iterations']} "
         f"--batch {c['batch']} --seed {c['seed']} --symmetry {c['symmetry']} "
-        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']}"
+        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']} "
+        f"{checkpoint_url('initial3d')}"
     )
 
 
@@ -310,10 +397,21 @@ def config_yaml():
     return yaml.safe_dump(dict(config), sort_keys=False)
 
 
+# Per-movie pictures the report shows, of the movies inspect accepted.
+REPORT_PER_MOVIE = [
+    f"{RESULTS}/motioncor/{{movie}}_motion.png",
+    f"{RESULTS}/ctf/{{movie}}.png",
+    f"{RESULTS}/pick/{{movie}}.png",
+]
+
+
 def report_inputs():
-    """Every file the report reads: 2D results, and 3D results when map3d is on."""
+    """Every file the report reads but the per-movie pictures (REPORT_PER_MOVIE): 2D
+    results, the rejected movies and micrographs, and 3D results when map3d is on."""
     files = [
         f"{RESULTS}/movies.star",
+        REJECTED_MOVIES,
+        f"{RESULTS}/rejected.tsv",
         f"{RESULTS}/micrographs_ctf.star",
         f"{RESULTS}/micrographs_selected.star",
         f"{RESULTS}/particles.star",
@@ -321,9 +419,6 @@ def report_inputs():
         f"{RESULTS}/class2d/run_model.star",
         f"{RESULTS}/class2d/run_classes.png",
         f"{RESULTS}/class2d/selection.png",
-        *expand(f"{RESULTS}/motioncor/{{movie}}_motion.png", movie=MOVIES),
-        *expand(f"{RESULTS}/ctf/{{movie}}.png", movie=MOVIES),
-        *expand(f"{RESULTS}/pick/{{movie}}.png", movie=MOVIES),
     ]
     if config["map3d"]:
         files += [
@@ -338,8 +433,19 @@ def report_inputs():
     return files
 
 
+# Per-movie results that the target all asks for, of the movies inspect accepted.
+FINAL_PER_MOVIE = [
+    *(
+        f"{RESULTS}/motioncor/{{movie}}{suffix}"
+        for suffix in (".mrc", "_noDW.mrc", ".star", "_motion.png")
+    ),
+    f"{RESULTS}/ctf/{{movie}}.png",
+    f"{RESULTS}/pick/{{movie}}.png",
+]
+
+
 def final_targets():
-    """Everything `rule all` asks for with the stages wired in so far."""
+    """Everything `rule all` asks for but FINAL_PER_MOVIE."""
     maps = (
         [
             f"{RESULTS}/initial3d/initial_model.png",
@@ -354,17 +460,11 @@ def final_targets():
         *maps,
         f"{RESULTS}/movies.star",
         f"{RESULTS}/movies_summary.tsv",
+        REJECTED_MOVIES,
         *expand(f"{RESULTS}/inspect/{{movie}}.png", movie=MOVIES),
-        *expand(
-            f"{RESULTS}/motioncor/{{movie}}{{suffix}}",
-            movie=MOVIES,
-            suffix=[".mrc", "_noDW.mrc", ".star", "_motion.png"],
-        ),
-        *expand(f"{RESULTS}/ctf/{{movie}}.png", movie=MOVIES),
         f"{RESULTS}/micrographs_ctf.star",
         f"{RESULTS}/micrographs_selected.star",
         f"{RESULTS}/rejected.tsv",
-        *expand(f"{RESULTS}/pick/{{movie}}.png", movie=MOVIES),
         f"{RESULTS}/particles.star",
         f"{RESULTS}/class2d/run_classes.png",
         f"{RESULTS}/particles_selected.star",

@@ -34,8 +34,9 @@ rule ctf:
 
 rule curate:
     input:
-        ctf=expand(f"{RESULTS}/ctf/{{movie}}.star", movie=MOVIES),
-        motion=expand(f"{RESULTS}/motioncor/{{movie}}.star", movie=MOVIES),
+        ctf=per_movie(f"{RESULTS}/ctf/{{movie}}.star"),
+        motion=per_movie(f"{RESULTS}/motioncor/{{movie}}.star"),
+        rejected_movies=REJECTED_MOVIES,
     output:
         all=f"{RESULTS}/micrographs_ctf.star",
         selected=f"{RESULTS}/micrographs_selected.star",
@@ -59,4 +60,4 @@ rule curate:
         thresholds=curate_options(),
     shell:
         "cryosnake curate --ctf {input.ctf:q} --motion {input.motion:q} "
-        "--out-dir {params.out_dir:q} {params.acquisition} {params.thresholds} > {log} 2>&1"
+        "--rejected-movies {input.rejected_movies:q} --out-dir {params.out_dir:q} {params.acquisition} {params.thresholds} > {log} 2>&1"

@@ -6,7 +6,7 @@
 rule initial3d:
     input:
         particles=f"{RESULTS}/particles_selected.star",
-        stacks=expand(f"{RESULTS}/extract/{{movie}}.mrcs", movie=MOVIES),
+        stacks=per_movie(f"{RESULTS}/extract/{{movie}}.mrcs"),
     output:
         model=f"{RESULTS}/initial3d/initial_model.mrc",
         plot=f"{RESULTS}/initial3d/initial_model.png",
@@ -37,7 +37,7 @@ rule initial3d:
 rule refine3d:
     input:
         particles=f"{RESULTS}/particles_selected.star",
-        stacks=expand(f"{RESULTS}/extract/{{movie}}.mrcs", movie=MOVIES),
+        stacks=per_movie(f"{RESULTS}/extract/{{movie}}.mrcs"),
         reference=refine3d_reference(),
     output:
         full=f"{RESULTS}/refine3d/run_class001.mrc",

@@ -1,5 +1,7 @@
-# Motion correction of every movie (GPU rule; runs on the CPU where there is none).
-# In group "preprocess" with inspect, so a cluster/Batch job handles a chunk of movies.
+# Motion correction of every movie inspect accepted (GPU rule; runs on the CPU where
+# there is none). It waits for import_movies (movies.star), which decides which movies
+# go on; as an ancient() input, a new movies.star (a movie added) redoes no movie. In group "preprocess" with ctf, pick and extract, so a cluster/Batch job
+# handles a chunk of movies.
 # A GPU rule declares gpu=1 (SLURM, local --resources) and _gpus=1 (the AWS Batch
 # executor reads only _gpus). Its threads take a whole job's cores (profiles/aws:
 # cores) so that a group job runs one GPU stage at a time and asks for one GPU. Its
@@ -13,6 +15,7 @@ rule motioncor:
         movie=movie_path,
         gain=gain_input,
         report=f"{RESULTS}/inspect/{{movie}}.json",
+        accepted=ancient(f"{RESULTS}/movies.star"),
     output:
         dose_weighted=f"{RESULTS}/motioncor/{{movie}}.mrc",
         unweighted=f"{RESULTS}/motioncor/{{movie}}_noDW.mrc",

@@ -72,7 +72,7 @@ rule extract:
 
 rule merge_particles:
     input:
-        stars=expand(f"{RESULTS}/extract/{{movie}}.star", movie=MOVIES),
+        stars=per_movie(f"{RESULTS}/extract/{{movie}}.star"),
         selected=f"{RESULTS}/micrographs_selected.star",
     output:
         star=f"{RESULTS}/particles.star",
@@ -99,7 +99,7 @@ rule merge_particles:
 rule class2d:
     input:
         particles=f"{RESULTS}/particles.star",
-        stacks=expand(f"{RESULTS}/extract/{{movie}}.mrcs", movie=MOVIES),
+        stacks=per_movie(f"{RESULTS}/extract/{{movie}}.mrcs"),
     output:
         data=f"{RESULTS}/class2d/run_data.star",
         classes=f"{RESULTS}/class2d/run_classes.mrcs",

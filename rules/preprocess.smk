@@ -1,5 +1,8 @@
-# Per-movie checks (group "preprocess": one cluster/Batch job handles a chunk of
-# movies) and the import of all movies into movies.star.
+# Per-movie checks (group "inspect": one cluster/Batch job handles a chunk of movies)
+# and the import of all movies into movies.star. A movie that fails its checks
+# (truncated, corrupt, blank frames, off dose) is rejected, not an error: import_movies
+# lists it in movies_rejected.tsv, and as a checkpoint it lets Snakemake plan the
+# per-movie stages (per_movie in common.smk) for the accepted movies only.
 
 
 rule inspect:
@@ -14,12 +17,15 @@ rule inspect:
     benchmark:
         f"{BENCHMARKS}/inspect/{{movie}}.tsv"
     group:
-        "preprocess"
+        "inspect"
     container:
         CONTAINER_CPU
-    threads: 1
+    # Single-threaded; 4 threads and 8192 MiB so that a group job of any number of
+    # movies asks AWS Batch for a (vCPU, MiB) pair it accepts: one movie (4, 8192),
+    # more two at a time on 8 cores (8, 16384).
+    threads: 4
     resources:
-        mem_mb=2048,
+        mem_mb=8192,
         runtime=10,
     params:
         gain=gain_args,
@@ -35,16 +41,17 @@ rule inspect:
     shell:
         "cryosnake inspect --movie {input.movie:q} {params.gain} {params.eer} "
         "--pixel-size {params.pixel_size} --dose-per-frame {params.dose} "
-        "--dose-tolerance {params.tolerance} {params.header} "
+        "--dose-tolerance {params.tolerance} {params.header} --reject "
         "--out {output.report:q} --thumbnail {output.thumbnail:q} > {log} 2>&1"
 
 
-rule import_movies:
+checkpoint import_movies:
     input:
         inspect_reports,
     output:
         star=f"{RESULTS}/movies.star",
         summary=f"{RESULTS}/movies_summary.tsv",
+        rejected=REJECTED_MOVIES,
     log:
         f"{LOGS}/import_movies.log",
     benchmark:
@@ -62,4 +69,5 @@ rule import_movies:
         ),
     shell:
         "cryosnake import --reports {input:q} {params.optics} "
-        "--out {output.star:q} --summary {output.summary:q} > {log} 2>&1"
+        "--out {output.star:q} --summary {output.summary:q} "
+        "--rejected {output.rejected:q} > {log} 2>&1"

@@ -4,6 +4,7 @@
 rule report:
     input:
         report_inputs(),
+        per_movie(*REPORT_PER_MOVIE),
     output:
         html=f"{RESULTS}/report.html",
     log:

@@ -10,7 +10,7 @@ and writes into --out-dir:
   whose outputs are already up to date are drawn dashed.
 
 The graphs are those of the configuration and the profile given (default
-``profiles/default``; ``--profile profiles/aws`` gives the AWS graph, for which
+``profiles/default``; ``--profile aws`` gives the AWS graph, for which
 snakemake may need the S3 endpoint and credentials). Snakemake options after ``--``
 are passed through, e.g. ``-- --configfile my_config.yaml`` or ``-- --config results=out``,
 or ``-- --omit-from curate`` to leave out curate and what follows it (``--until`` does not
@@ -21,7 +21,7 @@ files (``.mmd``) render on GitHub and in the Mermaid live editor.
 Example::
 
     cryosnake dag --out-dir results/dag
-    cryosnake dag --profile profiles/aws --formats svg -- --omit-from curate
+    cryosnake dag --profile aws --formats svg -- --omit-from curate
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ non-zero status.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "CryosnakeError", "FileFormatError"]
+__all__ = ["ConfigError", "CryosnakeError", "FileFormatError", "MovieRejected"]
 
 
 class CryosnakeError(Exception):
@@ -25,3 +25,11 @@ class FileFormatError(CryosnakeError):
 
 class ConfigError(CryosnakeError):
     """A configuration value is missing, of the wrong type or out of range."""
+
+
+class MovieRejected(CryosnakeError):
+    """One movie cannot be used (truncated, corrupt, blank frames, off dose or pixel size).
+
+    ``cryosnake inspect --reject`` records it in its report instead of failing, and the
+    workflow goes on without that movie (``rejected.tsv`` lists it with this message).
+    """

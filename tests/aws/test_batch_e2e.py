@@ -1,16 +1,18 @@
-"""`snakemake --profile profiles/aws` end to end, against moto on 127.0.0.1.
+"""`snakemake --profile aws` end to end, against moto on 127.0.0.1.
 
 The account is made as a user makes it: moto's CloudFormation creates the stack of
-infra/cryosnake.yaml (with test_infra.create_stack's two moto-only changes), and
-`cryosnake aws profile --stack` writes the per-account values into the profile of a
-user's checkout (Snakefile, rules/, config/ and profiles/ in a git repository of its
-own). The workflow then runs with that profile and the endpoint override only: jobs
-are submitted to moto's AWS Batch
-by snakemake-executor-plugin-aws-batch, each job runs as a local subprocess
+infra/cryosnake.yaml (with test_infra.create_stack's moto-only changes), and
+`cryosnake aws profile --stack`, run in a user's checkout (Snakefile, rules/, config/
+and profiles/ in a git repository of its own), writes the user's profile into
+Snakemake's configuration folder (here $XDG_CONFIG_HOME/snakemake/aws), where the
+literal `snakemake --profile aws` finds it from the checkout. The workflow then runs
+with that profile and the endpoint override only: jobs are submitted to moto's AWS
+Batch by snakemake-executor-plugin-aws-batch, each job runs as a local subprocess
 (tests/aws/batchfake.py) that fetches its inputs from the moto bucket through
 snakemake-storage-plugin-s3 and uploads its outputs there. The tests of this module
-share one fake account and run in order: dry run, full run, nothing-to-do, a forced
-rerun of ctf; then a corrupt movie and a spot reclaim in projects of their own.
+share one fake account and run in order: dry run, S3 keys refused, full run,
+nothing-to-do, a forced rerun of ctf (project main, whose third movie is truncated);
+then spot reclaims in projects of their own.
 """
 
 from __future__ import annotations
@@ -75,29 +77,29 @@ class Account:
         path.write_bytes(self.read(key))
         return path
 
-    def upload_dataset(self, project: str, corrupt: str | None = None) -> None:
+    def upload_dataset(self, project: str, truncated: str | None = None) -> None:
         """The simulated movies and gain -> s3://BUCKET/PROJECT with `cryosnake upload`.
 
-        With ``corrupt``, that movie is uploaded cut to half its length.
+        With ``truncated``, a movie of that name is added: the first half of a good one.
         """
         movies = self.dataset / "movies"
-        if corrupt is not None:
+        if truncated is not None:
             copy = self.workflow.parent / f"{project}-movies"
             shutil.copytree(movies, copy)
-            body = (copy / f"{corrupt}.mrc").read_bytes()
-            (copy / f"{corrupt}.mrc").write_bytes(body[: len(body) // 2])
+            body = (copy / "movie_0002.mrc").read_bytes()
+            (copy / f"{truncated}.mrc").write_bytes(body[: len(body) // 2])
             movies = copy
         url = f"s3://{self.bucket}/{project}"
         for args in ([movies, f"{url}/movies"], [self.dataset / "gain.mrc", url]):
             assert cli.main(["upload", *map(str, args), "--raw-movies", "--quiet"]) == 0
 
     def snakemake(self, project: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """`snakemake --profile profiles/aws` with the endpoint override only.
+        """`snakemake --profile aws` with the endpoint override only.
 
         Project "main" is the one `cryosnake aws profile` wrote into the profile; the
         others are given on the command line.
         """
-        cmd = [str(BIN / "snakemake"), "--profile", "profiles/aws"]
+        cmd = [str(BIN / "snakemake"), "--profile", "aws"]
         cmd += ["--storage-s3-endpoint-url", self.endpoint]
         if project != "main":
             cmd += ["--default-storage-prefix", f"s3://{self.bucket}/{project}"]
@@ -205,9 +207,17 @@ def account(
             "amplitude_contrast": params["amplitude_contrast"],
         }
         workflow = make_workflow_checkout(root / "checkout", acquisition)
-        profile = str(workflow / "profiles" / "aws")
-        command = ["aws", "profile", "--stack", STACK, "--project", "main"]
-        assert cli.main([*command, "--profile-dir", profile]) == 0
+        # The user's Snakemake configuration folder; the profile is written from the
+        # checkout's template, and the checkout itself holds no account data.
+        mp.setenv("XDG_CONFIG_HOME", str(root / "user-config"))
+        with pytest.MonkeyPatch.context() as here:
+            here.chdir(workflow)
+            assert cli.main(["aws", "profile", "--stack", STACK, "--project", "main"]) == 0
+        profile = yaml.safe_load((root / "user-config/snakemake/aws/config.yaml").read_text())
+        assert profile["default-storage-prefix"] == f"s3://{outputs['BucketName']}/main"
+        assert "aws-batch-job-queue" not in yaml.safe_load(
+            (workflow / "profiles/aws/config.yaml").read_text()
+        )
         yield Account(
             moto_endpoint, outputs["BucketName"], docker, workflow, tiny_dataset, s3, batch
         )
@@ -230,17 +240,33 @@ def job_definitions(account: Account) -> list[dict[str, Any]]:
 
 
 def test_dry_run_submits_nothing(account: Account) -> None:
-    account.upload_dataset("main")
+    # The two simulated movies and a third one, truncated (the first half of a good one).
+    account.upload_dataset("main", truncated="movie_0003")
     proc = account.snakemake("main", "-n")
     assert proc.returncode == 0, proc.stdout[-3000:]
     stats = job_counts(proc.stdout)
-    assert stats["motioncor"] == 2 and stats["ctf"] == 2 and stats["curate"] == 1
+    # Before inspection, the jobs of every movie are planned.
+    assert stats["motioncor"] == 3 and stats["ctf"] == 3 and stats["curate"] == 1
     assert account.docker.launches == []
     assert job_definitions(account) == []
 
 
+def test_s3_keys_are_refused(account: Account) -> None:
+    """S3 keys given to Snakemake would be copied into every job definition: the
+    workflow stops before it submits anything."""
+    proc = account.snakemake(
+        "main", "--storage-s3-access-key", "AKIAE2ETESTINGUSER01", "--storage-s3-secret-key", SECRET
+    )
+    assert proc.returncode != 0
+    assert "cryosnake: --storage-s3-access-key, --storage-s3-secret-key given" in proc.stdout
+    assert account.docker.launches == [] and job_definitions(account) == []
+
+
 def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
-    proc = account.snakemake("main")
+    """The full run, with one truncated movie among three: inspect rejects it with its
+    reason, no job fails (so no retry redoes a movie), and the run goes on to the end
+    with the two good movies; rejected.tsv names the truncated one."""
+    proc = account.snakemake("main", "--retries", "0")
     assert proc.returncode == 0, proc.stdout[-5000:]
     results = account.objects("main/results/")
     for name in (
@@ -260,6 +286,14 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     star.write_bytes(account.read("main/results/micrographs_ctf.star"))
     ctf = starfile.read(star)
     assert len(ctf["micrographs"]) == 2
+    made = [k for k in results if "movie_0003" in k and not re.search("/(inspect|logs)/", k)]
+    assert made == []
+    rejected = tmp_path / "rejected.tsv"
+    rejected.write_bytes(account.read("main/results/rejected.tsv"))
+    rows = [line.split("\t") for line in rejected.read_text().splitlines()[1:]]
+    inspect_rows = [row for row in rows if row[-1] == "inspect"]
+    assert len(inspect_rows) == 1 and inspect_rows[0][0].endswith("movies/movie_0003.mrc")
+    assert "movie_0003.mrc" in inspect_rows[0][1]
     # File names inside STAR files are the workflow's paths, as in a local run, not
     # those of the jobs' local copies of S3 (.snakemake/storage/...).
     star = tmp_path / "particles.star"
@@ -278,12 +312,15 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
 
     launches = account.docker.launches
     assert all(launch.returncode == 0 for launch in launches)
-    # Per-movie work arrives as one grouped job (both movies: group-components 24).
-    grouped = [launch for launch in launches if "preprocess" in launch.name]
-    assert len(grouped) == 1
-    assert all(m in " ".join(grouped[0].command) for m in ("movie_0001", "movie_0002"))
-    # the group, import_movies, curate, merge_particles, class2d, select2d, report
-    assert len(launches) == 7
+    # Per-movie work arrives as grouped jobs (all movies: group-components 24), the
+    # checks first, then the processing of the movies the checks accepted.
+    for group, movies in (("inspect", 3), ("preprocess", 2)):
+        grouped = [launch for launch in launches if group in launch.name]
+        assert len(grouped) == 1, group
+        command = " ".join(grouped[0].command)
+        assert [f"movie_000{i}" in command for i in (1, 2, 3)] == [i <= movies for i in (1, 2, 3)]
+    # the two groups, import_movies, curate, merge_particles, class2d, select2d, report
+    assert len(launches) == 8
 
     definitions = job_definitions(account)
     assert len(definitions) == len(launches)
@@ -302,6 +339,30 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
         for variable in props["environment"]:
             assert not re.search(r"KEY|SECRET|TOKEN|PASSWORD", variable["name"]), variable
         assert props["jobRoleArn"] == stack_outputs(account)["JobRoleArn"]
+
+
+def test_status_and_cost_of_the_run(account: Account, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cryosnake aws status` and `cryosnake aws cost` on the stand-in's Batch jobs of
+    the full run: every stage's jobs succeeded, and each has a price."""
+    assert cli.main(["aws", "status", "--stack", STACK]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    for stage in ("import_movies", "curate", "merge_particles", "class2d", "select2d", "report"):
+        assert stage in rows, out
+    assert any(name.startswith("inspect") for name in rows), out
+    assert any(name.startswith("preprocess") for name in rows), out
+    assert "FAILED" in out and "SUCCEEDED" in out
+    assert cli.main(["aws", "cost", "--stack", STACK, "--project", "main"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    # The GPU rules' jobs are priced on GPU instances, the others on CPU instances.
+    for stage, row in rows.items():
+        if stage.startswith(("preprocess", "class2d")):
+            assert row[3].startswith(("g5.", "g6.")), row
+        elif stage.startswith(("inspect", "import_movies", "curate", "report")):
+            assert row[3].startswith(("c6i.", "m6i.", "r6i.")), row
+    assert "per 1,000 movies (3 movies in" in out, out
+    assert re.search(r"/main/: .* per month", out), out
 
 
 def test_second_run_has_nothing_to_do(account: Account) -> None:
@@ -351,23 +412,6 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
         assert after[key]["LastModified"] > objects[key]["LastModified"]
 
 
-def test_corrupt_movie_fails_with_the_stage_error(account: Account) -> None:
-    account.upload_dataset("broken", corrupt="movie_0002")
-    before = len(account.docker.launches)
-    proc = account.snakemake("broken", "--retries", "0")
-    assert proc.returncode != 0
-    # The stage's one-line error, read from the job's log in S3, names the movie.
-    errors = [line for line in proc.stdout.splitlines() if ": error: " in line]
-    assert any(
-        re.search(r"cryosnake (inspect|motioncor): error: .*movie_0002\.mrc", line)
-        for line in errors
-    ), proc.stdout[-5000:]
-    assert any(launch.returncode != 0 for launch in launches_since(account, before))
-    # Nothing is left in S3 as if it were a result: only logs and benchmarks.
-    left = [k for k in account.objects("broken/results/") if "/logs/" not in k]
-    assert all("/benchmarks/" in key for key in left), left
-
-
 def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path) -> None:
     account.upload_dataset("reclaim")
     reclaimed: list[Launch] = []
@@ -400,7 +444,7 @@ def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path
     results = account.objects("reclaim/results/")
     expected = account.objects("main/results/")
     assert {k.split("/", 1)[1] for k in results} >= {
-        k.split("/", 1)[1] for k in expected if "/logs/" not in k and "/benchmarks/" not in k
+        k.split("/", 1)[1] for k in expected if not re.search("/(logs|benchmarks)/|movie_0003", k)
     }
     for key in results:
         if key.endswith(".mrc"):

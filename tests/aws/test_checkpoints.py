@@ -4,7 +4,9 @@ A spot reclaim takes the instance's disk, the stage's output folder with it. Her
 refine3d run with ``--checkpoint-url`` on moto's S3 is killed in its second iteration,
 its output folder is deleted (the retried job lands on a fresh instance), and the
 rerun resumes from the S3 checkpoint at iteration 2 or later and ends with the poses of
-an uninterrupted run; the S3 checkpoint is deleted once the outputs are written.
+an uninterrupted run; the S3 checkpoint is deleted once the outputs are written. The
+same for initial3d, killed after its first checkpoint (10 mini-batches into its first
+attempt). (class2d: tests/aws/test_batch_e2e.py, on the Batch stand-in.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
@@ -25,11 +28,31 @@ from particles_sim import simulate_particles, write_particles
 
 from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.errors import CryosnakeError
-from cryosnake.io import read_star, write_mrc
+from cryosnake.io import read_mrc, read_star, write_mrc
 
 RunCli = Callable[[Sequence[object]], tuple[int, str, str]]
 BUCKET = "spot-bucket"
 PREFIX = "scratch/project/checkpoints/refine3d/"
+
+
+def _kill_once_checkpointed(args: Sequence[object], s3: Any, prefix: str) -> None:
+    """Run ``cryosnake *args`` and SIGKILL it as soon as its checkpoint is in S3."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryosnake.cli", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount"):
+            assert proc.poll() is None, f"{args[0]} ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _args(star: Path, reference: Path, out: Path, url: str | None) -> list[object]:
@@ -51,22 +74,8 @@ def test_reclaimed_refine3d_resumes_from_s3(aws_env: str, tmp_path: Path, run_cl
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert run_cli(_args(star, reference, straight, None))[0] == 0
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cryosnake.cli", *map(str, _args(star, reference, killed, url))],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not s3.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX).get("KeyCount"):
-            assert proc.poll() is None, "refine3d ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)  # in iteration 2: the checkpoint of 1 is in S3
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # killed in iteration 2: the checkpoint of iteration 1 is in S3
+    _kill_once_checkpointed(_args(star, reference, killed, url), s3, PREFIX)
     shutil.rmtree(killed)  # the instance is gone, and its disk with it
 
     code, out, err = run_cli(_args(star, reference, killed, url))
@@ -80,6 +89,41 @@ def test_reclaimed_refine3d_resumes_from_s3(aws_env: str, tmp_path: Path, run_cl
     for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"):
         np.testing.assert_allclose(a[label], b[label], atol=1e-6)
     assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX).get("KeyCount")
+
+
+def test_reclaimed_initial3d_resumes_from_s3(aws_env: str, tmp_path: Path, run_cli: RunCli) -> None:
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    prefix = "scratch/project/checkpoints/initial3d/"
+    url = f"s3://{BUCKET}/{prefix}"
+    stack = simulate_particles(400, junk_fraction=0.0, snr=0.05, seed=23)
+    star = write_particles(stack, tmp_path / "data")
+
+    def args(out: Path) -> list[object]:
+        return ["initial3d", "--particles", star, "--out-dir", out, "--diameter", "165",
+                "--iterations", "20", "--batch", "100", "--checkpoint-url", url]  # fmt: skip
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    code, out, err = run_cli(args(straight))
+    assert code == 0, err
+    assert "attempt 1/3: mini-batch 10/20" in out
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount")
+    _kill_once_checkpointed(args(killed), s3, prefix)
+    shutil.rmtree(killed)  # the instance is gone, and its disk with it
+
+    code, out, err = run_cli(args(killed))
+    assert code == 0, err
+    assert f"checkpoint restored from {url}initial_model_checkpoint.npz" in out
+    assert re.search(r"resuming from .*: [0-2] attempt\(s\) and", out), out
+    assert "attempt 1/3: mini-batch 10/20" not in out and "full pass" in out
+    a, _ = read_mrc(straight / "initial_model.mrc")
+    b, _ = read_mrc(killed / "initial_model.mrc")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(a).max()))
+    pa = read_star(straight / "initial_model_data.star")["particles"]
+    pb = read_star(killed / "initial_model_data.star")["particles"]
+    for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"):
+        np.testing.assert_allclose(pa[label], pb[label], atol=1e-4)
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount")
 
 
 def test_mirror_errors_are_one_line(aws_env: str, tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
-"""The CloudFormation template of the AWS side and ``cryosnake aws profile``.
+"""The CloudFormation template of the AWS side, and reading a stack's outputs.
 
-The template is linted with cfn-lint and its security- and cost-relevant structure is
-checked on the parsed YAML. ``cryosnake aws profile`` runs against a stack that moto's
-CloudFormation creates from infra/cryosnake.yaml itself, with two moto-only changes (see
-``create_stack``); the values it writes are compared with what the stack created.
+The template is linted with cfn-lint and its security-relevant structure (bucket, roles,
+queue, compute environments, volumes, logs) is checked on the parsed YAML;
+``create_stack`` makes it in moto's CloudFormation, with a few moto-only changes, for
+the tests that need a stack (cost and monitoring: test_infra_monitoring.py; the user's
+profile: test_user_profile.py; the workflow on Batch: test_batch_e2e.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import boto3
 import pytest
-import yaml
 from botocore.stub import Stubber
 from cfnlint.decode import decode
 
@@ -34,24 +34,8 @@ STACK = "cryosnake-test"
 MOTO_SKIPS_BUCKET_POLICY = pytest.mark.filterwarnings(
     "ignore:Tried to parse AWS..S3..BucketPolicy:UserWarning"
 )
-
-# A small profile with the keys the command fills, other keys and comments around them.
-PROFILE = """\
-# AWS profile (test copy)
-executor: aws-batch
-aws-batch-region: eu-west-1  # filled by cryosnake aws profile
-aws-batch-job-queue: arn:aws:batch:eu-west-1:000000000000:job-queue/old
-aws-batch-job-role: "arn:aws:iam::000000000000:role/old"
-default-storage-prefix: s3://old-bucket/old
-storage-s3-region: eu-west-1
-container-image: old/cryosnake:0.0.1-gpu
-
-# other settings stay as they are
-default-storage-provider: s3
-aws-batch-task-timeout: 43200
-default-resources:
-  mem_mb: 2048
-"""
+# Outputs for people (console links, the alert topic), beside those the code reads.
+MONITORING_OUTPUTS = {"DashboardName", "DashboardUrl", "AlarmTopicArn"}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +73,7 @@ def test_cfn_lint_clean() -> None:
 
 
 def test_outputs_match_the_code(template: dict[str, Any]) -> None:
-    assert set(template["Outputs"]) == set(aws_stack.OUTPUT_NAMES)
+    assert set(template["Outputs"]) == set(aws_stack.OUTPUT_NAMES) | MONITORING_OUTPUTS
 
 
 def test_bucket_is_encrypted_versioned_private_and_tls_only(template: dict[str, Any]) -> None:
@@ -245,7 +229,10 @@ def test_root_volume_and_log_group(template: dict[str, Any]) -> None:
     assert device["Ebs"]["VolumeType"] == "gp3"
     assert device["Ebs"]["VolumeSize"] == {"Ref": "RootVolumeSize"}
     assert template["Parameters"]["RootVolumeSize"]["Default"] == 200
-    (group,) = resources(template, "AWS::Logs::LogGroup").values()
+    # the group of the job logs; the other one holds the job state events (monitoring)
+    groups = resources(template, "AWS::Logs::LogGroup")
+    assert set(groups) == {"JobLogGroup", "JobEventsLogGroup"}
+    group = groups["JobLogGroup"]
     assert group["Properties"]["LogGroupName"] == "/aws/batch/job"
     assert group["Condition"] == "CreateLogGroupCondition"
     assert template["Conditions"]["CreateLogGroupCondition"] == {
@@ -256,15 +243,58 @@ def test_root_volume_and_log_group(template: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ the command on moto
 
 
+# Resource types moto's CloudFormation cannot create: it skips them with a warning,
+# and a Ref or GetAtt to one fails. All of them are monitoring and cost extras that
+# the profile and the jobs do not use; the structure tests above check them.
+MOTO_UNSUPPORTED = frozenset(
+    {
+        "AWS::Logs::MetricFilter",  # the job-state metrics
+        "AWS::CloudWatch::Alarm",  # the blocked-queue alarm
+        "AWS::SNS::Subscription",  # AlertEmail's subscription (only with AlertEmail)
+        "AWS::Budgets::Budget",  # the cost budget (only with AlertEmail)
+    }
+)
+
+
+def references(node: Any) -> set[str]:
+    """Logical IDs (and parameters) that Ref, Fn::GetAtt or Fn::Sub in ``node`` name."""
+    found: set[str] = set()
+    if isinstance(node, list):
+        for item in node:
+            found |= references(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref":
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else value.split(".")[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+            if key != "Ref":
+                found |= references(value)
+    return found
+
+
 def create_stack(template: dict[str, Any], name: str = STACK) -> dict[str, str]:
     """Create the real template in moto and return its outputs.
 
-    Two changes for moto only: moto's model of AWS::Batch::ComputeEnvironment requires
-    a ServiceRole (real Batch uses its service-linked role when none is given), and
-    moto does not split the default of a CommaDelimitedList parameter, so those
-    parameters are passed explicitly with their defaults.
+    Three changes for moto only: moto's model of AWS::Batch::ComputeEnvironment
+    requires a ServiceRole (real Batch uses its service-linked role when none is
+    given); moto does not split the default of a CommaDelimitedList parameter, so
+    those parameters are passed explicitly with their defaults; and the resources of
+    the types in MOTO_UNSUPPORTED, which moto's CloudFormation cannot create, are left
+    out, with every output that refers to one (none does: the tests compare the
+    outputs with the template's).
     """
     body = json.loads(json.dumps(template))
+    dropped = {k for k, r in body["Resources"].items() if r["Type"] in MOTO_UNSUPPORTED}
+    body["Resources"] = {k: r for k, r in body["Resources"].items() if k not in dropped}
+    for key, resource in body["Resources"].items():
+        depends = resource.get("DependsOn", [])
+        depends = [depends] if isinstance(depends, str) else depends
+        assert not (references(resource) | set(depends)) & dropped, key
+    body["Outputs"] = {k: o for k, o in body["Outputs"].items() if not references(o) & dropped}
     iam = boto3.client("iam")
     role = iam.create_role(
         RoleName="moto-batch-service-role",
@@ -291,119 +321,14 @@ def create_stack(template: dict[str, Any], name: str = STACK) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
 
 
-@pytest.fixture
-def profile_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "aws"
-    folder.mkdir()
-    (folder / "config.yaml").write_text(PROFILE)
-    return folder
-
-
-@MOTO_SKIPS_BUCKET_POLICY
-def test_profile_from_the_stack(
-    aws_env: str, template: dict[str, Any], profile_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    outputs = create_stack(template)
-    assert set(outputs) == set(aws_stack.OUTPUT_NAMES)
-    argv = ["aws", "profile", "--stack", STACK, "--profile-dir", str(profile_dir)]
-    assert cli.main([*argv, "--project", "apoferritin"]) == 0
-
-    # The values name what the stack created.
-    bucket = boto3.client("s3").list_buckets()["Buckets"][0]["Name"]
-    (queue,) = boto3.client("batch").describe_job_queues()["jobQueues"]
-    role = boto3.client("iam").get_role(RoleName=f"{STACK}-job-role")["Role"]["Arn"]
-    repo = boto3.client("ecr").describe_repositories()["repositories"][0]["repositoryUri"]
-    expected = {
-        "aws-batch-region": "us-east-1",
-        "aws-batch-job-queue": queue["jobQueueArn"],
-        "aws-batch-job-role": role,
-        "storage-s3-region": "us-east-1",
-        "default-storage-prefix": f"s3://{bucket}/apoferritin",
-        "container-image": f"{repo}:{aws_stack.default_image_tag()}",
-    }
-    assert expected["container-image"].endswith("/cryosnake:0.1.0-gpu")
-    written = (profile_dir / "config.yaml").read_text()
-    assert {k: v for k, v in yaml.safe_load(written).items() if k in expected} == expected
-
-    # Only the values changed: comments, other lines and a trailing comment stay.
-    old, new = PROFILE.splitlines(), written.splitlines()
-    assert len(old) == len(new)
-    changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
-    assert {b.split(":")[0] for _, b in changed} == set(expected)
-    assert "aws-batch-region: us-east-1  # filled by cryosnake aws profile" in new
-
-    out = capsys.readouterr().out
-    for key, value in expected.items():
-        assert f"{key}: {value}" in out
-    # then the quota check, which moto's Service Quotas (no EC2 quotas) cannot answer:
-    # the profile is written all the same (tests/aws/test_quotas.py checks the quotas)
-    assert "quota check skipped: quota L-34B43A08: " in out
-
-    # The job queue tries CPU spot first, then GPU spot, then GPU on-demand.
-    envs = {
-        e["computeEnvironmentArn"]: e["computeResources"]
-        for e in boto3.client("batch").describe_compute_environments()["computeEnvironments"]
-    }
-    order = sorted(queue["computeEnvironmentOrder"], key=lambda o: o["order"])
-    kinds = [envs[o["computeEnvironment"]]["type"] for o in order]
-    assert kinds == ["SPOT", "SPOT", "EC2"]
-    assert "g5.2xlarge" not in envs[order[0]["computeEnvironment"]]["instanceTypes"]
-    assert "g5.2xlarge" in envs[order[1]["computeEnvironment"]]["instanceTypes"]
-
-    # The image tag and project are options.
-    assert cli.main([*argv, "--image-tag", "dev", "--dry-run"]) == 0
-    assert yaml.safe_load((profile_dir / "config.yaml").read_text()) == yaml.safe_load(written)
-    assert f"container-image: {repo}:dev" in capsys.readouterr().out
-
-
-def test_missing_stack_is_one_line_error(
-    aws_env: str, profile_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["aws", "profile", "--stack", "nope", "--profile-dir", str(profile_dir)]
-    assert cli.main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert err.startswith("cryosnake aws: error: stack nope: not found")
-    assert (profile_dir / "config.yaml").read_text() == PROFILE
-
-
-@MOTO_SKIPS_BUCKET_POLICY
-def test_profile_missing_a_key_is_left_unchanged(
-    aws_env: str, template: dict[str, Any], profile_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    create_stack(template)
-    path = profile_dir / "config.yaml"
-    text = PROFILE.replace("storage-s3-region: eu-west-1\n", "")
-    path.write_text(text)
-    argv = ["aws", "profile", "--stack", STACK, "--profile-dir", str(profile_dir)]
-    assert cli.main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert "no top-level key storage-s3-region" in err and str(path) in err
-    assert path.read_text() == text
-    assert sorted(p.name for p in profile_dir.iterdir()) == ["config.yaml"]
-
-
-def test_nested_key_does_not_count(tmp_path: Path) -> None:
-    path = tmp_path / "config.yaml"
-    text = PROFILE.replace("storage-s3-region: eu-west-1\n", "").replace(
-        "  mem_mb: 2048\n", "  mem_mb: 2048\n  storage-s3-region: eu-west-1\n"
-    )
-    path.write_text(text)
-    values = dict.fromkeys(aws_stack.PROFILE_KEYS, "x")
-    with pytest.raises(CryosnakeError, match="no top-level key storage-s3-region"):
-        aws_stack.update_profile(path, values)
-    assert path.read_text() == text
-
-
-def test_values_that_need_quotes_read_back(tmp_path: Path) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(PROFILE)
-    values = dict.fromkeys(aws_stack.PROFILE_KEYS, "x")
-    values["aws-batch-region"] = "yes"  # a YAML 1.1 boolean if unquoted
-    values["container-image"] = "repo:1 # not a comment"
-    aws_stack.update_profile(path, values)
-    assert {k: v for k, v in yaml.safe_load(path.read_text()).items() if k in values} == values
+def test_moto_leaves_out_only_extras(template: dict[str, Any]) -> None:
+    """What create_stack leaves out exists in the template, and no output needs it."""
+    kinds = {r["Type"] for r in template["Resources"].values()}
+    assert kinds >= MOTO_UNSUPPORTED
+    left_out = {k for k, r in template["Resources"].items() if r["Type"] in MOTO_UNSUPPORTED}
+    refs = references(template["Outputs"])
+    assert not left_out & refs
+    assert {"JobQueue", "DataBucket", "Dashboard", "AlarmTopic"} <= refs
 
 
 def describe(status: str, outputs: dict[str, str]) -> dict[str, Any]:
@@ -469,9 +394,3 @@ def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "cryosnake aws" in out and "Example::" in out
-
-
-def test_profile_keys_exist_in_aws_profile() -> None:
-    config = yaml.safe_load((ROOT / "profiles" / "aws" / "config.yaml").read_text())
-    missing = [key for key in aws_stack.PROFILE_KEYS if key not in config]
-    assert not missing, f"profiles/aws/config.yaml lacks {missing}"

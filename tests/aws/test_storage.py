@@ -1,4 +1,4 @@
-"""Movie discovery in S3 and the stage errors read back from failed jobs' logs."""
+"""Movie discovery in S3, workflow files read back, and the stage errors of failed jobs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 import boto3
 import pytest
 
-from cryosnake.aws.storage import glob_s3, stage_errors
+from cryosnake.aws.storage import glob_s3, read_s3_text, stage_errors
 from cryosnake.config import movie_table
-from cryosnake.errors import ConfigError
+from cryosnake.errors import ConfigError, CryosnakeError
 
 
 @pytest.fixture
@@ -49,6 +49,16 @@ def test_movie_table_lists_s3(bucket: str) -> None:
     config["input"]["movies"] = "none/*.tiff"
     with pytest.raises(ConfigError, match="no movie file matches"):
         movie_table(config, lambda pattern: glob_s3("s3://lab/proj", pattern))
+
+
+def test_read_a_workflow_file_relative_to_the_prefix(bucket: str) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="lab", Key="proj/results/movies_rejected.tsv", Body="movie\treason\n")
+    assert read_s3_text("s3://lab/proj", "results/movies_rejected.tsv") == "movie\treason\n"
+    assert read_s3_text("s3://lab", "proj/movies/a.tiff") == "x"
+    with pytest.raises(CryosnakeError, match=r"s3://lab/proj/results/none\.tsv: cannot read"):
+        read_s3_text("s3://lab/proj", "results/none.tsv")
+    assert read_s3_text("s3://lab/proj", "results/none.tsv", missing_ok=True) is None
 
 
 def test_missing_bucket_is_a_one_line_config_error(aws_env: str) -> None:

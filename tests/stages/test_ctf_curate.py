@@ -149,6 +149,25 @@ def test_curate_selects_and_gives_reasons(tmp_path: Path, run_cli: RunCli) -> No
     assert reasons["blurred"] == "CTF fit to 14.0 Å > 10.0 Å"
     assert "figure of merit 0.030 < 0.1" in reasons["noise"] and "25.0 Å" in reasons["noise"]
     assert reasons["drifty"] == "total motion 450.0 Å > 200.0 Å"
+    assert set(rejected.stage) == {"curate"}
+
+
+def test_curate_lists_the_movies_inspect_rejected(tmp_path: Path, run_cli: RunCli) -> None:
+    _fake(tmp_path, "good", 6.0, 0.4, 10.0)
+    movies = tmp_path / "movies_rejected.tsv"
+    movies.write_text('movie\treason\nmovies/bad.mrc\tmovies/bad.mrc: truncated ("x")\n')
+    common = ["--ctf", tmp_path / "ctf" / "good.star", "--motion", tmp_path / "mc" / "good.star",
+              "--out-dir", tmp_path, "--pixel-size", "1.5", *ACQ]  # fmt: skip
+    code, _, err = run_cli(["curate", *common, "--rejected-movies", movies])
+    assert code == 0, err
+    rejected = pd.read_csv(tmp_path / "rejected.tsv", sep="\t")
+    assert rejected.to_dict("records") == [
+        {"micrograph": "movies/bad.mrc", "reasons": 'movies/bad.mrc: truncated ("x")',
+         "stage": "inspect"}
+    ]  # fmt: skip
+    (tmp_path / "wrong.tsv").write_text("name\tcause\nx\ty\n")
+    code, _, err = run_cli(["curate", *common, "--rejected-movies", tmp_path / "wrong.tsv"])
+    assert code != 0 and "wrong.tsv: needs the columns movie and reason" in err
 
 
 def test_curate_needs_a_motion_file_per_micrograph(tmp_path: Path, run_cli: RunCli) -> None:

@@ -255,6 +255,58 @@ def test_import_problems(reports: dict[str, Path], tmp_path: Path, run_cli: Call
     assert not (tmp_path / "m.star").exists()
 
 
+def test_reject_records_a_bad_movie_and_goes_on(
+    tiny_dataset: Path, reports: dict[str, Path], tmp_path: Path, run_cli: Callable
+) -> None:
+    """--reject (as the workflow runs inspect): a truncated movie gives a report with the
+    reason, a thumbnail saying so, exit 0; import leaves it out and lists it; a bad gain
+    is still an error."""
+    movie = tiny_dataset / "movies" / "movie_0001.mrc"
+    truncated = tmp_path / "movie_0009.mrc"
+    truncated.write_bytes(movie.read_bytes()[:-5000])
+    out, png = tmp_path / "movie_0009.json", tmp_path / "movie_0009.png"
+    args = inspect_args(truncated, out, "--reject", "--thumbnail", png)
+    code, stdout, err = run_cli([*args, "--gain", tiny_dataset / "gain.mrc"])
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert set(report) == {"movie", "rejected"} and report["movie"] == str(truncated)
+    assert report["rejected"].startswith(str(truncated)) and "REJECTED" in stdout
+    assert png.stat().st_size > 1000
+    # the dose check rejects too; the gain's problems stop the run as before
+    wrong_dose = inspect_args(movie, tmp_path / "dose.json", "--reject")
+    wrong_dose[wrong_dose.index("--dose-per-frame") + 1] = "6.0"
+    assert run_cli(wrong_dose)[0] == 0
+    assert "dose" in json.loads((tmp_path / "dose.json").read_text())["rejected"]
+    gain, _ = read_mrc(tiny_dataset / "gain.mrc")
+    small = write_mrc(tmp_path / "small_gain.mrc", gain[:128], PX)
+    code, _, err = run_cli(inspect_args(movie, tmp_path / "g.json", "--reject", "--gain", small))
+    assert_one_line_error(code, err, small, "gain")
+
+    common = ["--pixel-size", PX, "--voltage", 300, "--cs", 2.7, "--amplitude-contrast", 0.07]
+    star, listed = tmp_path / "movies.star", tmp_path / "movies_rejected.tsv"
+    summary = tmp_path / "movies_summary.tsv"
+    code, stdout, err = run_cli(
+        ["import", "--reports", *reports.values(), out, "--out", star, "--rejected", listed,
+         "--summary", summary, *common]
+    )  # fmt: skip
+    assert code == 0, err
+    assert "2 movies" in stdout and "1 rejected" in stdout
+    names = read_star_block(star, "movies").rlnMicrographMovieName
+    assert [Path(n).stem for n in names] == sorted(reports)
+    table = pd.read_csv(listed, sep="\t")
+    assert table.to_dict("records") == [{"movie": str(truncated), "reason": report["rejected"]}]
+    assert import_movies.movie_names(listed.read_text(), "rejected") == {"movie_0009"}
+    assert import_movies.movie_names(summary.read_text(), "summary") == set(reports)
+    # nothing rejected: the table has its header only
+    code, _, err = run_cli(
+        ["import", "--reports", *reports.values(), "--out", star, "--rejected", listed, *common]
+    )
+    assert code == 0 and import_movies.movie_names(listed.read_text(), "rejected") == set()
+    # every movie rejected: an error that gives the first reason
+    code, _, err = run_cli(["import", "--reports", out, "--out", star, *common])
+    assert_one_line_error(code, err, "every movie (1) was rejected", truncated)
+
+
 def test_stage_modules_follow_the_convention() -> None:
     for module in (inspect_movie, import_movies):
         assert module.__doc__ and "Example::" in module.__doc__

@@ -49,6 +49,11 @@ def test_report_embeds_plots_and_numbers(tmp_path: Path, run_cli: RunCli) -> Non
     ):
         (results / name).parent.mkdir(parents=True, exist_ok=True)
         _png(results / name)
+    (results / "rejected.tsv").write_text(
+        "micrograph\treasons\tstage\n"
+        "movies/c.mrc\tmovies/c.mrc: truncated <MRC>\tinspect\n"
+        "mc/b.mrc\tCTF fit to 14.0 Å > 10.0 Å\tcurate\n"
+    )
     config = tmp_path / "config.yaml"
     config.write_text("results: results  # <configured>\n")
     out = results / "report.html"
@@ -67,6 +72,9 @@ def test_report_embeds_plots_and_numbers(tmp_path: Path, run_cli: RunCli) -> Non
     assert "4.32 Å" in page and "-85 Å²" in page and "42" in page
     assert "not produced" in page  # missing stages are said, not hidden
     assert "&lt;configured&gt;" in page  # the configuration, escaped
+    # The rejected movies and micrographs, with their reasons.
+    assert "<th>movies rejected by inspect</th><td>1</td>" in page
+    assert "movies/c.mrc: truncated &lt;MRC&gt;" in page and "CTF fit to 14.0 Å" in page
     assert "numpy" in page and "cryosnake" in page
 
 

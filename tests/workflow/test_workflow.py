@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 import yaml
@@ -237,11 +240,61 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
     assert mrcfile.validate(str(tmp_path / "data" / "gain.mrc"), print_file=open(os.devnull, "w"))
     summary = (results / "movies_summary.tsv").read_text().splitlines()
     assert len(summary) == 3
-    # Nothing left to do afterwards; forcing one rule reruns only that rule's jobs.
+    # Nothing left to do afterwards; forcing one rule reruns that rule's jobs and what
+    # reads its outputs: import_movies decides which movies curate takes, but redoes
+    # no per-movie work (motioncor takes movies.star as ancient()).
     again = snakemake(tmp_path, "-n", config=config)
     assert "Nothing to be done" in again.stdout + again.stderr
     forced = snakemake(tmp_path, "-n", "--forcerun", "import_movies", config=config)
-    assert job_counts(forced.stdout) == {"all": 1, "import_movies": 1, "report": 1, "total": 3}
+    assert job_counts(forced.stdout) == {
+        "all": 1,
+        "import_movies": 1,
+        "curate": 1,
+        "merge_particles": 1,
+        "class2d": 1,
+        "select2d": 1,
+        "report": 1,
+        "total": 7,
+    }
+
+
+def test_truncated_movie_is_rejected_and_the_others_go_on(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """One truncated movie among three: inspect rejects it with its reason, the other
+    two are processed to the end (2D here), rejected.tsv and the report name it, and
+    nothing else is made of it."""
+    movies = tmp_path / "movies"
+    shutil.copytree(tiny_dataset / "movies", movies)
+    body = (movies / "movie_0002.mrc").read_bytes()
+    (movies / "movie_0003.mrc").write_bytes(body[: len(body) // 2])
+    config = tiny_config(tmp_path)
+    config["simulate"] = {"enabled": False}
+    config["input"] = {"movies": str(movies / "*.mrc"), "gain": str(tiny_dataset / "gain.mrc")}
+    planned = snakemake(tmp_path, "-n", config=config)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    # Before inspection every movie is planned (the DAG shows them all).
+    assert job_counts(planned.stdout)["motioncor"] == 3
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    report = json.loads((results / "inspect" / "movie_0003.json").read_text())
+    assert "truncated" in report["rejected"] or "not a valid MRC" in report["rejected"]
+    assert (results / "inspect" / "movie_0003.png").stat().st_size > 1000
+    names = read_star(results / "movies.star")["movies"]["rlnMicrographMovieName"]
+    assert [Path(n).stem for n in names] == ["movie_0001", "movie_0002"]
+    assert len(read_star(results / "micrographs_ctf.star")["micrographs"]) == 2
+    assert (
+        not list(results.glob("*/movie_0003.mrc"))
+        and not (results / "ctf/movie_0003.star").exists()
+    )
+    rejected = pd.read_csv(results / "rejected.tsv", sep="\t")
+    row = rejected[rejected.micrograph.str.endswith("movie_0003.mrc")]
+    assert row.stage.tolist() == ["inspect"] and "movie_0003.mrc" in row.reasons.iloc[0]
+    assert "movies rejected by inspect</th><td>1</td>" in (results / "report.html").read_text()
+    # A new run plans nothing for the rejected movie.
+    again = snakemake(tmp_path, "-n", config=config)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_config_readme_is_generated_from_the_schema() -> None:

@@ -1,10 +1,13 @@
-"""Stack outputs -> values of the AWS profile.
+"""Stack outputs -> the user's AWS profile.
 
 The CloudFormation stack of ``infra/cryosnake.yaml`` exports where everything lives
 (region, bucket, job queue, job role, image repository, log group). This module reads
-those outputs, turns them into the per-account values of ``profiles/aws/config.yaml``
-and writes them into that file, replacing the values of exactly those top-level keys:
-every comment and every other line stays as it was.
+those outputs and turns them into the per-account values of a Snakemake profile. The
+repository's ``profiles/aws/config.yaml`` holds no account data: it is the template of
+the settings every account shares. :func:`write_profile` writes the account values
+followed by that template into the user's own profile, by default in Snakemake's
+configuration folder (:func:`user_profile_dir`), where ``snakemake --profile aws``
+finds it from any checkout.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ __all__ = [
     "DEFAULT_PROJECT",
     "OUTPUT_NAMES",
     "PROFILE_KEYS",
+    "PROFILE_TEMPLATE",
     "RAW_MOVIE_TAG",
     "default_image_tag",
     "profile_values",
     "stack_outputs",
-    "update_profile",
+    "user_profile_dir",
+    "write_profile",
 ]
 
 #: Outputs of infra/cryosnake.yaml that the tools read.
@@ -44,7 +49,10 @@ OUTPUT_NAMES: tuple[str, ...] = (
     "LogGroupName",
 )
 
-#: Top-level keys of profiles/aws/config.yaml that :func:`update_profile` fills.
+#: The shared settings of the AWS profile, relative to the workflow's checkout.
+PROFILE_TEMPLATE = Path("profiles") / "aws" / "config.yaml"
+
+#: Top-level keys of the user's AWS profile that :func:`write_profile` fills.
 PROFILE_KEYS: tuple[str, ...] = (
     "aws-batch-region",
     "aws-batch-job-queue",
@@ -74,7 +82,6 @@ _USABLE_STATES = frozenset(
 )
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_TOP_LEVEL_KEY = re.compile(r"(?P<key>[A-Za-z0-9_.-]+)[ \t]*:(?=[ \t]|$)(?P<rest>.*)")
 
 
 def default_image_tag() -> str:
@@ -182,6 +189,16 @@ def profile_values(
     }
 
 
+def user_profile_dir(name: str = "aws") -> Path:
+    """Where ``snakemake --profile NAME`` looks after the working directory: the
+    user's Snakemake configuration folder (``$XDG_CONFIG_HOME/snakemake/NAME`` or
+    ``~/.config/snakemake/NAME`` on Linux, ``~/Library/Application Support/snakemake``
+    on macOS), as Snakemake finds it with platformdirs."""
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("snakemake", "snakemake")) / name
+
+
 def _scalar(value: str) -> str:
     """``value`` as a YAML scalar that reads back as the same string."""
     try:
@@ -192,83 +209,55 @@ def _scalar(value: str) -> str:
     return json.dumps(value)  # a double-quoted YAML string
 
 
-def _comment_start(text: str) -> int:
-    """Index of the ``#`` that starts a trailing comment of ``text``, or -1."""
-    quote = ""
-    for i, char in enumerate(text):
-        if quote:
-            if char == quote:
-                quote = ""
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (i == 0 or text[i - 1] in " \t"):
-            return i
-    return -1
+def write_profile(
+    template: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    values: Mapping[str, str],
+    stack: str,
+) -> Path:
+    """Write ``folder/config.yaml``: the account ``values``, then the ``template``.
 
-
-def _has_block_value(lines: list[str], number: int) -> bool:
-    """Whether the key on line ``number`` (with nothing after its colon) owns a block."""
-    for line in lines[number + 1 :]:
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        return line[0] in " \t" or stripped == "-" or stripped.startswith("- ")
-    return False
-
-
-def update_profile(path: str | os.PathLike[str], values: Mapping[str, str]) -> Path:
-    """Set top-level keys of a profile's config.yaml, keeping every other line.
-
-    Each key of ``values`` must be a top-level key of the file with a one-line value;
-    that value is replaced (a trailing comment on the line is kept) and nothing else
-    changes. The file is rewritten atomically: on any error it is left untouched.
-
-    Parameters
-    ----------
-    path : the profile's config.yaml
-    values : key -> new value (strings)
+    The template holds the settings every account shares and none of the keys of
+    ``values``. An existing profile that differs is kept as ``config.yaml.bak``. The
+    file is written atomically and read back before it replaces the old one.
 
     Returns
     -------
-    the path of the file written
+    the path of the profile written
     """
-    target = Path(path)
-    if not target.is_file():
-        raise FileFormatError(f"{target}: no such file")
-    text = target.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    found: dict[str, int] = {}
-    for number, line in enumerate(lines):
-        match = _TOP_LEVEL_KEY.match(line.rstrip("\r\n"))
-        if match is None or match["key"] not in values:
-            continue
-        key = match["key"]
-        if key in found:
-            raise FileFormatError(
-                f"{target}: key {key} appears twice (lines {found[key] + 1} and {number + 1})"
-            )
-        rest = match["rest"]
-        cut = _comment_start(rest)
-        value_text = (rest if cut < 0 else rest[:cut]).strip()
-        comment = "" if cut < 0 else "  " + rest[cut:].rstrip()
-        if not value_text and _has_block_value(lines, number):
-            raise FileFormatError(
-                f"{target}:{number + 1}: {key} holds a block, not a one-line value"
-            )
-        ending = line[len(line.rstrip("\r\n")) :]
-        lines[number] = f"{key}: {_scalar(values[key])}{comment}{ending}"
-        found[key] = number
-    missing = [key for key in values if key not in found]
-    if missing:
-        raise FileFormatError(f"{target}: no top-level key {', '.join(missing)}")
-    new_text = "".join(lines)
+    source = Path(template)
+    if not source.is_file():
+        raise FileFormatError(
+            f"{source}: no such file (run in the workflow's checkout, or pass --template)"
+        )
+    body = source.read_text(encoding="utf-8")
     try:
-        written = yaml.safe_load(new_text)
+        shared = yaml.safe_load(body) or {}
     except yaml.YAMLError as err:
-        raise FileFormatError(f"{target}: not valid YAML after the update ({err})") from err
+        raise FileFormatError(f"{source}: not valid YAML ({err})") from err
+    if not isinstance(shared, dict):
+        raise FileFormatError(f"{source}: not a profile (a mapping of settings)")
+    account = [key for key in values if key in shared]
+    if account:
+        raise FileFormatError(
+            f"{source}: holds the account value {account[0]}; the template must hold "
+            "only the settings every account shares"
+        )
+    head = [
+        f"# AWS profile of the cryosnake stack {stack}, written by `cryosnake aws profile`",
+        f"# (cryosnake {__version__}) from {source}. Run that command again after an update;",
+        "# it replaces this file (the previous one is kept as config.yaml.bak).",
+        *(f"{key}: {_scalar(value)}" for key, value in values.items()),
+        "",
+    ]
+    text = "\n".join(head) + "\n" + body
+    written = yaml.safe_load(text)
     if not isinstance(written, dict) or any(written.get(k) != v for k, v in values.items()):
-        raise FileFormatError(f"{target}: the keys did not read back as written")
+        raise FileFormatError(f"{source}: the account values did not read back as written")
+    target = Path(folder) / "config.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_file() and target.read_text(encoding="utf-8") != text:
+        shutil.copy2(target, target.with_name("config.yaml.bak"))
     with atomic_path(target) as tmp:
-        tmp.write_text(new_text, encoding="utf-8")
-        shutil.copymode(target, tmp)
+        tmp.write_text(text, encoding="utf-8")
     return target

@@ -1,8 +1,10 @@
-"""Movie discovery in S3, for runs whose default storage is S3 (profiles/aws).
+"""The workflow's own view of S3, for runs whose default storage is S3 (profile aws).
 
 With ``default-storage-provider: s3`` every relative path of the workflow lives under
 the default storage prefix (``s3://BUCKET/PROJECT``), ``input.movies`` included. A
-local glob cannot see those files, so the workflow lists the bucket instead.
+local glob cannot see those files, so the workflow lists the bucket instead
+(:func:`glob_s3`), reads the results it plans with there (:func:`read_s3_text`), and
+after a failure reads the stage errors from the jobs' logs (:func:`stage_errors`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import re
 from typing import Any
 
 from cryosnake.aws.transfer import parse_s3_url
-from cryosnake.errors import ConfigError
+from cryosnake.errors import ConfigError, CryosnakeError
 
-__all__ = ["glob_s3", "stage_errors"]
+__all__ = ["glob_s3", "read_s3_text", "stage_errors"]
 
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -66,6 +68,44 @@ def glob_s3(
     except botocore.exceptions.BotoCoreError as err:
         raise ConfigError(f"input.movies: cannot list s3://{bucket}/{list_prefix} ({err})") from err
     return sorted(found)
+
+
+def read_s3_text(
+    storage_prefix: str,
+    path: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    client: Any = None,
+    missing_ok: bool = False,
+) -> str | None:
+    """The text of the workflow file ``path`` (relative to ``storage_prefix``) in S3.
+
+    For the few results the workflow itself reads while it plans the jobs (the movies
+    that inspect rejected), which the main process has no local copy of. With
+    ``missing_ok``, None when there is no such object.
+
+    Raises
+    ------
+    CryosnakeError
+        The object cannot be read (the message names its URL).
+    """
+    import boto3
+    import botocore.exceptions
+
+    bucket, base = parse_s3_url(storage_prefix)
+    key = posixpath.join(base, path.lstrip("/")) if base else path.lstrip("/")
+    if client is None:
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        if missing_ok and code in ("NoSuchKey", "404"):
+            return None
+        raise CryosnakeError(f"s3://{bucket}/{key}: cannot read ({code})") from err
+    except botocore.exceptions.BotoCoreError as err:
+        raise CryosnakeError(f"s3://{bucket}/{key}: cannot read ({err})") from err
+    return bytes(body).decode("utf-8")
 
 
 _STAGE_ERROR = re.compile(r"^cryosnake [\w-]+: error: .*$", re.MULTILINE)

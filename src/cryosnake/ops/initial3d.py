@@ -44,15 +44,17 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cryosnake.backend import get_array_module, take_rows
+from cryosnake.backend import get_array_module, take_rows, to_host
 from cryosnake.ops import reconstruct as rc
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import random_rotations
 from cryosnake.ops.symmetry import symmetry_group
 
 __all__ = [
+    "CHECKPOINT_EVERY",
     "FINAL_PASSES",
     "AbInitioSettings",
+    "AbInitioState",
     "ab_initio",
     "align_volumes",
     "crop_spectra",
@@ -167,29 +169,66 @@ def _projector(volume: np.ndarray, r_max: int, xp: Any) -> rc.Projector:
     return rc.Projector.from_volume(xp.asarray(volume, dtype=xp.float32), r_max)
 
 
-def _descend(
-    data: np.ndarray,
-    ctf: np.ndarray,
-    px: float,
-    sigma2: np.ndarray,
-    mask: np.ndarray,
-    settings: AbInitioSettings,
-    search: r3.RefineSettings,
-    rng: np.random.Generator,
-    attempt: int,
-    progress: Callable[[str], None] | None,
-) -> np.ndarray:
-    """One attempt: a random start and the mini-batch iterations (steps 2-3)."""
-    n, w = int(data.shape[0]), int(data.shape[1])
-    xp = get_array_module(data)
+@dataclass
+class AbInitioState:
+    """Where :func:`ab_initio` stands, enough to go on exactly as if never stopped.
+
+    ``attempt``: attempts finished; ``t``: mini-batches done in the current attempt
+    (``volume`` its map, None before its start); ``best_volume`` / ``best_fit``: the
+    best finished attempt; ``passes``: final passes done (``volume`` then the map of the
+    last pass, ``matrices`` / ``shifts`` its poses); ``rng``: the generator's state;
+    ``judge``: the particles that judge the attempts. Maps are NumPy arrays.
+    """
+
+    attempt: int
+    t: int
+    passes: int
+    best_fit: float
+    rng: dict[str, Any]
+    judge: np.ndarray
+    volume: np.ndarray | None = None
+    best_volume: np.ndarray | None = None
+    matrices: np.ndarray | None = None
+    shifts: np.ndarray | None = None
+
+
+# Mini-batches between two checkpoints within an attempt (each attempt's end is one too).
+CHECKPOINT_EVERY = 10
+
+
+def _start(
+    data: Any, ctf: np.ndarray, px: float, sigma2: np.ndarray, mask: Any,
+    settings: AbInitioSettings, rng: np.random.Generator,
+) -> Any:  # fmt: skip
+    """Step 2: the particles of a random subset inserted at random orientations."""
+    n = int(data.shape[0])
     sub = rng.choice(n, size=min(n, 2000), replace=False)
     start = _reconstruct(
         take_rows(data, sub), ctf[sub], random_rotations(len(sub), rng), np.zeros((len(sub), 2)),
         sigma2, px, 1.0, settings.symmetry,
     )  # fmt: skip
-    volume = r3.lowpass_volume(np.maximum(start * mask, 0.0), px, settings.start_resolution)
+    return r3.lowpass_volume(np.maximum(start * mask, 0.0), px, settings.start_resolution)
+
+
+def _descend(
+    data: Any,
+    ctf: np.ndarray,
+    px: float,
+    sigma2: np.ndarray,
+    mask: Any,
+    settings: AbInitioSettings,
+    search: r3.RefineSettings,
+    rng: np.random.Generator,
+    state: AbInitioState,
+    progress: Callable[[str], None] | None,
+    save: Callable[[AbInitioState], None] | None,
+) -> Any:
+    """Step 3 of attempt ``state.attempt`` from mini-batch ``state.t + 1``: its map."""
+    n, w = int(data.shape[0]), int(data.shape[1])
+    xp = get_array_module(data)
+    volume = xp.asarray(state.volume)
     batch = min(settings.batch, n)
-    for t in range(1, settings.iterations + 1):
+    for t in range(state.t + 1, settings.iterations + 1):
         frac = (t - 1) / max(settings.iterations - 1, 1)
         res = settings.start_resolution + frac * (settings.resolution - settings.start_resolution)
         r_max = max(3, int(math.ceil(w * px / res)))
@@ -204,9 +243,12 @@ def _descend(
         volume = r3.lowpass_volume(np.maximum(volume * mask, 0.0), px, res)
         if progress is not None and (t % 10 == 0 or t == settings.iterations):
             progress(
-                f"attempt {attempt + 1}/{settings.attempts}: mini-batch {t}/{settings.iterations}"
-                f" at {res:.1f} Å"
+                f"attempt {state.attempt + 1}/{settings.attempts}: mini-batch "
+                f"{t}/{settings.iterations} at {res:.1f} Å"
             )
+        if save is not None and t % CHECKPOINT_EVERY == 0 and t < settings.iterations:
+            state.t, state.volume, state.rng = t, to_host(volume), dict(rng.bit_generator.state)
+            save(state)
     return volume
 
 
@@ -217,6 +259,8 @@ def ab_initio(
     settings: AbInitioSettings,
     progress: Callable[[str], None] | None = None,
     xp: Any = np,
+    resume: AbInitioState | None = None,
+    save: Callable[[AbInitioState], None] | None = None,
 ) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
     """Ab initio map from particle spectra (see the module docstring), computed on the
     device of the array module ``xp`` (the cropped spectra are moved there once).
@@ -228,6 +272,10 @@ def ab_initio(
     pixel_size : Å per pixel of the particles
     progress : called with a line of progress now and then
     xp : :mod:`numpy` or :mod:`cupy`
+    resume : a state that ``save`` was given: go on from there, to the result an
+        uninterrupted run gives
+    save : called with the state every :data:`CHECKPOINT_EVERY` mini-batches, after
+        every attempt and after every final pass (a checkpoint)
 
     Returns
     -------
@@ -250,34 +298,51 @@ def ab_initio(
         symmetry=settings.symmetry,
     )
     r_max = max(3, int(math.ceil(w * px / settings.resolution)))
-    judge = rng.choice(n, size=min(n, JUDGE_PARTICLES), replace=False)
-    best_volume, best_fit = None, -np.inf
-    for attempt in range(settings.attempts):
-        volume = _descend(data, ctf, px, sigma2, mask, settings, search, rng, attempt, progress)
+    if resume is None:
+        judge = rng.choice(n, size=min(n, JUDGE_PARTICLES), replace=False)
+        state = AbInitioState(attempt=0, t=0, passes=0, best_fit=-np.inf, rng={}, judge=judge)
+    else:
+        state = resume
+        rng.bit_generator.state = state.rng
+    while state.attempt < settings.attempts:
+        if state.t == 0:
+            state.volume = to_host(_start(data, ctf, px, sigma2, mask, settings, rng))
+        volume = _descend(data, ctf, px, sigma2, mask, settings, search, rng, state, progress, save)
         # The attempt whose map the particles fit best (mean normalised correlation).
+        judge = state.judge
         _, _, score = r3.global_search(
             take_rows(data, judge), ctf[judge], _projector(volume, r_max, xp), w, px, sigma2, r_max,
             search,
         )  # fmt: skip
         fit = float(np.mean(score))
         if progress is not None:
-            progress(f"attempt {attempt + 1}: mean correlation of the particles {fit:.5f}")
-        if fit > best_fit:
-            best_volume, best_fit = volume, fit
-    assert best_volume is not None
-    volume = best_volume
-    for k in range(FINAL_PASSES):
+            progress(f"attempt {state.attempt + 1}: mean correlation of the particles {fit:.5f}")
+        if fit > state.best_fit:
+            state.best_volume, state.best_fit = to_host(volume), fit
+        state.attempt, state.t, state.volume = state.attempt + 1, 0, None
+        state.rng = dict(rng.bit_generator.state)
+        if save is not None:
+            save(state)
+    assert state.best_volume is not None
+    volume = state.best_volume if state.passes == 0 else state.volume
+    m, s = state.matrices, state.shifts
+    for k in range(state.passes, FINAL_PASSES):
         if progress is not None:
             progress(f"full pass {k + 1}/{FINAL_PASSES} over {n} particles")
-        m, s, score = r3.global_search(
-            data, ctf, _projector(volume, r_max, xp), w, px, sigma2, r_max, search
+        m, s, _ = r3.global_search(
+            data, ctf, _projector(xp.asarray(volume), r_max, xp), w, px, sigma2, r_max, search
         )
         final = _reconstruct(data, ctf, m, s, sigma2, px, 1.0, settings.symmetry)
         volume = r3.lowpass_volume(np.maximum(final * mask, 0.0), px, settings.resolution)
+        state.passes, state.volume = k + 1, to_host(volume)
+        state.matrices, state.shifts = to_host(m), to_host(s)
+        if save is not None:
+            save(state)
+    assert m is not None and s is not None
     return (
-        volume.astype(np.float32),
+        to_host(volume).astype(np.float32),
         px,
-        {"matrices": m, "shifts": s * (b / w), "score": score},
+        {"matrices": to_host(m), "shifts": to_host(s) * (b / w)},
     )
 
 

@@ -105,17 +105,20 @@ def load_gain(
     flip: str,
     frame_shape: tuple[int, int],
     raw_sum: Callable[[], np.ndarray],
+    stored: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, str]:
     """Read, orient and check a gain reference.
 
     With ``rotate`` or ``flip`` equal to ``"auto"`` the orientation is found from
-    ``raw_sum()``, the sum of the raw frames (only called then).
+    ``raw_sum()``, the sum of the raw frames (only called then). ``stored``: the gain
+    as :func:`read_gain` returned it, when the caller has read it already.
 
     Returns
     -------
     (gain, rotate, flip) : the oriented gain and the orientation used
     """
-    stored = read_gain(path)
+    if stored is None:
+        stored = read_gain(path)
     if "auto" in (str(rotate), flip):
         try:
             rotate, flip, _ = find_gain_orientation(raw_sum(), stored)

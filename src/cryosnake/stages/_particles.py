@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import read_mrc, read_mrc_header, read_star
+from cryosnake.io import atomic_path, read_mrc, read_mrc_header, read_star
 
 __all__ = [
     "ParticleSet",
@@ -26,10 +27,12 @@ __all__ = [
     "ctf_table",
     "image_groups",
     "image_path",
+    "load_checkpoint",
     "open_particles",
     "particle_diameter",
     "read_images",
     "read_particles",
+    "save_checkpoint",
 ]
 
 
@@ -195,3 +198,37 @@ def add_checkpoint_url_arg(parser: argparse.ArgumentParser) -> None:
         "resume from it when the output folder holds none (a spot instance reclaimed); "
         "deleted once the outputs are written",
     )
+
+
+def save_checkpoint(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write an iterative stage's checkpoint (NumPy ``.npz``) atomically.
+
+    ``fingerprint``: a text that changes with every input and option the state
+    depends on (a checkpoint of other inputs is not resumed).
+    """
+    payload: dict[str, Any] = {"fingerprint": np.array(fingerprint), **arrays}
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **payload)
+
+
+def load_checkpoint(path: Path, fingerprint: str, stage: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a checkpoint written by :func:`save_checkpoint`; None when there is
+    none, or it was made with other inputs (said on stdout).
+
+    Raises
+    ------
+    FileFormatError
+        The file is unreadable (the message names it and ``--no-resume``).
+    """
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                print(f"{stage}: {path} was made with other inputs; starting over")
+                return None
+            return {key: z[key] for key in z.files if key != "fingerprint"}
+    except (OSError, KeyError, ValueError) as err:
+        raise FileFormatError(
+            f"{path}: unreadable checkpoint ({err}); rerun with --no-resume"
+        ) from err

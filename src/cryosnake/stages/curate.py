@@ -5,7 +5,9 @@ Reads the per-movie motion STAR (``cryosnake motioncor``) and CTF STAR
 (RELION 3.1+ layout: ``optics`` + ``micrographs``, with ``rlnAccumMotionTotal/Early/Late``
 in Å as RELION's motion correction writes them), ``micrographs_selected.star`` with
 those that pass every threshold, and ``rejected.tsv`` with one line per rejected
-micrograph and every reason. A threshold given as 0 (or not given) is not applied.
+micrograph and every reason (columns ``micrograph``, ``reasons``, ``stage``), after the
+movies that inspect rejected when ``--rejected-movies`` lists them (stage ``inspect``,
+the movie's file in ``micrograph``). A threshold given as 0 (or not given) is not applied.
 
 Example::
 
@@ -38,6 +40,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--motion", nargs="+", required=True, help="per-movie motion STAR files (same stems)"
     )
     parser.add_argument("--out-dir", required=True, help="folder for the STAR and TSV files")
+    parser.add_argument(
+        "--rejected-movies",
+        help="TSV of the movies inspect rejected (cryosnake import --rejected), "
+        "copied into rejected.tsv",
+    )
     parser.add_argument("--pixel-size", type=positive, required=True, help="Å per movie pixel")
     parser.add_argument("--voltage", type=positive, required=True, help="kV")
     parser.add_argument("--cs", type=float, required=True, help="mm")
@@ -50,6 +57,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-total-motion", type=float, default=0.0, help="Å, whole movie")
     parser.add_argument(
         "--max-early-motion", type=float, default=0.0, help=f"Å, first {EARLY_FRAMES} frames"
+    )
+
+
+def _rejected_movies(path: str) -> pd.DataFrame:
+    try:
+        movies = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise CryosnakeError(f"--rejected-movies {path}: cannot read ({err})") from err
+    if not {"movie", "reason"} <= set(movies.columns):
+        raise CryosnakeError(f"--rejected-movies {path}: needs the columns movie and reason")
+    return pd.DataFrame(
+        {"micrograph": movies["movie"], "reasons": movies["reason"], "stage": "inspect"}
     )
 
 
@@ -153,8 +172,12 @@ def _run(args: argparse.Namespace) -> int:
         {
             "micrograph": table.rlnMicrographName[~keep],
             "reasons": ["; ".join(r) for r, k in zip(reasons, keep, strict=True) if not k],
+            "stage": "curate",
         }
     )
+    if args.rejected_movies:
+        movies = _rejected_movies(args.rejected_movies)
+        rejected = pd.concat([movies, rejected], ignore_index=True)
     with atomic_path(out / "rejected.tsv") as tmp:
         rejected.to_csv(tmp, sep="\t", index=False)
     print(

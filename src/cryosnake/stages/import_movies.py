@@ -5,17 +5,25 @@ RELION's motion correction, cryoSPARC's import and cryosnake's later stages read
 a tab-separated summary with one line per movie. Movies whose frame size differs from
 the rest are an error: one optics group holds one detector geometry.
 
+A movie that ``cryosnake inspect --reject`` rejected (its report holds ``rejected``)
+is left out of ``movies.star`` and listed, with the reason, in ``--rejected`` (a TSV:
+``movie``, ``reason``); the workflow's later stages process the others. That every
+movie is rejected is an error that gives the first reason.
+
 Example::
 
     cryosnake import --reports results/inspect/*.json --out results/movies.star \\
-        --summary results/movies_summary.tsv --pixel-size 1.5 --voltage 300 --cs 2.7 \\
-        --amplitude-contrast 0.07
+        --summary results/movies_summary.tsv --rejected results/movies_rejected.tsv \\
+        --pixel-size 1.5 --voltage 300 --cs 2.7 --amplitude-contrast 0.07
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 from collections.abc import Sequence
+from pathlib import PurePath
 
 import pandas as pd
 
@@ -23,7 +31,7 @@ from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path, optics_table, read_json, write_star
 from cryosnake.stages._common import positive, run_stage
 
-__all__ = ["add_args", "main"]
+__all__ = ["add_args", "main", "movie_names"]
 
 _SUMMARY_COLUMNS = [
     "movie",
@@ -36,12 +44,24 @@ _SUMMARY_COLUMNS = [
 ]
 
 
+def movie_names(text: str, what: str) -> set[str]:
+    """Movie names (file names without suffix) in the text of a ``--summary`` or
+    ``--rejected`` TSV (``what`` names it in the error)."""
+    rows = csv.DictReader(io.StringIO(text), delimiter="\t")
+    if rows.fieldnames is None or "movie" not in rows.fieldnames:
+        raise CryosnakeError(f"{what}: the table has no column 'movie'")
+    return {PurePath(row["movie"]).stem for row in rows}
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reports", nargs="+", required=True, help="JSON reports written by cryosnake inspect"
     )
     parser.add_argument("--out", required=True, help="movies.star to write")
     parser.add_argument("--summary", help="TSV summary to write")
+    parser.add_argument(
+        "--rejected", help="TSV of the movies inspect rejected (movie, reason) to write"
+    )
     parser.add_argument("--pixel-size", type=positive, required=True, help="Å per pixel")
     parser.add_argument("--voltage", type=positive, required=True, help="kV")
     parser.add_argument("--cs", type=float, required=True, help="spherical aberration, mm")
@@ -51,13 +71,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    rows = []
+    rows, rejected = [], []
     for path in args.reports:
         report = read_json(path)
+        if "rejected" in report:
+            rejected.append({"movie": report.get("movie", path), "reason": report["rejected"]})
+            print(f"import: rejected {rejected[-1]['movie']}: {report['rejected']}")
+            continue
         missing = [k for k in _SUMMARY_COLUMNS if k not in report]
         if missing:
             raise CryosnakeError(f"{path}: not an inspect report (lacks {', '.join(missing)})")
         rows.append({k: report[k] for k in _SUMMARY_COLUMNS})
+    if not rows:
+        raise CryosnakeError(
+            f"--reports: every movie ({len(rejected)}) was rejected by inspect; the first: "
+            f"{rejected[0]['reason']}"
+        )
     table = pd.DataFrame(rows)
     if table["movie"].duplicated().any():
         dup = table.loc[table["movie"].duplicated(), "movie"].iloc[0]
@@ -81,8 +110,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.summary:
         with atomic_path(args.summary) as tmp:
             table.to_csv(tmp, sep="\t", index=False)
+    if args.rejected:
+        with atomic_path(args.rejected) as tmp:
+            pd.DataFrame(rejected, columns=["movie", "reason"]).to_csv(tmp, sep="\t", index=False)
     print(
-        f"import: {len(table)} movies -> {args.out} "
+        f"import: {len(table)} movies -> {args.out}, {len(rejected)} rejected "
         f"(median dose {table.dose_per_frame_measured.median():.3f} e/Å²/frame, "
         f"{table.n_frames.min()}-{table.n_frames.max()} frames)"
     )

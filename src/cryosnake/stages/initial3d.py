@@ -17,6 +17,12 @@ Outputs in ``--out-dir``: ``initial_model.mrc``, ``initial_model.png`` (central
 slices and projections) and ``initial_model_data.star`` (the particles with the
 poses of the final pass, RELION labels).
 
+A checkpoint (``initial_model_checkpoint.npz``) is written atomically every
+:data:`~cryosnake.ops.initial3d.CHECKPOINT_EVERY` mini-batches, after every attempt and
+after every final pass; a restarted run with the same inputs goes on from there to the
+result of an uninterrupted run (``--no-resume`` starts over). ``--checkpoint-url``
+keeps a copy in S3 (a spot instance reclaimed, :mod:`cryosnake.aws.checkpoints`).
+
 Example::
 
     cryosnake initial3d --particles results/particles_selected.star \\
@@ -26,20 +32,33 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import array_module, resolve_device
-from cryosnake.errors import CryosnakeError
+from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import initial3d as ai
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import matrix_to_euler
 from cryosnake.stages._common import point_group, positive, positive_int, run_stage
-from cryosnake.stages._particles import ctf_table, open_particles, particle_diameter, read_images
+from cryosnake.stages._particles import (
+    add_checkpoint_url_arg,
+    ctf_table,
+    load_checkpoint,
+    open_particles,
+    particle_diameter,
+    read_images,
+    save_checkpoint,
+)
 
 __all__ = ["add_args", "main"]
 
@@ -62,6 +81,64 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=positive, default=15.0, help="degrees, angular step (15)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or gpu")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+    )
+    add_checkpoint_url_arg(parser)
+
+
+CHECKPOINT = "initial_model_checkpoint.npz"
+CHECKPOINT_VERSION = 1
+
+
+def _fingerprint(
+    particles: pd.DataFrame, settings: ai.AbInitioSettings, box: int, px: float
+) -> str:
+    names = "\n".join(map(str, particles["rlnImageName"])).encode()
+    record = {
+        "version": CHECKPOINT_VERSION,
+        "n": len(particles),
+        "images": hashlib.sha1(names).hexdigest(),
+        "settings": dataclasses.asdict(settings),
+        "box": box,
+        "pixel_size": px,
+    }
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def _save(path: Path, state: ai.AbInitioState, fingerprint: str) -> None:
+    arrays = {
+        "counters": np.array([state.attempt, state.t, state.passes]),
+        "best_fit": np.array(state.best_fit),
+        "rng": np.array(json.dumps(state.rng)),
+        "judge": state.judge,
+    }
+    for name in ("volume", "best_volume", "matrices", "shifts"):
+        value = getattr(state, name)
+        if value is not None:
+            arrays[name] = value
+    save_checkpoint(path, fingerprint, arrays)
+
+
+def _load(path: Path, fingerprint: str) -> ai.AbInitioState | None:
+    z = load_checkpoint(path, fingerprint, "initial3d")
+    if z is None:
+        return None
+    try:
+        attempt, t, passes = (int(v) for v in z["counters"])
+        return ai.AbInitioState(
+            attempt=attempt,
+            t=t,
+            passes=passes,
+            best_fit=float(z["best_fit"]),
+            rng=json.loads(str(z["rng"])),
+            judge=z["judge"],
+            **{k: z[k] for k in ("volume", "best_volume", "matrices", "shifts") if k in z},
+        )
+    except (KeyError, ValueError) as err:
+        raise FileFormatError(
+            f"{path}: unreadable checkpoint ({err}); rerun with --no-resume"
+        ) from err
 
 
 def _plot(path: Path, volume: np.ndarray, pixel_size: float, resolution: float) -> None:
@@ -123,9 +200,27 @@ def _run(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"initial3d: {message}  {time.perf_counter() - started:.1f} s", flush=True)
 
+    fingerprint = _fingerprint(particles, settings, box, pixel_size)
+    checkpoint = out / CHECKPOINT
+    mirror = CheckpointMirror(args.checkpoint_url, checkpoint, "initial3d")
+    if not args.no_resume:
+        mirror.restore()
+    state = None if args.no_resume else _load(checkpoint, fingerprint)
+    if state is not None:
+        print(
+            f"initial3d: resuming from {checkpoint}: {state.attempt} attempt(s) and "
+            f"{state.t} mini-batch(es) of the next, {state.passes} final pass(es) done",
+            flush=True,
+        )
+
+    def save(state: ai.AbInitioState) -> None:
+        _save(checkpoint, state, fingerprint)
+        mirror.store()
+
     volume, _, poses = ai.ab_initio(
-        spectra, ctf, pixel_size, settings, progress, xp=array_module(device)
-    )
+        spectra, ctf, pixel_size, settings, progress, xp=array_module(device),
+        resume=state, save=save,
+    )  # fmt: skip
     full = ai.pad_volume(volume, box) if box > volume.shape[0] else volume
     out.mkdir(parents=True, exist_ok=True)
     write_mrc(out / "initial_model.mrc", full, pixel_size, kind="volume")
@@ -139,6 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     data["rlnOriginYAngst"] = -poses["shifts"][:, 1] * pixel_size
     blocks = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
     write_star(out / "initial_model_data.star", blocks)
+    mirror.clear()
     print(
         f"initial3d: done in {time.perf_counter() - started:.1f} s "
         f"-> {out / 'initial_model.mrc'} ({box} px, {pixel_size:g} Å/px)"

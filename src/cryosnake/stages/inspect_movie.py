@@ -4,8 +4,13 @@ Reads the movie frame by frame, applies the gain reference, and checks what woul
 silently spoil every later stage: a gain whose size does not match the frames, a pixel
 size in the file header that disagrees with the one given, a dose per frame that
 disagrees with the counts actually recorded, blank frames. Any of these is an error
-naming the file. Writes a JSON report (frames, size, measured dose per frame, outlier
-pixels) and a PNG thumbnail of the gain-corrected sum with the per-frame dose.
+naming the file; with ``--reject`` (as the workflow runs it) a problem of the movie is
+instead recorded in the report as ``"rejected": "<reason>"`` and the workflow goes on
+without that movie (``rejected.tsv``), while a problem of the gain stays an error.
+
+Writes a JSON report (frames, size, measured dose per frame, outlier pixels) and a PNG
+thumbnail of the gain-corrected sum with the per-frame dose (of a rejected movie: the
+reason).
 
 Example::
 
@@ -18,16 +23,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cryosnake.errors import CryosnakeError
-from cryosnake.io import open_movie, save_figure, write_json
+from cryosnake.errors import CryosnakeError, FileFormatError, MovieRejected
+from cryosnake.io import Movie, open_movie, save_figure, write_json
 from cryosnake.stages._common import positive, run_stage
-from cryosnake.stages._movie import add_eer_arg, add_gain_args, check_header_pixel_size, load_gain
+from cryosnake.stages._movie import (
+    add_eer_arg,
+    add_gain_args,
+    check_header_pixel_size,
+    load_gain,
+    read_gain,
+)
 
 __all__ = ["add_args", "inspect_movie", "main"]
 
@@ -52,6 +63,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not compare --pixel-size with the file header",
     )
+    parser.add_argument(
+        "--reject",
+        action="store_true",
+        help="a movie that fails a check (unreadable, truncated, blank frames, off dose "
+        "or pixel size) is recorded as rejected in --out (with the reason, exit 0) "
+        "instead of being an error; a problem of the gain reference stays an error",
+    )
+
+
+def _frames(movie: Movie, path: str) -> Iterator[np.ndarray]:
+    """The frames of ``movie``; a read error (truncated, corrupt) rejects the movie."""
+    for i in range(movie.n_frames):
+        try:
+            yield movie.frame(i)
+        except FileFormatError as err:
+            raise MovieRejected(str(err)) from err
 
 
 def inspect_movie(
@@ -73,27 +100,44 @@ def inspect_movie(
     report : dict (JSON-ready)
     total : (ny, nx) float32 gain-corrected sum of the frames
     frame_means : (n,) float64 mean gain-corrected counts per pixel of each frame
+
+    Raises
+    ------
+    MovieRejected
+        The movie cannot be used: unreadable, truncated, blank frames, no counts, a
+        header pixel size or a measured dose that disagrees with the given one.
+    CryosnakeError
+        The gain reference is unreadable or does not fit the frames (the session's
+        problem, not one movie's).
     """
-    with open_movie(movie_path, eer_group=eer_group) as movie:
+    stored_gain = read_gain(gain_path) if gain_path else None
+    try:
+        movie_cm = open_movie(movie_path, eer_group=eer_group)
+    except FileFormatError as err:
+        raise MovieRejected(str(err)) from err
+    with movie_cm as movie:
         header_px = movie.pixel_size
         if check_header:
-            check_header_pixel_size(movie, movie_path, pixel_size)
+            try:
+                check_header_pixel_size(movie, movie_path, pixel_size)
+            except CryosnakeError as err:
+                raise MovieRejected(str(err)) from err
         gain = None
         if gain_path:
 
             def raw_sum() -> np.ndarray:
                 total = np.zeros(movie.frame_shape, dtype=np.float32)
-                for i in range(movie.n_frames):
-                    total += movie.frame(i)
+                for frame in _frames(movie, movie_path):
+                    total += frame
                 return total
 
             gain, gain_rotate, gain_flip = load_gain(
-                gain_path, gain_rotate, gain_flip, movie.frame_shape, raw_sum
+                gain_path, gain_rotate, gain_flip, movie.frame_shape, raw_sum, stored_gain
             )
         total = np.zeros(movie.frame_shape, dtype=np.float64)
         means = np.empty(movie.n_frames)
-        for i in range(movie.n_frames):
-            frame = movie.frame(i).astype(np.float32)
+        for i, raw in enumerate(_frames(movie, movie_path)):
+            frame = raw.astype(np.float32)
             if gain is not None:
                 frame *= gain
             means[i] = float(frame.mean())
@@ -102,17 +146,17 @@ def inspect_movie(
 
     median = float(np.median(means))
     if median <= 0:
-        raise CryosnakeError(f"{movie_path}: frames hold no counts")
+        raise MovieRejected(f"{movie_path}: frames hold no counts")
     blank = np.flatnonzero(means < 0.1 * median)
     if blank.size:
-        raise CryosnakeError(
+        raise MovieRejected(
             f"{movie_path}: frame(s) {', '.join(str(b + 1) for b in blank[:5])} are blank "
             f"(mean {means[blank[0]]:.3g} vs median {median:.3g} counts/px)"
         )
     measured_dose = float(means.mean()) / pixel_size**2
     mismatch = abs(measured_dose - dose_per_frame) / dose_per_frame
     if dose_tolerance > 0 and mismatch > dose_tolerance:
-        raise CryosnakeError(
+        raise MovieRejected(
             f"{movie_path}: measured {measured_dose:.3f} e/Å² per frame from the counts, but "
             f"the given dose per frame is {dose_per_frame:.3f} (off by {100 * mismatch:.0f} %; "
             "check acquisition.dose_per_frame, acquisition.pixel_size and the gain)"
@@ -180,19 +224,44 @@ def _thumbnail(
     save_figure(path, fig)
 
 
+def _rejection_thumbnail(path: str, movie: str, reason: str) -> None:
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 2.2))
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(reason, 110)), ha="center", va="center",
+            fontsize=8, wrap=True)  # fmt: skip
+    fig.suptitle(f"{Path(movie).name}: rejected", fontsize=10, color="firebrick")
+    save_figure(path, fig)
+
+
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    report, total, means = inspect_movie(
-        args.movie,
-        pixel_size=args.pixel_size,
-        dose_per_frame=args.dose_per_frame,
-        gain_path=args.gain,
-        gain_rotate=args.gain_rotate,
-        gain_flip=args.gain_flip,
-        dose_tolerance=args.dose_tolerance,
-        check_header=not args.ignore_header_pixel_size,
-        eer_group=args.eer_group,
-    )
+    try:
+        report, total, means = inspect_movie(
+            args.movie,
+            pixel_size=args.pixel_size,
+            dose_per_frame=args.dose_per_frame,
+            gain_path=args.gain,
+            gain_rotate=args.gain_rotate,
+            gain_flip=args.gain_flip,
+            dose_tolerance=args.dose_tolerance,
+            check_header=not args.ignore_header_pixel_size,
+            eer_group=args.eer_group,
+        )
+    except MovieRejected as err:
+        if not args.reject:
+            raise
+        write_json(args.out, {"movie": str(args.movie), "rejected": str(err)})
+        if args.thumbnail:
+            _rejection_thumbnail(args.thumbnail, args.movie, str(err))
+        print(f"inspect: {args.movie}: REJECTED: {err}")
+        return 0
     write_json(args.out, report)
     if args.thumbnail:
         _thumbnail(

@@ -60,7 +60,7 @@ from scipy import ndimage
 from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import array_module, resolve_device
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import atomic_path, read_mrc, save_figure, write_mrc, write_star
+from cryosnake.io import read_mrc, save_figure, write_mrc, write_star
 from cryosnake.ops import postprocess as pp
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.reconstruct import shell_resolution
@@ -69,9 +69,11 @@ from cryosnake.stages._common import point_group, positive, positive_int, run_st
 from cryosnake.stages._particles import (
     add_checkpoint_url_arg,
     ctf_table,
+    load_checkpoint,
     open_particles,
     particle_diameter,
     read_images,
+    save_checkpoint,
 )
 
 __all__ = ["add_args", "main"]
@@ -139,47 +141,45 @@ def _fingerprint(args: argparse.Namespace, particles: pd.DataFrame, extra: dict[
 
 
 def _save(path: Path, state: r3.RefineState, fingerprint: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(
-            handle,
-            fingerprint=np.array(fingerprint),
-            matrices=state.matrices,
-            shifts=state.shifts,
-            halves=state.halves,
-            references=state.references,
-            sigma2=state.sigma2,
-            fsc=state.fsc,
-            scalars=np.array(
+    save_checkpoint(
+        path,
+        fingerprint,
+        {
+            "matrices": state.matrices,
+            "shifts": state.shifts,
+            "halves": state.halves,
+            "references": state.references,
+            "sigma2": state.sigma2,
+            "fsc": state.fsc,
+            "scalars": np.array(
                 [state.resolution, state.step, state.r_max, state.iteration, float(state.converged)]
             ),
-            history=np.asarray(state.history, dtype=np.float64),
-        )
+            "history": np.asarray(state.history, dtype=np.float64),
+        },
+    )
 
 
 def _load(path: Path, fingerprint: str) -> r3.RefineState | None:
-    if not path.is_file():
+    z = load_checkpoint(path, fingerprint, "refine3d")
+    if z is None:
         return None
     try:
-        with np.load(path) as z:
-            if str(z["fingerprint"]) != fingerprint:
-                print(f"refine3d: {path} was made with other inputs; starting over")
-                return None
-            resolution, step, r_max, iteration, converged = z["scalars"].tolist()
-            return r3.RefineState(
-                matrices=z["matrices"],
-                shifts=z["shifts"],
-                halves=z["halves"],
-                references=z["references"],
-                sigma2=z["sigma2"],
-                fsc=z["fsc"],
-                resolution=float(resolution),
-                step=float(step),
-                r_max=int(r_max),
-                iteration=int(iteration),
-                history=z["history"].tolist(),
-                converged=bool(converged),
-            )
-    except (OSError, KeyError, ValueError) as err:
+        resolution, step, r_max, iteration, converged = z["scalars"].tolist()
+        return r3.RefineState(
+            matrices=z["matrices"],
+            shifts=z["shifts"],
+            halves=z["halves"],
+            references=z["references"],
+            sigma2=z["sigma2"],
+            fsc=z["fsc"],
+            resolution=float(resolution),
+            step=float(step),
+            r_max=int(r_max),
+            iteration=int(iteration),
+            history=z["history"].tolist(),
+            converged=bool(converged),
+        )
+    except (KeyError, ValueError) as err:
         raise FileFormatError(
             f"{path}: unreadable checkpoint ({err}); rerun with --no-resume"
         ) from err

@@ -4,8 +4,9 @@ Reads the workflow's results folder (``--results``): movies, curated micrographs
 picked and selected particles, 2D classes, the ab initio model, the refinement and the
 post-processed map, whichever exist, and writes ``--out``, one HTML file with the
 plots embedded (PNG, base64), so it can be mailed or archived as is. Sections: summary
-(movies accepted, micrographs kept, particles picked and kept, classes kept, final
-resolution and B-factor), motion correction, CTF, picking (up to ``--examples``
+(movies accepted and rejected, micrographs kept, particles picked and kept, classes
+kept, final resolution and B-factor), the rejected movies and micrographs with their
+reasons (``rejected.tsv``), motion correction, CTF, picking (up to ``--examples``
 micrographs each), 2D classes, 3D (initial model, angular distribution and FSC,
 post-processing), and provenance (the configuration, the cryosnake and library
 versions, the git commit of the workflow when it is a checkout, the date).
@@ -87,6 +88,25 @@ def _examples(folder: Path, pattern: str, count: int, caption: str) -> str:
     return "".join(_figure(f, f"{caption}: {f.stem}") for f in files)
 
 
+def _rejected(path: Path, limit: int = 50) -> tuple[int | None, str]:
+    """(movies rejected by inspect, HTML table of rejected.tsv's first ``limit`` rows)."""
+    if not path.is_file():
+        return None, '<p class="missing">rejected.tsv: not produced</p>'
+    import pandas as pd
+
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if table.empty:
+        return 0, "<p>No movie or micrograph was rejected.</p>"
+    movies = int((table.get("stage", pd.Series(dtype=str)) == "inspect").sum())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in table.head(limit).itertuples(index=False)
+    )
+    more = f"<p>… and {len(table) - limit} more in {path.name}</p>" if len(table) > limit else ""
+    return movies, f"<table><tr>{head}</tr>{rows}</table>{more}"
+
+
 def _git_commit(start: Path) -> str:
     try:
         out = subprocess.run(
@@ -141,9 +161,11 @@ def _run(args: argparse.Namespace) -> int:
         results / "postprocess" / "postprocess.star", "general", "rlnBfactorUsedForSharpening"
     )
     refined = _value(results / "refine3d" / "fsc.star", "general", "rlnFinalResolution")
+    rejected_movies, rejected_table = _rejected(results / "rejected.tsv")
     summary = _table(
         [
             ("movies imported", _fmt(movies)),
+            ("movies rejected by inspect", _fmt(rejected_movies)),
             ("micrographs with a CTF fit", _fmt(micrographs)),
             ("micrographs kept by curation", _fmt(selected_mics)),
             ("particles picked and extracted", _fmt(picked)),
@@ -157,6 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     n = args.examples
     sections = [
         ("Summary", summary),
+        ("Rejected movies and micrographs", rejected_table),
         (
             "Motion correction",
             _examples(results / "motioncor", "*_motion.png", n, "drift and dose weighting"),
