@@ -36,6 +36,7 @@ import numpy as np
 
 from cryosnake.backend import fft_workers, get_array_module, gpu_available, to_device
 from cryosnake.ops import class2d as c2
+from cryosnake.ops.class2d.project import _geometry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from particles_sim import AMPLITUDE_CONTRAST, CS, VOLTAGE, simulate_particles
@@ -49,7 +50,7 @@ def _sync(xp: Any) -> None:
 def _floor(data: c2.ParticleData, state: c2.Class2DState, settings: c2.Class2DSettings) -> float:
     """Seconds of the E-step's pose matrix products alone (same shapes and batches)."""
     xp = get_array_module(data.spectra)
-    geom = c2._geometry(data.box, state.r_max, settings, data.pixel_size, xp)
+    geom = _geometry(data.box, state.r_max, settings, data.pixel_size, xp)
     n_t, n_f = int(geom.ramps.shape[0]), int(geom.flat.shape[0])
     kr = settings.n_classes * settings.n_rotations
     zr = xp.ones((kr, 2 * n_f), dtype=xp.float32)
@@ -89,7 +90,7 @@ def bench(
         _sync(xp)
         times.append(time.perf_counter() - tick)
     floors = [_floor(data, state, settings) for _ in range(args.repeats)]
-    geom = c2._geometry(data.box, state.r_max, settings, data.pixel_size, xp)
+    geom = _geometry(data.box, state.r_max, settings, data.pixel_size, xp)
     n_t, n_f = int(geom.ramps.shape[0]), int(geom.flat.shape[0])
     best, floor = min(times), min(floors)
     flops = 2.0 * data.n * n_t * 2 * n_f * settings.n_classes * settings.n_rotations

@@ -40,10 +40,10 @@ import scipy.fft
 from cryosnake.backend import fft_workers, gpu_available, to_device, to_host
 from cryosnake.io import open_movie, read_mrc, read_star
 from cryosnake.ops.ctf_fit import fit_ctf
+from cryosnake.ops.defects import fill_defects, find_defects, sum_frames
 from cryosnake.ops.dose import frame_exposures
-from cryosnake.ops.motion import corrected_sums, fill_defects, find_defects, sum_frames
+from cryosnake.ops.motion import corrected_sums, measure_motion
 from cryosnake.simulate import make_params, simulate_dataset
-from cryosnake.stages.motioncor import measure_motion
 
 SHIFT = ["rlnMicrographShiftX", "rlnMicrographShiftY"]
 REPEATS = 5  # timings: best of, on a machine that may be shared

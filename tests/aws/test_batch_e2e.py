@@ -115,7 +115,7 @@ class Account:
 def make_workflow_checkout(dest: Path, dataset_config: dict[str, Any]) -> Path:
     """A user's checkout: the workflow files in a git repository, a session's config.
 
-    The config is the one value the README asks for (``input.movies``, relative to the
+    The config is the one value docs/aws.md asks for (``input.movies``, relative to the
     storage prefix) plus the acquisition of the session (and no simulated dataset).
     """
     dest.mkdir(parents=True)
@@ -306,7 +306,7 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     # class2d kept its checkpoint under the bucket's scratch/ prefix after every iteration
     # and deleted it once it had finished.
     log = account.read("main/results/logs/class2d.log").decode()
-    kept = f"s3://{account.bucket}/scratch/main/checkpoints/class2d/run_checkpoint.json"
+    kept = f"s3://{account.bucket}/scratch/main/checkpoints/class2d/run_checkpoint.npz"
     assert f"class2d: checkpoint kept in {kept} after every iteration" in log
     assert not account.objects("scratch/")
 
@@ -458,7 +458,7 @@ def test_reclaimed_class2d_resumes_from_its_s3_checkpoint(account: Account, tmp_
     after the last finished iteration, to the classes of the uninterrupted run of the
     same data (project main)."""
     account.upload_dataset("spot")
-    key = "scratch/spot/checkpoints/class2d/run_checkpoint.json"
+    key = "scratch/spot/checkpoints/class2d/run_checkpoint.npz"
     reclaimed: list[Launch] = []
 
     def reclaim(launch: Launch) -> bool:

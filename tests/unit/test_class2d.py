@@ -11,6 +11,9 @@ from scipy import ndimage
 
 from cryosnake.backend import gpu_available
 from cryosnake.ops import class2d as c2
+from cryosnake.ops.class2d.engine import _maximise
+from cryosnake.ops.class2d.estep import _pass, _significant
+from cryosnake.ops.class2d.project import _geometry, _padded_spectra, _project
 from cryosnake.ops.ctf import ctf_2d
 from cryosnake.ops.rotation import euler_to_matrix, random_rotations
 from cryosnake.simulate import render_projection
@@ -61,7 +64,7 @@ def test_model_ctf_is_minus_ctf_2d() -> None:
     rows = _ctf_rows(3, rng)
     rows[:, 3] = [0.0, 30.0, 90.0]  # phase shifts
     settings = c2.Class2DSettings(n_classes=1, mask_diameter=30.0)
-    geom = c2._geometry(BOX, BOX // 2 - 2, settings, PX, np)
+    geom = _geometry(BOX, BOX // 2 - 2, settings, PX, np)
     got = c2.model_ctf(rows, geom.kx, geom.ky)
     for i, row in enumerate(rows):
         ref = ctf_2d((BOX, BOX), PX, row[0], row[1], row[2], phase_shift=row[3])
@@ -82,8 +85,8 @@ def test_rotated_references_follow_relion_psi_convention() -> None:
     A = Rz(psi) (image(r) = class(A^T r)), and not of the opposite rotation."""
     ref = _view(1)
     settings = c2.Class2DSettings(n_classes=1, mask_diameter=36.0, psi_step=15.0)
-    geom = c2._geometry(BOX, BOX // 2 - 4, settings, PX, np)
-    proj = c2._project(c2._padded_spectra(ref[None]), geom)[0]  # (R, F)
+    geom = _geometry(BOX, BOX // 2 - 4, settings, PX, np)
+    proj = _project(_padded_spectra(ref[None]), geom)[0]  # (R, F)
     for r in (2, 7, 17):
         psi = settings.psi_angles[r]
         image = _rotate_shift(ref, psi, (0.0, 0.0))
@@ -104,11 +107,11 @@ def test_wiener_average_of_rotated_ctf_images_recovers_the_class() -> None:
     images = np.stack([_rotate_shift(ref, settings.psi_angles[r], (0.0, 0.0)) for r in rot])
     ctf = _ctf_rows(n, rng)
     data = c2.prepare_particles(_apply_ctf(images, ctf, PX), PX, BOX, ctf)
-    geom = c2._geometry(BOX, BOX // 2 - 2, settings, PX, np)
-    sums, _ = c2._pass(data, geom, settings, np.ones(BOX // 2 + 1), None, None,
-                       (np.zeros(n, dtype=int), rot))  # fmt: skip
+    geom = _geometry(BOX, BOX // 2 - 2, settings, PX, np)
+    sums, _ = _pass(data, geom, settings, np.ones(BOX // 2 + 1), None, None,
+                    (np.zeros(n, dtype=int), rot))  # fmt: skip
     inv_tau2 = np.full((1, BOX // 2 + 1), 1e-6)
-    masked, _, _ = c2._maximise(data, geom, settings, sums, inv_tau2)
+    masked, _, _ = _maximise(data, geom, settings, sums, inv_tau2)
     truth = ref * c2.soft_circle(BOX, 36.0, settings.mask_edge)
     corr = np.corrcoef(masked[0].ravel(), truth.ravel())[0, 1]
     assert corr > 0.97
@@ -123,7 +126,7 @@ def test_significant_poses_keep_nearly_all_probability() -> None:
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
     total = prob.sum(axis=1)
     full = prob / total[:, None]
-    kept = c2._significant(prob.copy(), total)
+    kept = _significant(prob.copy(), total)
     np.testing.assert_allclose(kept.sum(axis=1), 1.0, rtol=1e-5)
     assert np.count_nonzero(kept[0]) == 1
     lost = np.where(kept > 0, 0.0, full).sum(axis=1)

@@ -13,8 +13,9 @@ import pytest
 from cryosnake import backend
 from cryosnake.io import read_mrc, read_star
 from cryosnake.ops.align import align_frames
+from cryosnake.ops.defects import find_defects
 from cryosnake.ops.dose import frame_exposures
-from cryosnake.ops.motion import corrected_sums, find_defects, local_motion
+from cryosnake.ops.motion import corrected_sums, local_motion
 from cryosnake.simulate import load_specimen, make_detector, make_params, simulate_movie
 from cryosnake.stages import motioncor
 

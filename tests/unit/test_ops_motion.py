@@ -7,9 +7,10 @@ import pytest
 
 from cryosnake.ops import shift_image
 from cryosnake.ops.align import align_frames
+from cryosnake.ops.defects import fill_defects, find_defects
 from cryosnake.ops.dose import damage_attenuation, dose_weight_norm, frame_exposures
 from cryosnake.ops.gain import find_gain_orientation, orient_gain
-from cryosnake.ops.motion import corrected_sums, fill_defects, find_defects, fit_local_motion
+from cryosnake.ops.motion import corrected_sums, fit_local_motion
 
 
 def blobs(shape: tuple[int, int], seed: int = 0) -> np.ndarray:

@@ -25,6 +25,7 @@ from cryosnake.ops.pick import (
     resample_images,
     working_shape,
 )
+from cryosnake.ops.pick.select import _contrast_outliers, _profile_distance
 from cryosnake.ops.project import project_volume
 from cryosnake.ops.rotation import euler_to_matrix
 from cryosnake.simulate import (
@@ -254,7 +255,7 @@ def test_contrast_outliers_cover_ice_not_thickness_gradients() -> None:
     image = ndimage.gaussian_filter(image, 2.0)
     ice = (yy - 80) ** 2 + (xx - 150) ** 2 < 30**2
     image = image - 0.4 * ndimage.gaussian_filter(ice.astype(float), 2.0)
-    mask = pick._contrast_outliers(image, 12.0)
+    mask = _contrast_outliers(image, 12.0)
     assert mask[ice].mean() > 0.95
     far = ndimage.distance_transform_edt(~ice) > 12
     assert mask[far].mean() < 0.01
@@ -276,9 +277,7 @@ def test_profile_distance_flags_extended_lumpy_objects() -> None:
         i, j = agg[0] + rad * np.sin(a), agg[1] + rad * np.cos(a)
         energy += 1.2 * np.exp(-((yy - i) ** 2 + (xx - j) ** 2) / (2 * (0.15 * r) ** 2))
     all_centres = np.array([*centres, agg])
-    distance = pick._profile_distance(
-        energy, all_centres, all_centres, np.zeros(energy.shape, bool), r
-    )
+    distance = _profile_distance(energy, all_centres, all_centres, np.zeros(energy.shape, bool), r)
     assert distance[-1] > pick.PROFILE_Z
     assert np.mean(distance[:-1] > pick.PROFILE_Z) <= 0.1
 

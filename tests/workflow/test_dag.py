@@ -225,3 +225,15 @@ def test_graphs_are_cut_out_of_other_output() -> None:
         extract_dot("nothing\n")
     with pytest.raises(CryosnakeError, match="no mermaid graph"):
         extract_mermaid("nothing\n")
+
+
+def test_readme_pipeline_names_every_rule(rule_names: set[str]) -> None:
+    """The README's picture of the pipeline names every rule (but the target all), and
+    no rule that does not exist."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    drawn = set(re.findall(r"\b([a-z][a-z0-9_]*)\b", block)) - {"flowchart", "lr", "demo", "data"}
+    assert drawn == rule_names - {"all"}
+    # and the documents it links to exist
+    for link in re.findall(r"\]\(((?:docs|config|containers|benchmarks)/[^)]+)\)", text):
+        assert (ROOT / link).is_file(), link

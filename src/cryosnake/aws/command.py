@@ -82,7 +82,7 @@ def _quotas(stack: str, region: str | None) -> int:
     if any(line.blocking for line in lines):
         print(
             "some jobs cannot start: their Batch jobs would wait RUNNABLE until the queue "
-            "cancels them; request the quotas marked MISSING (README, Run on AWS, step 0)"
+            "cancels them; request the quotas marked MISSING (docs/aws.md, step 0)"
         )
         return 1
     print(f"quotas of stack {stack} in {where}: every kind of job can start")

@@ -17,12 +17,28 @@ from typing import Any
 
 import numpy as np
 
+from cryosnake.backend import get_array_module
+
 __all__ = [
+    "CTF_COLUMNS",
     "ctf_2d",
     "frequency_grid",
     "interaction_constant",
+    "model_ctf",
     "wavelength",
 ]
+
+# Per-particle CTF parameters, in this order, as the columns of the (n, 7) CTF tables of
+# particles (ParticleData.ctf of class2d; the CTF arrays of initial3d and refine3d).
+CTF_COLUMNS = (
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnPhaseShift",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+)
 
 
 def wavelength(voltage_kv: float) -> float:
@@ -116,4 +132,26 @@ def ctf_2d(
     ctf = -math.sqrt(1.0 - w * w) * xp.sin(chi) - w * xp.cos(chi)
     if bfactor > 0:
         ctf = ctf * xp.exp(-0.25 * bfactor * s2)
+    return ctf.astype(xp.float32)
+
+
+def model_ctf(params: np.ndarray, kx: Any, ky: Any) -> Any:
+    """Model CTF of a batch at frequencies (kx, ky) (F,) 1/Å: ``-ctf_2d`` (inverted
+    contrast), the formula of :func:`ctf_2d` vectorised over particles.
+
+    params : (nb, 7) NumPy (:data:`CTF_COLUMNS`). Returns (nb, F) float32 on kx's device.
+    """
+    xp = get_array_module(kx)
+    p = xp.asarray(params, dtype=xp.float64)
+    dfu, dfv = p[:, 0:1], p[:, 1:2]
+    angle = xp.deg2rad(p[:, 2:3])
+    phase = xp.deg2rad(p[:, 3:4])
+    lam = xp.asarray(np.array([[wavelength(v)] for v in params[:, 4]], dtype=np.float64))
+    cs = p[:, 5:6] * 1e7
+    w = p[:, 6:7]
+    s2 = (kx * kx + ky * ky)[None, :]
+    az = xp.arctan2(ky, kx)[None, :]
+    df = 0.5 * (dfu + dfv + (dfu - dfv) * xp.cos(2.0 * (az - angle)))
+    chi = math.pi * lam * s2 * df - 0.5 * math.pi * cs * lam**3 * s2 * s2 - phase
+    ctf = xp.sqrt(1.0 - w * w) * xp.sin(chi) + w * xp.cos(chi)
     return ctf.astype(xp.float32)

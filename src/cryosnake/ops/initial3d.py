@@ -268,7 +268,7 @@ def ab_initio(
     Parameters
     ----------
     spectra : (n, b, b//2+1) complex, :func:`cryosnake.ops.refine3d.particle_spectra`
-    ctf : (n, 7) CTF parameters (:data:`cryosnake.ops.class2d.CTF_COLUMNS`)
+    ctf : (n, 7) CTF parameters (:data:`cryosnake.ops.ctf.CTF_COLUMNS`)
     pixel_size : Å per pixel of the particles
     progress : called with a line of progress now and then
     xp : :mod:`numpy` or :mod:`cupy`

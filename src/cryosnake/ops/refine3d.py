@@ -5,7 +5,7 @@ pixel ``b // 2``, contrast inverted as ``extract`` writes it)::
 
     X_i(k) = C_i(k) exp(-2 pi i k.t_i / b) V^(A_i^T k) + N_i(k),   E|N_i(k)|^2 = sigma2(|k|)
 
-with ``C_i = -ctf_2d`` the particle's CTF (:func:`cryosnake.ops.class2d.model_ctf`),
+with ``C_i = -ctf_2d`` the particle's CTF (:func:`cryosnake.ops.ctf.model_ctf`),
 ``A_i`` its rotation (RELION's ``euler_to_matrix(rot, tilt, psi)``), ``t_i`` its shift
 (``image(r) = projection(r - t)``; RELION's ``rlnOriginX/Y`` is ``-t``) and ``V^`` the
 transform of the map (central slice theorem, :mod:`cryosnake.ops.reconstruct`).
@@ -82,7 +82,7 @@ import numpy as np
 
 from cryosnake.backend import available_memory, get_array_module, take_rows, to_host
 from cryosnake.ops import reconstruct as rc
-from cryosnake.ops.class2d import model_ctf
+from cryosnake.ops.ctf import model_ctf
 from cryosnake.ops.rotation import euler_to_matrix
 from cryosnake.ops.symmetry import asymmetric_unit, symmetry_group
 

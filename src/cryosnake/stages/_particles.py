@@ -5,7 +5,7 @@ labels in the particle rows) and returns the per-particle optics values;
 ``image_groups`` resolves ``rlnImageName`` (``000001@stack.mrcs``, relative to the
 working directory or the STAR file's folder) and groups the particles by stack;
 ``read_images`` reads them in STAR order; ``ctf_table`` gives the CTF parameters per
-particle in the order of :data:`cryosnake.ops.class2d.CTF_COLUMNS`.
+particle in the order of :data:`cryosnake.ops.ctf.CTF_COLUMNS`.
 """
 
 from __future__ import annotations

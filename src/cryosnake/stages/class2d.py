@@ -28,7 +28,7 @@ Outputs in ``--out-dir``:
   spectra (``model_class_N``) and the noise spectrum (``model_noise``);
 - ``run_classes.png``: a gallery of the classes with their sizes, scores, resolutions.
 
-A checkpoint (``run_checkpoint.json``) is written atomically after every iteration; a
+A checkpoint (``run_checkpoint.npz``) is written atomically after every iteration; a
 run started again with the same arguments (and the same particles) continues from the
 last finished iteration, and ends where an uninterrupted run would. ``--no-resume``
 starts over.
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -56,28 +57,23 @@ import pandas as pd
 from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import get_array_module, resolve_device, to_device, to_host
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import (
-    read_json,
-    read_mrc,
-    save_figure,
-    write_json,
-    write_mrc,
-    write_star,
-)
+from cryosnake.io import read_mrc, save_figure, write_mrc, write_star
 from cryosnake.ops import class2d as c2
 from cryosnake.stages._common import positive, positive_int, run_stage
 from cryosnake.stages._particles import (
     add_checkpoint_url_arg,
     ctf_table,
+    load_checkpoint,
     open_particles,
     particle_diameter,
+    save_checkpoint,
 )
 
 __all__ = ["add_args", "main"]
 
 MAX_BOX = 64
-CHECKPOINT = "run_checkpoint.json"
-CHECKPOINT_VERSION = 1
+CHECKPOINT = "run_checkpoint.npz"
+CHECKPOINT_VERSION = 2
 NEW_COLUMNS = (
     "rlnClassNumber",
     "rlnAnglePsi",
@@ -211,66 +207,34 @@ _SCALAR_FIELDS = (
 )
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _save_checkpoint(
-    path: Path, state: c2.Class2DState, rng: np.random.Generator, fingerprint: dict[str, Any]
+    path: Path, state: c2.Class2DState, rng: np.random.Generator, fingerprint: str
 ) -> None:
-    record: dict[str, Any] = {
-        "version": CHECKPOINT_VERSION,
-        "fingerprint": fingerprint,
-        "rng": rng.bit_generator.state,
-    }
-    for name in _DEVICE_FIELDS:
-        arr = to_host(getattr(state, name))
-        record[name] = {"shape": list(arr.shape), "data": arr.astype(np.float64).ravel().tolist()}
-    for name in _ARRAY_FIELDS:
-        arr = np.asarray(getattr(state, name))
-        record[name] = {
-            "shape": list(arr.shape),
-            "dtype": str(arr.dtype),
-            "data": arr.ravel().tolist(),
-        }
-    for name in _SCALAR_FIELDS:
-        value = getattr(state, name)
-        record[name] = (
-            [_json_value(v) for v in value] if isinstance(value, list) else _json_value(value)
-        )
-    write_json(path, record)
+    arrays: dict[str, np.ndarray] = {name: to_host(getattr(state, name)) for name in _DEVICE_FIELDS}
+    arrays.update({name: np.asarray(getattr(state, name)) for name in _ARRAY_FIELDS})
+    # Scalars and the generator as JSON text (NaN written as NaN, which json reads back).
+    scalars = {name: getattr(state, name) for name in _SCALAR_FIELDS}
+    arrays["scalars"] = np.array(json.dumps(scalars))
+    arrays["rng"] = np.array(json.dumps(rng.bit_generator.state))
+    save_checkpoint(path, fingerprint, arrays)
 
 
 def _load_checkpoint(
-    path: Path, fingerprint: dict[str, Any], device: Any
+    path: Path, fingerprint: str, device: Any
 ) -> tuple[c2.Class2DState, np.random.Generator] | None:
     """The saved state and generator, or None when ``path`` is absent or belongs to
-    other arguments (said on stdout)."""
-    if not path.is_file():
+    other arguments or particles (said on stdout)."""
+    z = load_checkpoint(path, fingerprint, "class2d")
+    if z is None:
         return None
     try:
-        record = read_json(path)
-        if record.get("version") != CHECKPOINT_VERSION:
-            raise ValueError("another checkpoint version")
-        if record.get("fingerprint") != fingerprint:
-            print(f"class2d: {path} was made with other arguments or particles; starting over")
-            return None
-        fields: dict[str, Any] = {}
-        for name in _DEVICE_FIELDS:
-            arr = np.asarray(record[name]["data"], dtype=np.float32).reshape(record[name]["shape"])
-            fields[name] = to_device(arr, device)
-        for name in _ARRAY_FIELDS:
-            item = record[name]
-            fields[name] = np.asarray(item["data"], dtype=item["dtype"]).reshape(item["shape"])
-        for name in _SCALAR_FIELDS:
-            value = record[name]
-            if name == "log_likelihood":
-                value = float("nan") if value is None else float(value)
-            fields[name] = value
+        fields: dict[str, Any] = {name: to_device(z[name], device) for name in _DEVICE_FIELDS}
+        fields.update({name: z[name] for name in _ARRAY_FIELDS})
+        scalars = json.loads(str(z["scalars"]))
+        fields.update({name: scalars[name] for name in _SCALAR_FIELDS})
+        fields["log_likelihood"] = float(fields["log_likelihood"])
         rng = np.random.default_rng()
-        rng.bit_generator.state = record["rng"]
+        rng.bit_generator.state = json.loads(str(z["rng"]))
     except (KeyError, TypeError, ValueError) as err:
         raise FileFormatError(
             f"{path}: unreadable checkpoint ({err}); rerun with --no-resume"
@@ -280,9 +244,10 @@ def _load_checkpoint(
 
 def _fingerprint(
     args: argparse.Namespace, particles: pd.DataFrame, settings: dict[str, Any]
-) -> dict[str, Any]:
+) -> str:
     names = "\n".join(map(str, particles["rlnImageName"])).encode()
-    return {
+    record = {
+        "version": CHECKPOINT_VERSION,
         # the file's content, not its path: a job resubmitted after a spot reclaim reads
         # the same particles from another folder (aws.checkpoints)
         "particles": hashlib.sha1(Path(args.particles).read_bytes()).hexdigest(),
@@ -291,6 +256,7 @@ def _fingerprint(
         "seed": int(args.seed),
         **settings,
     }
+    return json.dumps(record, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- outputs

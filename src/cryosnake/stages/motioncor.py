@@ -38,21 +38,14 @@ import pandas as pd
 from cryosnake.backend import resolve_device, to_device, to_host
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import open_movie, save_figure, write_mrc, write_star
-from cryosnake.ops.align import align_frames, bin_frames
+from cryosnake.ops.defects import fill_defects, find_defects, sum_frames
 from cryosnake.ops.dose import frame_exposures
 from cryosnake.ops.fourier import fourier_crop
-from cryosnake.ops.motion import (
-    LocalMotion,
-    corrected_sums,
-    fill_defects,
-    find_defects,
-    local_motion,
-    sum_frames,
-)
+from cryosnake.ops.motion import corrected_sums, measure_motion
 from cryosnake.stages._common import positive, run_stage
 from cryosnake.stages._movie import add_eer_arg, add_gain_args, check_header_pixel_size, load_gain
 
-__all__ = ["add_args", "main", "measure_motion", "patch_grid"]
+__all__ = ["add_args", "main", "patch_grid"]
 
 
 def patch_grid(text: str) -> tuple[int, int]:
@@ -113,57 +106,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("auto", "cpu", "gpu"), default="auto", help="where to compute"
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
-
-
-ALIGN_PIXEL_SIZE = 2.0  # Å: patches, and the refinement of whole-frame shifts
-COARSE_PIXEL_SIZE = 4.0  # Å: the first whole-frame alignment
-MIN_PATCH_ANGSTROM = 600.0  # smallest patch side before neighbouring patches overlap
-
-
-def measure_motion(
-    frames: Any,
-    pixel_size: float,
-    *,
-    patches: tuple[int, int] = (5, 5),
-    bfactor: float = 150.0,
-    bfactor_global: float = 500.0,
-) -> tuple[np.ndarray, LocalMotion | None, int]:
-    """Whole-frame shifts and the local deformation of a movie, coarse to fine.
-
-    The frames are block-averaged to about 2 Å per pixel once. Whole frames are aligned
-    at 4 Å (B-factor ``bfactor_global``, MotionCor2's 500 Å²): cheap, with a wide search.
-    Then patches at 2 Å (``bfactor``; at least 600 Å wide, overlapping where the grid
-    is finer), each frame on its own, are aligned around those shifts; their common
-    part refines the whole-frame shifts (at the resolution of the patches) and the rest
-    is fitted with the smooth deformation model. With ``patches == (1, 1)`` one patch
-    covers the frame: the refinement alone.
-
-    Returns
-    -------
-    whole : (n, 2) (x, y) whole-frame shifts, unbinned pixels, first frame at 0
-    local : the deformation model in unbinned pixels, None for ``(1, 1)``
-    iterations : passes of the coarse alignment
-    """
-    _, ny, nx = frames.shape
-    factor = max(1, int(ALIGN_PIXEL_SIZE / pixel_size + 1e-6))
-    level = bin_frames(frames, factor) if factor > 1 else frames
-    level_px = pixel_size * factor
-    coarse = align_frames(
-        level, level_px, bfactor=bfactor_global, align_pixel_size=COARSE_PIXEL_SIZE
-    )
-    # Patches as wide as the grid spacing, but at least MIN_PATCH_ANGSTROM (signal grows
-    # with the area): neighbours then overlap, by up to half a spacing.
-    spacing = min(ny / patches[0], nx / patches[1]) * pixel_size
-    overlap = min(0.5, max(0.0, MIN_PATCH_ANGSTROM / spacing - 1.0))
-    measured = local_motion(
-        level, coarse.shifts, level_px, patches=patches, bfactor=bfactor, overlap=overlap,
-        tolerance=0.05, max_iterations=3,
-    )  # fmt: skip
-    whole = (coarse.shifts + measured.global_correction()) * factor
-    if patches == (1, 1):
-        return whole, None, coarse.iterations
-    local = measured.rescaled(factor, (ny, nx)) if factor > 1 else measured
-    return whole, local, coarse.iterations
 
 
 def _load_frames(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:

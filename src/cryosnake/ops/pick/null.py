@@ -1,9 +1,21 @@
-"""Peaks of score maps and what noise alone would give: the picker's statistics.
+"""Background statistics and what noise alone would give: the automatic threshold.
 
-Non-maximum suppression and sub-pixel refinement of peaks, robust statistics of map
-pixels, and the null model of the automatic threshold: the figures of merit of peaks in
-pure noise (:class:`NullModel`) and the Benjamini-Hochberg cut against it
-(:func:`fdr_threshold`). Host arrays (NumPy) only; :mod:`cryosnake.ops.pick` uses them.
+Robust statistics of map pixels (:func:`robust`, :func:`background_stats`) and the
+null model of the automatic threshold: the figures of merit of peaks in pure noise
+(:class:`NullModel`) and the Benjamini-Hochberg cut against it (:func:`fdr_threshold`).
+Host arrays (NumPy) only.
+
+Automatic threshold, the same for both pickers: the null distribution of the figure of
+merit comes from white noise of the micrograph's size passed through the same filters
+(the same template bank; :mod:`cryosnake.ops.pick.blob` and
+:mod:`~cryosnake.ops.pick.template` build it); a Benjamini-Hochberg procedure then keeps
+the largest set of best candidates in which noise would account for at most
+:data:`FALSE_PICK_RATE` of the picks. Pure noise and empty ice therefore give no pick,
+while a micrograph full of particles is thresholded lower than a single candidate would
+be. Blob picks with a CTF are scored against the whitened background, so the threshold
+follows the micrograph's own noise and texture (a crowded micrograph does not raise it);
+template picks, and blob picks without a CTF, are scored against the micrograph's
+background pixels. ``threshold`` overrides it.
 """
 
 from __future__ import annotations
@@ -11,19 +23,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
+
+from cryosnake.ops.pick.peaks import stamp
 
 __all__ = [
     "FALSE_PICK_RATE",
+    "NULL_TAIL",
     "NullModel",
     "background_stats",
-    "disc",
     "fdr_threshold",
-    "find_peaks",
-    "local_maxima",
-    "refine_peaks",
     "robust",
-    "stamp",
 ]
 
 FALSE_PICK_RATE = 0.05  # automatic threshold: false discovery rate of noise peaks
@@ -37,82 +46,6 @@ def robust(values: np.ndarray) -> tuple[float, float]:
     med = float(np.median(values))
     mad = 1.4826 * float(np.median(np.abs(values - med)))
     return med, mad if mad > 0 else max(float(np.std(values)), 1e-20)
-
-
-def disc(radius: float) -> np.ndarray:
-    h = int(math.ceil(radius))
-    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
-    return np.asarray((yy * yy + xx * xx) <= radius * radius)
-
-
-def stamp(mask: np.ndarray, centres: np.ndarray, radius: float) -> None:
-    """Set discs of ``radius`` around ``centres`` (row, col) to False."""
-    h = int(math.ceil(radius))
-    window = disc(radius)
-    ny, nx = mask.shape
-    for i, j in centres:
-        y0, y1 = max(0, i - h), min(ny, i + h + 1)
-        x0, x1 = max(0, j - h), min(nx, j + h + 1)
-        sub = window[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
-        mask[y0:y1, x0:x1][sub] = False
-
-
-def find_peaks(score: np.ndarray, distance: float, border: float) -> np.ndarray:
-    """Local maxima at least ``distance`` apart (greedy, strongest first), clear of
-    ``border`` pixels. Returns (k, 2) int64 (row, col)."""
-    ny, nx = score.shape
-    local = score == ndimage.maximum_filter(score, footprint=disc(max(distance / 2, 1)))
-    rows, cols = np.nonzero(local)
-    inside = (rows >= border) & (rows <= ny - 1 - border)
-    inside &= (cols >= border) & (cols <= nx - 1 - border)
-    rows, cols = rows[inside], cols[inside]
-    order = np.argsort(score[rows, cols], kind="stable")[::-1]
-    rows, cols = rows[order], cols[order]
-    keep = np.ones(len(rows), dtype=bool)
-    d2 = distance * distance
-    for k in range(len(rows)):
-        if keep[k]:
-            close = (rows[k + 1 :] - rows[k]) ** 2 + (cols[k + 1 :] - cols[k]) ** 2 < d2
-            keep[k + 1 :] &= ~close
-    return np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64).reshape(-1, 2)
-
-
-def refine_peaks(score: np.ndarray, peaks: np.ndarray) -> np.ndarray:
-    """Sub-pixel peak positions (row, col): a parabola through 3 points on each axis."""
-    out = peaks.astype(np.float64)
-    if len(peaks) == 0:
-        return out
-    ny, nx = score.shape
-    for axis, n in ((0, ny), (1, nx)):
-        i, j = peaks[:, 0], peaks[:, 1]
-        lo = np.clip(peaks[:, axis] - 1, 0, n - 1)
-        hi = np.clip(peaks[:, axis] + 1, 0, n - 1)
-        a = score[lo, j] if axis == 0 else score[i, lo]
-        c = score[hi, j] if axis == 0 else score[i, hi]
-        b = score[i, j]
-        den = a - 2.0 * b + c
-        ok = (den < 0) & (lo != peaks[:, axis]) & (hi != peaks[:, axis])
-        step = np.zeros(len(peaks))
-        step[ok] = np.clip(0.5 * (a[ok] - c[ok]) / den[ok], -0.5, 0.5)
-        out[:, axis] += step
-    return out
-
-
-def local_maxima(score: np.ndarray, peaks: np.ndarray, radius: float) -> np.ndarray:
-    """Sub-pixel positions (row, col) of the maximum of ``score`` within ``radius``
-    pixels of each of ``peaks``."""
-    h = int(math.ceil(radius))
-    window = disc(radius)
-    ny, nx = score.shape
-    out = peaks.astype(np.float64).reshape(-1, 2)
-    for n, (i, j) in enumerate(peaks):
-        y0, y1 = max(0, i - h), min(ny, i + h + 1)
-        x0, x1 = max(0, j - h), min(nx, j + h + 1)
-        sub = score[y0:y1, x0:x1]
-        inside = window[y0 - (i - h) : y1 - (i - h), x0 - (j - h) : x1 - (j - h)]
-        a, b = np.unravel_index(int(np.argmax(np.where(inside, sub, -np.inf))), sub.shape)
-        out[n] = refine_peaks(score, np.array([[y0 + a, x0 + b]], dtype=np.int64))[0]
-    return out
 
 
 def background_stats(
