@@ -48,8 +48,8 @@ import numpy as np
 from cryosnake import cli
 from cryosnake.io import read_mrc, read_star
 from cryosnake.ops import postprocess as pp
-from cryosnake.ops import reconstruct as rc
 from cryosnake.ops.fourier import fourier_crop
+from cryosnake.ops.fsc import fsc, fsc_at_resolution, shell_resolution
 from cryosnake.ops.initial3d import align_volumes
 from cryosnake.ops.refine3d import angular_errors
 from cryosnake.ops.rotation import euler_to_matrix
@@ -156,7 +156,7 @@ def main() -> int:
     a = np.asarray(fourier_crop(np.asarray(model, np.float64), (small,) * 3))
     t = np.asarray(fourier_crop(truth.astype(np.float64), (small,) * 3))
     aligned, info = align_volumes(a, t, coarse)
-    report["initial3d_fsc_at_20A"] = rc.fsc_at_resolution(rc.fsc(aligned, t), coarse, 20.0)
+    report["initial3d_fsc_at_20A"] = fsc_at_resolution(fsc(aligned, t), coarse, 20.0)
     report["initial3d_mirrored"] = bool(info["mirror"])
     print(f"initial3d: {report['initial3d_seconds']:.0f} s, FSC at 20 Å against the truth "
           f"{report['initial3d_fsc_at_20A']:.3f}", flush=True)  # fmt: skip
@@ -180,7 +180,7 @@ def main() -> int:
     half2, _ = read_mrc(out / "run_half2_class001_unfil.mrc")
     full, _ = read_mrc(out / "run_class001.mrc")
     mask, _ = pp.auto_mask(0.5 * (np.asarray(half1) + np.asarray(half2)), px)
-    truth_res = rc.shell_resolution(rc.fsc(np.asarray(full) * mask, moved * mask), px, 0.5)
+    truth_res = shell_resolution(fsc(np.asarray(full) * mask, moved * mask), px, 0.5)
     report.update(
         {
             "gold_standard_angstrom": gold,

@@ -4,7 +4,7 @@ Two measurements, in one run on one machine (CPU always, and the GPU where CuPy 
 one):
 
 1. **Reconstruction from particles with known poses**, cryosnake's Fourier insertion
-   (``ops.reconstruct.BackProjector``: 2x padded grid, trilinear, gridding-corrected,
+   (``ops.fourier_slice.BackProjector``: 2x padded grid, trilinear, gridding-corrected,
    lightly regularised) against ASPIRE's ``MeanEstimator`` (least squares by conjugate
    gradient on a Fourier-Bessel basis with NUFFTs). The images are exact projections of
    the built-in phantom rendered from its pseudo-atoms (not by either program's
@@ -42,9 +42,10 @@ from typing import Any
 import numpy as np
 
 from cryosnake.backend import array_module, gpu_available
+from cryosnake.ops import fourier_slice as fs
 from cryosnake.ops import postprocess as pp
-from cryosnake.ops import reconstruct as rc
 from cryosnake.ops import refine3d as r3
+from cryosnake.ops.fsc import fsc, shell_resolution
 from cryosnake.ops.rotation import random_rotations
 from cryosnake.simulate import phantom_atoms, render_projection, render_volume
 
@@ -53,10 +54,10 @@ from particles_sim import AMPLITUDE_CONTRAST, CS, VOLTAGE, simulate_particles
 
 
 def _resolutions(volume: np.ndarray, truth: np.ndarray, pixel_size: float) -> dict[str, float]:
-    curve = rc.fsc(volume, truth)
+    curve = fsc(volume, truth)
     return {
-        "fsc_0.5_angstrom": rc.shell_resolution(curve, pixel_size, 0.5),
-        "fsc_0.143_angstrom": rc.shell_resolution(curve, pixel_size, 0.143),
+        "fsc_0.5_angstrom": shell_resolution(curve, pixel_size, 0.5),
+        "fsc_0.143_angstrom": shell_resolution(curve, pixel_size, 0.143),
     }
 
 
@@ -73,7 +74,7 @@ def reconstruction(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"particles": n, "box": box, "pixel_size": px, "snr": args.snr}
 
     tick = time.perf_counter()
-    bp = rc.BackProjector.zeros(box)
+    bp = fs.BackProjector.zeros(box)
     bp.insert(r3.particle_spectra(images), matrices)
     ours = np.asarray(bp.reconstruct(1e-3 * float(np.mean(bp.weight)) * 8))
     seconds = time.perf_counter() - tick
@@ -151,8 +152,8 @@ def refinement(args: argparse.Namespace, device: str) -> dict[str, Any]:
     half1, half2 = rec["halves"]
     mask, _ = pp.auto_mask(0.5 * (half1 + half2), px)
     curves = pp.corrected_fsc(half1, half2, mask, np.random.default_rng(0))
-    gold = rc.shell_resolution(np.asarray(curves["corrected"]), px, 0.143)
-    truth_res = rc.shell_resolution(rc.fsc(rec["full"] * mask, truth * mask), px, 0.5)
+    gold = shell_resolution(np.asarray(curves["corrected"]), px, 0.143)
+    truth_res = shell_resolution(fsc(rec["full"] * mask, truth * mask), px, 0.5)
     angles = r3.angular_errors(state.matrices, stack.matrices)
     shifts = np.hypot(*(state.shifts - stack.centres).T)
     glob = [i["seconds"] for i in iterations if i["kind"] == "global"]
@@ -216,8 +217,8 @@ def main() -> int:
                 "median_pose_difference_deg": float(
                     np.median(r3.angular_errors(gpu["matrices"], cpu["matrices"]))
                 ),
-                "map_fsc_0.5_angstrom": rc.shell_resolution(
-                    rc.fsc(gpu["map"], cpu["map"]), args.refine_pixel_size, 0.5
+                "map_fsc_0.5_angstrom": shell_resolution(
+                    fsc(gpu["map"], cpu["map"]), args.refine_pixel_size, 0.5
                 ),
                 "speed_up_to_convergence": runs[0]["seconds_to_convergence"]
                 / runs[1]["seconds_to_convergence"],

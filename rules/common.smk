@@ -9,6 +9,23 @@ from snakemake.exceptions import IncompleteCheckpointException
 
 from cryosnake.config import check_workflow_version, movie_table, simulated_gain
 from cryosnake.errors import ConfigError
+from cryosnake.stage_args import (
+    class2d_args,
+    command_line,
+    ctf_args,
+    curate_args,
+    extract_args,
+    gain_args,
+    import_args,
+    initial3d_args,
+    inspect_args,
+    motioncor_args,
+    pick_args,
+    postprocess_args,
+    refine3d_args,
+    select2d_args,
+    simulate_args,
+)
 from cryosnake.stages.import_movies import movie_names
 
 STARTED = time.time()
@@ -104,7 +121,6 @@ LOGS = f"{RESULTS}/logs"
 MOVIES_SUMMARY = f"{RESULTS}/movies_summary.tsv"
 REJECTED_MOVIES = f"{RESULTS}/movies_rejected.tsv"
 BENCHMARKS = f"{RESULTS}/benchmarks"
-ACQ = config["acquisition"]
 SIM = config["simulate"]
 CONTAINER_CPU = config["containers"]["cpu"]
 CONTAINER_GPU = config["containers"]["gpu"]
@@ -125,15 +141,9 @@ def gain_input(wildcards):
     return [] if gain is None else [gain]
 
 
-def gain_args(wildcards, input):
-    """Gain options of `cryosnake inspect` (empty without a gain reference)."""
-    if not input.gain:
-        return ""
-    inp = config["input"]
-    return (
-        f"--gain {shlex.quote(input.gain[0])} --gain-rotate {inp['gain_rotate']} "
-        f"--gain-flip {inp['gain_flip']}"
-    )
+def gain_options(wildcards, input):
+    """Gain options of inspect and motioncor (none without a gain reference)."""
+    return command_line(gain_args(config, input.gain[0] if input.gain else None))
 
 
 def inspect_reports(wildcards):
@@ -219,14 +229,14 @@ def output_dir(wildcards, output):
 
 
 def job_root(logical):
-    """params function: the folder the workflow's relative paths start from in a job.
+    """params function: the folder the workflow's relative paths start from in a job,
+    given to the stages that write file names into STAR files (--names-relative-to).
 
     ``logical`` is the pattern of the rule's first output. Locally that folder is the
     working directory ("."). With remote storage (profiles/aws) a job sees each file
     under its local copy of the storage prefix (.snakemake/storage/s3/BUCKET/PREFIX/...),
-    and the stages that write file names into STAR files (rlnImageName,
-    rlnMicrographName) run from there, so that the names read
-    ``results/extract/m.mrcs`` wherever the job ran.
+    and the names in the STAR files (rlnImageName, rlnMicrographName) are written
+    relative to it, so that they read ``results/extract/m.mrcs`` wherever the job ran.
     """
 
     def root(wildcards, output):
@@ -241,66 +251,6 @@ def job_root(logical):
     return root
 
 
-def rel(name, logical):
-    """params function: input or output ``name`` relative to the job root, quoted.
-
-    ``name`` is "input.NAME" or "output.NAME"; a list of files gives a quoted list.
-    """
-    kind, key = name.split(".")
-
-    def paths(wildcards, input, output):
-        root = job_root(logical)(wildcards, output)
-        value = (input if kind == "input" else output)[key]
-        items = [value] if isinstance(value, str) else list(value)
-        return " ".join(shlex.quote(os.path.relpath(str(v), root)) for v in items)
-
-    return paths
-
-
-def rel_dir(name, logical):
-    """params function: the folder of output ``name`` relative to the job root, quoted."""
-    kind, key = name.split(".")
-
-    def folder(wildcards, input, output):
-        root = job_root(logical)(wildcards, output)
-        path = os.path.relpath(os.path.dirname(str(output[key])), root)
-        return shlex.quote(path)
-
-    return folder
-
-
-def motioncor_options():
-    """Options of `cryosnake motioncor` from the config's motioncor section."""
-    mc = config["motioncor"]
-    header = (
-        "--ignore-header-pixel-size"
-        if config["inspect"]["ignore_header_pixel_size"]
-        else ""
-    )
-    return (
-        f"--patches {mc['patches']} --bin {mc['bin']} --bfactor {mc['bfactor']} "
-        f"--bfactor-global {mc['bfactor_global']} "
-        f"--pre-exposure {mc['pre_exposure']} --device {mc['device']} {header}"
-    ).strip()
-
-
-def ctf_options():
-    """Options of `cryosnake ctf` from the config's ctf section."""
-    c = config["ctf"]
-    phase = "--fit-phase-shift" if c["fit_phase_shift"] else ""
-    return (
-        f"--min-res {c['min_res']} --max-res {c['max_res']} "
-        f"--defocus-range {c['defocus_min']} {c['defocus_max']} "
-        f"--max-astigmatism {c['max_astigmatism']} {phase}"
-    ).strip()
-
-
-def curate_options():
-    """Thresholds of `cryosnake curate` from the config's curate section."""
-    c = config["curate"]
-    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in c.items())
-
-
 def pick_templates(wildcards):
     """The template stack of template picking (none: blob picking)."""
     templates = config["pick"]["templates"]
@@ -308,35 +258,9 @@ def pick_templates(wildcards):
 
 
 def pick_options(wildcards, input):
-    """Options of `cryosnake pick` from the config's pick section."""
-    p = config["pick"]
-    options = f"--diameter {p['diameter']} --device {p['device']}"
-    if p["threshold"] != "auto":
-        options += f" --threshold {p['threshold']}"
-    if input.templates:
-        options += f" --templates {shlex.quote(input.templates[0])}"
-    return options
-
-
-def extract_options():
-    """Options of `cryosnake extract` from the config's extract section."""
-    e = config["extract"]
-    options = f"--diameter {config['pick']['diameter']}"
-    if e["box"]:
-        options += f" --box {e['box']}"
-    if e["bin_to"]:
-        options += f" --bin-to {e['bin_to']}"
-    return options
-
-
-def class2d_options():
-    """Options of `cryosnake class2d` from the config's class2d section."""
-    c = config["class2d"]
-    return (
-        f"--classes {c['classes']} --iterations {c['iterations']} --seed {c['seed']} "
-        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']} "
-        f"{checkpoint_url('class2d')}"
-    )
+    """Options of `cryosnake pick`, with the template stack as the job sees it."""
+    templates = input.templates[0] if input.templates else None
+    return command_line(pick_args(config, templates))
 
 
 def checkpoint_url(rule):
@@ -344,50 +268,16 @@ def checkpoint_url(rule):
     resume; cryosnake.aws.checkpoints): the bucket's expiring scratch/ prefix."""
     s3 = s3_storage()
     if s3 is None:
-        return ""
+        return None
     from cryosnake.aws.checkpoints import scratch_url
 
-    return f"--checkpoint-url {scratch_url(s3[0], rule)}"
-
-
-def select2d_options():
-    """Options of `cryosnake select2d`: the listed classes, or none (automatic)."""
-    classes = config["select2d"]["classes"]
-    return f"--classes {','.join(map(str, classes))}" if classes else ""
-
-
-def initial3d_options():
-    """Options of `cryosnake initial3d` from the config's initial3d section."""
-    c = config["initial3d"]
-    return (
-        f"--resolution {c['resolution']:g} --iterations {c['iterations']} "
-        f"--batch {c['batch']} --seed {c['seed']} --symmetry {c['symmetry']} "
-        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']} "
-        f"{checkpoint_url('initial3d')}"
-    )
+    return scratch_url(s3[0], rule)
 
 
 def refine3d_reference():
     """The map refine3d starts from: initial3d.reference if set, else the ab initio map."""
     reference = config["initial3d"]["reference"]
     return reference if reference else f"{RESULTS}/initial3d/initial_model.mrc"
-
-
-def refine3d_options():
-    """Options of `cryosnake refine3d` from the config's refine3d section."""
-    c = config["refine3d"]
-    return (
-        f"--initial-lowpass {c['initial_lowpass']:g} --iterations {c['iterations']} "
-        f"--seed {c['seed']} --symmetry {config['initial3d']['symmetry']} "
-        f"--diameter {1.1 * config['pick']['diameter']:g} --device {c['device']} "
-        f"{checkpoint_url('refine3d')}"
-    )
-
-
-def postprocess_options():
-    """Options of `cryosnake postprocess`: a given B-factor, else the Guinier fit."""
-    bfactor = config["postprocess"]["bfactor"]
-    return "" if bfactor is None else f"--bfactor {bfactor:g}"
 
 
 def config_yaml():

@@ -21,15 +21,12 @@ rule ctf:
         mem_mb=2048,
         runtime=10,
     params:
-        acquisition=(
-            f"--pixel-size {ACQ['pixel_size'] * config['motioncor']['bin']} "
-            f"--voltage {ACQ['voltage']} --cs {ACQ['cs']} "
-            f"--amplitude-contrast {ACQ['amplitude_contrast']}"
-        ),
-        options=ctf_options(),
+        root=job_root(f"{RESULTS}/ctf/{{movie}}.star"),
+        options=command_line(ctf_args(config)),
     shell:
         "cryosnake ctf --micrograph {input.micrograph:q} --out {output.star:q} "
-        "--plot {output.plot:q} {params.acquisition} {params.options} > {log} 2>&1"
+        "--plot {output.plot:q} {params.options} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
 rule curate:
@@ -52,12 +49,10 @@ rule curate:
         mem_mb=2048,
         runtime=5,
     params:
+        root=job_root(f"{RESULTS}/micrographs_ctf.star"),
         out_dir=output_dir,
-        acquisition=(
-            f"--pixel-size {ACQ['pixel_size']} --voltage {ACQ['voltage']} "
-            f"--cs {ACQ['cs']} --amplitude-contrast {ACQ['amplitude_contrast']}"
-        ),
-        thresholds=curate_options(),
+        options=command_line(curate_args(config)),
     shell:
         "cryosnake curate --ctf {input.ctf:q} --motion {input.motion:q} "
-        "--rejected-movies {input.rejected_movies:q} --out-dir {params.out_dir:q} {params.acquisition} {params.thresholds} > {log} 2>&1"
+        "--rejected-movies {input.rejected_movies:q} --out-dir {params.out_dir:q} "
+        "{params.options} --names-relative-to {params.root:q} > {log} 2>&1"

@@ -25,13 +25,12 @@ rule initial3d:
         _gpus=1,
     params:
         root=job_root(f"{RESULTS}/initial3d/initial_model.mrc"),
-        particles=rel("input.particles", f"{RESULTS}/initial3d/initial_model.mrc"),
-        out_dir=rel_dir("output.model", f"{RESULTS}/initial3d/initial_model.mrc"),
-        options=initial3d_options(),
+        out_dir=output_dir,
+        options=command_line(initial3d_args(config, checkpoint_url("initial3d"))),
     shell:
-        "(cd {params.root:q} && CRYOSNAKE_THREADS={threads} cryosnake initial3d "
-        "--particles {params.particles} --out-dir {params.out_dir} {params.options}) "
-        "> {log} 2>&1"
+        "CRYOSNAKE_THREADS={threads} cryosnake initial3d --particles {input.particles:q} "
+        "--out-dir {params.out_dir:q} {params.options} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
 rule refine3d:
@@ -60,14 +59,12 @@ rule refine3d:
         _gpus=1,
     params:
         root=job_root(f"{RESULTS}/refine3d/run_class001.mrc"),
-        particles=rel("input.particles", f"{RESULTS}/refine3d/run_class001.mrc"),
-        reference=rel("input.reference", f"{RESULTS}/refine3d/run_class001.mrc"),
-        out_dir=rel_dir("output.full", f"{RESULTS}/refine3d/run_class001.mrc"),
-        options=refine3d_options(),
+        out_dir=output_dir,
+        options=command_line(refine3d_args(config, checkpoint_url("refine3d"))),
     shell:
-        "(cd {params.root:q} && CRYOSNAKE_THREADS={threads} cryosnake refine3d "
-        "--particles {params.particles} --reference {params.reference} "
-        "--out-dir {params.out_dir} {params.options}) > {log} 2>&1"
+        "CRYOSNAKE_THREADS={threads} cryosnake refine3d --particles {input.particles:q} "
+        "--reference {input.reference:q} --out-dir {params.out_dir:q} {params.options} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
 rule postprocess:
@@ -93,7 +90,8 @@ rule postprocess:
         mem_mb=8192,
         runtime=30,
     params:
-        options=postprocess_options(),
+        out_dir=output_dir,
+        options=command_line(postprocess_args(config)),
     shell:
         "cryosnake postprocess --half1 {input.half1:q} --half2 {input.half2:q} "
-        "--out-dir $(dirname {output.map:q}) {params.options} > {log} 2>&1"
+        "--out-dir {params.out_dir:q} {params.options} > {log} 2>&1"

@@ -36,13 +36,11 @@ rule motioncor:
         gpu=1,
         _gpus=1,
     params:
-        gain=gain_args,
-        eer=f"--eer-group {config['input']['eer_group']}",
+        root=job_root(f"{RESULTS}/motioncor/{{movie}}.mrc"),
+        gain=gain_options,
         out_dir=output_dir,
-        pixel_size=ACQ["pixel_size"],
-        dose=ACQ["dose_per_frame"],
-        options=motioncor_options(),
+        options=command_line(motioncor_args(config)),
     shell:
         "CRYOSNAKE_THREADS={threads} cryosnake motioncor --movie {input.movie:q} "
-        "--out-dir {params.out_dir:q} --pixel-size {params.pixel_size} "
-        "--dose-per-frame {params.dose} {params.gain} {params.eer} {params.options} > {log} 2>&1"
+        "--out-dir {params.out_dir:q} {params.gain} {params.options} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"

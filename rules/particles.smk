@@ -1,8 +1,9 @@
 # From micrographs to a clean particle set: picking and extraction per micrograph (in
 # group "preprocess", so a cluster/Batch job handles a chunk of movies), then the
 # particles of the selected micrographs in one particles.star, 2D classification and
-# class selection. Stages that write file names into STAR files run from the job
-# root (see job_root in common.smk), so the names are the workflow's own paths.
+# class selection. Stages that write or read file names in STAR files are given the
+# job root (--names-relative-to, see job_root in common.smk), so that the names are
+# the workflow's own paths.
 
 
 rule pick:
@@ -28,12 +29,11 @@ rule pick:
         gpu=1,
         _gpus=1,
     params:
-        pixel_size=ACQ["pixel_size"] * config["motioncor"]["bin"],
         options=pick_options,
     shell:
         "CRYOSNAKE_THREADS={threads} cryosnake pick --micrograph {input.micrograph:q} "
         "--ctf {input.ctf:q} --out {output.star:q} --plot {output.plot:q} "
-        "--pixel-size {params.pixel_size} {params.options} > {log} 2>&1"
+        "{params.options} > {log} 2>&1"
 
 
 rule extract:
@@ -58,16 +58,12 @@ rule extract:
         runtime=10,
     params:
         root=job_root(f"{RESULTS}/extract/{{movie}}.star"),
-        micrograph=rel("input.micrograph", f"{RESULTS}/extract/{{movie}}.star"),
-        coords=rel("input.coords", f"{RESULTS}/extract/{{movie}}.star"),
-        ctf=rel("input.ctf", f"{RESULTS}/extract/{{movie}}.star"),
-        out_dir=rel_dir("output.star", f"{RESULTS}/extract/{{movie}}.star"),
-        pixel_size=ACQ["pixel_size"] * config["motioncor"]["bin"],
-        options=extract_options(),
+        out_dir=output_dir,
+        options=command_line(extract_args(config)),
     shell:
-        "(cd {params.root:q} && cryosnake extract --micrograph {params.micrograph} "
-        "--coords {params.coords} --ctf {params.ctf} --out-dir {params.out_dir} "
-        "--pixel-size {params.pixel_size} {params.options}) > {log} 2>&1"
+        "cryosnake extract --micrograph {input.micrograph:q} --coords {input.coords:q} "
+        "--ctf {input.ctf:q} --out-dir {params.out_dir:q} {params.options} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
 rule merge_particles:
@@ -86,14 +82,9 @@ rule merge_particles:
     resources:
         mem_mb=2048,
         runtime=5,
-    params:
-        root=job_root(f"{RESULTS}/particles.star"),
-        stars=rel("input.stars", f"{RESULTS}/particles.star"),
-        selected=rel("input.selected", f"{RESULTS}/particles.star"),
-        out=rel("output.star", f"{RESULTS}/particles.star"),
     shell:
-        "(cd {params.root:q} && cryosnake merge-particles --stars {params.stars} "
-        "--selected {params.selected} --out {params.out}) > {log} 2>&1"
+        "cryosnake merge-particles --stars {input.stars:q} "
+        "--selected {input.selected:q} --out {output.star:q} > {log} 2>&1"
 
 
 rule class2d:
@@ -119,13 +110,12 @@ rule class2d:
         _gpus=1,
     params:
         root=job_root(f"{RESULTS}/class2d/run_data.star"),
-        particles=rel("input.particles", f"{RESULTS}/class2d/run_data.star"),
-        out_dir=rel_dir("output.data", f"{RESULTS}/class2d/run_data.star"),
-        options=class2d_options(),
+        out_dir=output_dir,
+        options=command_line(class2d_args(config, checkpoint_url("class2d"))),
     shell:
-        "(cd {params.root:q} && CRYOSNAKE_THREADS={threads} cryosnake class2d "
-        "--particles {params.particles} --out-dir {params.out_dir} {params.options}) "
-        "> {log} 2>&1"
+        "CRYOSNAKE_THREADS={threads} cryosnake class2d --particles {input.particles:q} "
+        "--out-dir {params.out_dir:q} {params.options} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
 rule select2d:
@@ -148,12 +138,8 @@ rule select2d:
         runtime=5,
     params:
         root=job_root(f"{RESULTS}/particles_selected.star"),
-        data=rel("input.data", f"{RESULTS}/particles_selected.star"),
-        model=rel("input.model", f"{RESULTS}/particles_selected.star"),
-        out=rel("output.star", f"{RESULTS}/particles_selected.star"),
-        plot=rel("output.plot", f"{RESULTS}/particles_selected.star"),
-        options=select2d_options(),
+        options=command_line(select2d_args(config)),
     shell:
-        "(cd {params.root:q} && cryosnake select2d --data {params.data} "
-        "--model {params.model} --out {params.out} --plot {params.plot} {params.options}) "
-        "> {log} 2>&1"
+        "cryosnake select2d --data {input.data:q} --model {input.model:q} "
+        "--out {output.star:q} --plot {output.plot:q} {params.options} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"

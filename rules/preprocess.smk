@@ -28,21 +28,13 @@ rule inspect:
         mem_mb=8192,
         runtime=10,
     params:
-        gain=gain_args,
-        eer=f"--eer-group {config['input']['eer_group']}",
-        pixel_size=ACQ["pixel_size"],
-        dose=ACQ["dose_per_frame"],
-        tolerance=config["inspect"]["dose_tolerance"],
-        header=(
-            "--ignore-header-pixel-size"
-            if config["inspect"]["ignore_header_pixel_size"]
-            else ""
-        ),
+        root=job_root(f"{RESULTS}/inspect/{{movie}}.json"),
+        gain=gain_options,
+        options=command_line(inspect_args(config)),
     shell:
-        "cryosnake inspect --movie {input.movie:q} {params.gain} {params.eer} "
-        "--pixel-size {params.pixel_size} --dose-per-frame {params.dose} "
-        "--dose-tolerance {params.tolerance} {params.header} --reject "
-        "--out {output.report:q} --thumbnail {output.thumbnail:q} > {log} 2>&1"
+        "cryosnake inspect --movie {input.movie:q} {params.gain} {params.options} "
+        "--reject --out {output.report:q} --thumbnail {output.thumbnail:q} "
+        "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
 checkpoint import_movies:
@@ -63,10 +55,7 @@ checkpoint import_movies:
         mem_mb=2048,
         runtime=5,
     params:
-        optics=(
-            f"--pixel-size {ACQ['pixel_size']} --voltage {ACQ['voltage']} "
-            f"--cs {ACQ['cs']} --amplitude-contrast {ACQ['amplitude_contrast']}"
-        ),
+        optics=command_line(import_args(config)),
     shell:
         "cryosnake import --reports {input:q} {params.optics} "
         "--out {output.star:q} --summary {output.summary:q} "

@@ -16,7 +16,7 @@ rule report:
         mem_mb=2048,
         runtime=10,
     params:
-        results=lambda wildcards, output: os.path.dirname(output.html),
+        results=output_dir,
         config_text=config_yaml(),
     shell:
         "cfg=$(mktemp) && printf '%s\\n' {params.config_text:q} > $cfg && "

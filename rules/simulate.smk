@@ -18,16 +18,6 @@ if SIM["enabled"]:
             runtime=60,
         params:
             out_dir=simulate_out_dir,
-            preset=SIM["preset"],
-            seed=SIM["seed"],
-            n_movies=SIM["n_movies"],
-            format=SIM["format"],
-            acquisition=(
-                f"--pixel-size {ACQ['pixel_size']} --voltage {ACQ['voltage']} "
-                f"--cs {ACQ['cs']} --amplitude-contrast {ACQ['amplitude_contrast']} "
-                f"--dose-per-frame {ACQ['dose_per_frame']}"
-            ),
+            options=command_line(simulate_args(config)),
         shell:
-            "cryosnake simulate --preset {params.preset} --out-dir {params.out_dir} "
-            "--seed {params.seed} --n-movies {params.n_movies} --format {params.format} "
-            "{params.acquisition} > {log} 2>&1"
+            "cryosnake simulate --out-dir {params.out_dir:q} {params.options} > {log} 2>&1"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import glob
 import os
 from collections.abc import Callable, Mapping
@@ -36,6 +37,8 @@ __all__ = [
     "load_config",
     "load_schema",
     "movie_table",
+    "schema_default",
+    "schema_path",
     "simulated_gain",
     "validate_config",
 ]
@@ -47,6 +50,44 @@ def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise ConfigError(f"{path}: not a schema (expected a mapping)")
     return schema
+
+
+def schema_path() -> Path:
+    """The configuration schema of this checkout (config/schemas/config.schema.yaml next
+    to the package's src/ folder: an editable install, as ``make install`` makes)."""
+    return Path(__file__).resolve().parents[2] / "config" / "schemas" / "config.schema.yaml"
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    path = schema_path()
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no configuration schema here to take defaults from (cryosnake is not "
+            "installed from a checkout); give the option on the command line"
+        )
+    return load_schema(path)
+
+
+def schema_default(key: str) -> Any:
+    """The schema's ``default`` of dotted configuration ``key`` (e.g.
+    ``curate.max_resolution``): the one place that holds the defaults, for the stages'
+    options too.
+
+    Raises
+    ------
+    ConfigError
+        No schema is found, or it has no such key or no default for it.
+    """
+    node: Mapping[str, Any] = _schema()
+    for part in key.split("."):
+        sub = node.get("properties", {}).get(part)
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"{key}: no such key in {schema_path()}")
+        node = sub
+    if "default" not in node:
+        raise ConfigError(f"{key}: no default in {schema_path()}")
+    return copy.deepcopy(node["default"])
 
 
 def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

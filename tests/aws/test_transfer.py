@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,17 @@ import pytest
 from botocore.stub import Stubber
 
 from cryosnake import cli
-from cryosnake.aws import transfer
+from cryosnake.aws import multipart, transfer
+from cryosnake.aws import s3 as aws_s3
+from cryosnake.aws.download_files import DownloadStats, download
+from cryosnake.aws.upload_files import UploadStats, upload
 from cryosnake.errors import CryosnakeError
 
 BUCKET = "cryo-test-data"
 URL = f"s3://{BUCKET}/run1"
 PART = transfer.MIN_PART_SIZE  # 5 MiB
 BIG = 12 * transfer.MIB + 123  # three parts of 5 MiB: 5 + 5 + 2
-SEND_PART = transfer._upload_part  # the real one, whatever a test patches in
+SEND_PART = multipart._upload_part  # the real one, whatever a test patches in
 
 
 class Interrupted(Exception):
@@ -63,14 +65,14 @@ def tree(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     return root, files
 
 
-def _upload(src: Path, url: str = URL, **kwargs: Any) -> transfer.UploadStats:
+def _upload(src: Path, url: str = URL, **kwargs: Any) -> UploadStats:
     kwargs = {"part_size": PART, "jobs": 4, "quiet": True, **kwargs}
-    return transfer.upload(src, url, **kwargs)
+    return upload(src, url, **kwargs)
 
 
-def _download(dest: Path, url: str = URL, **kwargs: Any) -> transfer.DownloadStats:
+def _download(dest: Path, url: str = URL, **kwargs: Any) -> DownloadStats:
     kwargs = {"part_size": PART, "jobs": 4, "quiet": True, **kwargs}
-    return transfer.download(url, dest, **kwargs)
+    return download(url, dest, **kwargs)
 
 
 def _object(s3: Any, key: str) -> bytes:
@@ -102,7 +104,7 @@ def _count_parts(monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None)
         sent.append(number)
         return result
 
-    monkeypatch.setattr(transfer, "_upload_part", wrapper)
+    monkeypatch.setattr(multipart, "_upload_part", wrapper)
     return sent
 
 
@@ -166,7 +168,7 @@ def test_interrupted_upload_resumes_missing_parts(
         _upload(big, jobs=1)
     (pending,) = _pending(s3)
     listed = s3.list_parts(Bucket=BUCKET, Key="run1/big.bin", UploadId=pending["UploadId"])
-    assert sorted(p["PartNumber"] for p in listed["Parts"]) == [1, 2, transfer.MARKER_PART]
+    assert sorted(p["PartNumber"] for p in listed["Parts"]) == [1, 2, multipart.MARKER_PART]
     with pytest.raises(s3.exceptions.ClientError):
         s3.head_object(Bucket=BUCKET, Key="run1/big.bin")
 
@@ -311,24 +313,21 @@ def test_download_round_trip_skip_and_replace(
 
 
 def test_failed_download_leaves_no_partial_file(
-    s3: Any,
-    tree: tuple[Path, dict[str, bytes]],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    s3: Any, tree: tuple[Path, dict[str, bytes]], tmp_path: Path
 ) -> None:
     src, _ = tree
     _upload(src / "big.bin")
-    real = transfer._get_range
+    client = boto3.client("s3")
 
-    def cut(client: Any, bucket: str, item: Any, offset: int, length: int) -> Iterator[bytes]:
-        if offset > 0:
-            raise CryosnakeError(f"{item.key}: connection reset")
-        yield from real(client, bucket, item, offset, length)
+    def cut(params: dict[str, Any], **kwargs: Any) -> None:
+        """The connection drops on every request for a range past the first part."""
+        if not params.get("Range", "bytes=0-").startswith("bytes=0-"):
+            raise CryosnakeError(f"{params['Key']}: connection reset")
 
-    monkeypatch.setattr(transfer, "_get_range", cut)
+    client.meta.events.register("before-parameter-build.s3.GetObject", cut)
     fresh = tmp_path / "fresh"
     with pytest.raises(CryosnakeError, match="connection reset"):
-        _download(fresh, jobs=1)
+        _download(fresh, jobs=1, client=client)
     assert not (fresh / "big.bin").exists()
     _no_temporaries(fresh)
 
@@ -336,9 +335,29 @@ def test_failed_download_leaves_no_partial_file(
     old.mkdir()
     (old / "big.bin").write_bytes(b"previous version")
     with pytest.raises(CryosnakeError, match="connection reset"):
-        _download(old, jobs=1)
+        _download(old, jobs=1, client=client)
     assert (old / "big.bin").read_bytes() == b"previous version"
     _no_temporaries(old)
+
+
+@pytest.mark.parametrize("name", ["a.txt", "big.bin"])  # one GET, ranged GETs
+def test_object_replaced_during_download_is_an_error(
+    s3: Any, tree: tuple[Path, dict[str, bytes]], tmp_path: Path, name: str
+) -> None:
+    src, _ = tree
+    _upload(src / name)
+    client = boto3.client("s3")
+
+    def replace(params: dict[str, Any], **kwargs: Any) -> None:
+        """Another writer replaces the object after it was planned, before it is read."""
+        s3.put_object(Bucket=BUCKET, Key=params["Key"], Body=b"new version")
+
+    client.meta.events.register("before-parameter-build.s3.GetObject", replace)
+    dest = tmp_path / "dest"
+    with pytest.raises(CryosnakeError, match=f"run1/{name}: the object changed during"):
+        _download(dest, client=client)
+    assert not (dest / name).exists()
+    _no_temporaries(dest)
 
 
 # ---------------------------------------------------------------------------------------
@@ -439,7 +458,7 @@ def test_access_denied_is_one_line(
         http_status_code=403,
     )
     stubber.activate()
-    monkeypatch.setattr(transfer, "_client", lambda jobs: client)
+    monkeypatch.setattr(aws_s3, "client", lambda jobs: client)
     args = [str(src), URL] if command == "upload" else [URL, str(tmp_path / "d")]
     assert cli.main([command, *args, "--quiet"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()

@@ -21,8 +21,8 @@ from particles_sim import ParticleStack, simulate_particles, write_particles
 from cryosnake.backend import gpu_available
 from cryosnake.io import read_mrc, read_star
 from cryosnake.ops.fourier import fourier_crop
+from cryosnake.ops.fsc import fsc, fsc_at_resolution
 from cryosnake.ops.initial3d import align_volumes, rotate_volume
-from cryosnake.ops.reconstruct import fsc, fsc_at_resolution
 from cryosnake.ops.rotation import euler_to_matrix
 
 RunCli = Callable[[Sequence[object]], tuple[int, str, str]]

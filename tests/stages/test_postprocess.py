@@ -24,7 +24,7 @@ import pytest
 
 from cryosnake.io import read_mrc, read_star, write_mrc
 from cryosnake.ops import postprocess as pp
-from cryosnake.ops.reconstruct import fsc, shell_resolution
+from cryosnake.ops.fsc import fsc, shell_resolution
 from cryosnake.simulate import phantom_atoms, render_volume
 
 RunCli = Callable[[Sequence[object]], tuple[int, str, str]]

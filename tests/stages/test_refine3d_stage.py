@@ -27,8 +27,8 @@ from particles_sim import ParticleStack, simulate_particles, write_particles
 
 from cryosnake.backend import gpu_available
 from cryosnake.io import read_mrc, read_star, write_mrc
+from cryosnake.ops.fsc import fsc, shell_resolution
 from cryosnake.ops.postprocess import auto_mask
-from cryosnake.ops.reconstruct import fsc, shell_resolution
 from cryosnake.ops.refine3d import angular_errors
 from cryosnake.ops.rotation import euler_to_matrix
 

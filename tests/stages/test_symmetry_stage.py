@@ -22,9 +22,9 @@ from particles_sim import ParticleStack, simulate_particles, symmetric_specimen,
 
 from cryosnake.io import read_mrc, read_star, write_mrc
 from cryosnake.ops.fourier import fourier_crop
+from cryosnake.ops.fsc import fsc, fsc_at_resolution, shell_resolution
 from cryosnake.ops.initial3d import align_volumes, rotate_volume
 from cryosnake.ops.postprocess import auto_mask
-from cryosnake.ops.reconstruct import fsc, fsc_at_resolution, shell_resolution
 from cryosnake.ops.refine3d import angular_errors
 from cryosnake.ops.rotation import euler_to_matrix
 from cryosnake.ops.symmetry import symmetry_group

@@ -13,8 +13,9 @@ from cryosnake.backend import gpu_available
 from cryosnake.ops import class2d as c2
 from cryosnake.ops.class2d.engine import _maximise
 from cryosnake.ops.class2d.estep import _pass, _significant
-from cryosnake.ops.class2d.project import _geometry, _padded_spectra, _project
+from cryosnake.ops.class2d.project import _geometry
 from cryosnake.ops.ctf import ctf_2d
+from cryosnake.ops.fourier_slice import pad_image_spectra, project_images
 from cryosnake.ops.rotation import euler_to_matrix, random_rotations
 from cryosnake.simulate import render_projection
 
@@ -86,7 +87,7 @@ def test_rotated_references_follow_relion_psi_convention() -> None:
     ref = _view(1)
     settings = c2.Class2DSettings(n_classes=1, mask_diameter=36.0, psi_step=15.0)
     geom = _geometry(BOX, BOX // 2 - 4, settings, PX, np)
-    proj = _project(_padded_spectra(ref[None]), geom)[0]  # (R, F)
+    proj = project_images(pad_image_spectra(ref[None]), geom.cells)[0]  # (R, F)
     for r in (2, 7, 17):
         psi = settings.psi_angles[r]
         image = _rotate_shift(ref, psi, (0.0, 0.0))

@@ -7,7 +7,8 @@ import pytest
 from particles_sim import AMPLITUDE_CONTRAST, CS, VOLTAGE, simulate_particles
 
 from cryosnake.backend import gpu_available
-from cryosnake.ops import reconstruct as rc
+from cryosnake.ops import fourier_slice as fs
+from cryosnake.ops import pose_search as ps
 from cryosnake.ops import refine3d as r3
 
 PX = 6.0
@@ -36,10 +37,10 @@ def data() -> dict[str, np.ndarray]:
 
 def test_global_search_finds_the_poses_whatever_the_batch(data: dict[str, np.ndarray]) -> None:
     settings = r3.RefineSettings(mask_diameter=165 / PX, max_shift=2.0, global_step=15.0)
-    projector = rc.Projector.from_volume(data["volume"], 8)
+    projector = fs.Projector.from_volume(data["volume"], 8)
     args = (data["spectra"], data["ctf"], projector, BOX, PX, data["sigma2"], 8, settings)
-    m1, t1, s1 = r3.global_search(*args)
-    m2, t2, s2 = r3.global_search(*args, budget=1)  # one particle per batch
+    m1, t1, s1 = ps.global_search(*args)
+    m2, t2, s2 = ps.global_search(*args, budget=1)  # one particle per batch
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_array_equal(t1, t2)
     np.testing.assert_allclose(s1, s2, rtol=1e-4)
@@ -49,17 +50,17 @@ def test_global_search_finds_the_poses_whatever_the_batch(data: dict[str, np.nda
 
 def test_local_search_refines_and_is_batch_invariant(data: dict[str, np.ndarray]) -> None:
     settings = r3.RefineSettings(mask_diameter=165 / PX, max_shift=2.0)
-    projector = rc.Projector.from_volume(data["volume"], 12)
+    projector = fs.Projector.from_volume(data["volume"], 12)
     rng = np.random.default_rng(0)
     # Start 4° off (about one axis) and 0.5 px off: one local step of 4° recovers.
-    start = np.einsum("nij,jk->nik", data["matrices"], r3.axis_rotations(4.0)[26])
+    start = np.einsum("nij,jk->nik", data["matrices"], ps.axis_rotations(4.0)[26])
     shifts = data["centres"] + rng.choice([-0.5, 0.5], size=data["centres"].shape)
     args = (
         data["spectra"], data["ctf"], projector, BOX, PX, data["sigma2"], 12, start, shifts,
         4.0, 0.5, settings,
     )  # fmt: skip
-    m1, t1 = r3.local_search(*args)
-    m2, t2 = r3.local_search(*args, budget=1)
+    m1, t1 = ps.local_search(*args)
+    m2, t2 = ps.local_search(*args, budget=1)
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_array_equal(t1, t2)
     before = np.median(r3.angular_errors(start, data["matrices"]))
@@ -69,22 +70,22 @@ def test_local_search_refines_and_is_batch_invariant(data: dict[str, np.ndarray]
 
 
 def test_memory_plan_from_box_and_free_memory() -> None:
-    plan = r3.plan_memory(128, 10_000, np, available=16 << 30)
+    plan = ps.plan_memory(128, 10_000, np, available=16 << 30)
     # Two padded half grids of 256 x 256 x 129 voxels at 24 B, plus temporaries.
     assert 0.5 * (1 << 30) < plan.grids < 1.5 * (1 << 30)
     assert plan.stack == 10_000 * 128 * 65 * 8
     assert plan.stack_on_device is False  # NumPy: the stack is already in memory
-    bigger = r3.plan_memory(256, 10_000, np, available=64 << 30)
+    bigger = ps.plan_memory(256, 10_000, np, available=64 << 30)
     assert bigger.grids == pytest.approx(8 * plan.grids, rel=0.05)
     with pytest.raises(MemoryError, match="box of 256 px needs about"):
-        r3.plan_memory(256, 10_000, np, available=4 << 30)
+        ps.plan_memory(256, 10_000, np, available=4 << 30)
 
 
 def test_batches_follow_the_budget() -> None:
-    assert r3._batch(1000.0, 10_000, np) == 10
-    assert r3._batch(1000.0, 10, np) == 1  # at least one
-    assert r3._batch(1.0, 1 << 40, np) == r3.MAX_BATCH
-    assert 0 < r3.work_budget(np) <= r3.CPU_BUDGET
+    assert ps._batch(1000.0, 10_000, np) == 10
+    assert ps._batch(1000.0, 10, np) == 1  # at least one
+    assert ps._batch(1.0, 1 << 40, np) == ps.MAX_BATCH
+    assert 0 < ps.work_budget(np) <= ps.CPU_BUDGET
 
 
 @pytest.mark.gpu

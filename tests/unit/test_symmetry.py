@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryosnake.ops import reconstruct as rc
+from cryosnake.ops import fourier_slice as fs
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.initial3d import rotate_volume
 from cryosnake.ops.rotation import random_rotations
@@ -53,7 +53,7 @@ def test_insertion_with_symmetry_gives_a_symmetric_map() -> None:
     quarter = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90° about z
 
     def correlation(symmetry: str) -> float:
-        bp = rc.BackProjector.zeros(n)
+        bp = fs.BackProjector.zeros(n)
         r3.insert_particles(bp, spectra, ctf, matrices, shifts, sigma2, px, 16, symmetry)
         vol = np.asarray(bp.reconstruct(1e-2 * float(np.mean(bp.weight)) * 8))
         turned = rotate_volume(vol, quarter)

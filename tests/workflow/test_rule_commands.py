@@ -4,11 +4,15 @@ A dry run of the whole workflow with 3D on prints the shell command of every job
 each ``cryosnake <stage> ...`` in it is split as the shell would split it and given to
 that stage's argument parser (:data:`cryosnake.cli.STAGES`), which exits on an unknown
 option, a missing required one or a value of the wrong type. Nothing is executed, so
-the 3D rules' command lines are checked in seconds.
+the 3D rules' command lines are checked in seconds. A rule must also give every option
+whose default is a configuration setting (:class:`SchemaDefault`: the workflow's value
+is the configuration's, and a job needs no schema), and ``--names-relative-to`` to
+every stage that writes or reads file names in STAR files.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 import shlex
@@ -20,7 +24,7 @@ import pytest
 import yaml
 
 from cryosnake.cli import STAGES
-from cryosnake.stages._common import stage_parser
+from cryosnake.stages._common import NAMES_ROOT_OPTION, SchemaDefault, stage_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.workflow
@@ -74,12 +78,44 @@ def test_every_stage_rule_is_in_the_dry_run(commands: list[tuple[str, list[str]]
     }  # fmt: skip
 
 
+def _parser(name: str) -> argparse.ArgumentParser:
+    module = importlib.import_module(f"cryosnake.{STAGES[name]}")
+    parser = stage_parser(name, module.__doc__)
+    module.add_args(parser)
+    return parser
+
+
+def _missing(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """The options a rule must give (see the module's docstring) but ``argv`` lacks."""
+    args = parser.parse_args(argv)
+    missing = [
+        action.option_strings[0]
+        for action in parser._actions
+        if isinstance(getattr(args, action.dest, None), SchemaDefault)
+    ]
+    if any(NAMES_ROOT_OPTION in action.option_strings for action in parser._actions):
+        if NAMES_ROOT_OPTION not in argv:
+            missing.append(NAMES_ROOT_OPTION)
+    return missing
+
+
 def test_every_rule_command_parses(commands: list[tuple[str, list[str]]]) -> None:
     for name, argv in commands:
-        module = importlib.import_module(f"cryosnake.{STAGES[name]}")
-        parser = stage_parser(name, module.__doc__)
-        module.add_args(parser)
+        parser = _parser(name)
         try:
-            parser.parse_args(argv)
+            missing = _missing(parser, argv)
         except SystemExit as err:  # argparse's way of refusing a command line
             pytest.fail(f"cryosnake {name} {shlex.join(argv)}: refused by its parser ({err})")
+        assert not missing, f"cryosnake {name} {shlex.join(argv)}: lacks {', '.join(missing)}"
+
+
+def test_the_check_refuses_a_bad_command_line() -> None:
+    """The contract test's own check: a wrong option, a missing configuration setting
+    or a missing names root is caught."""
+    with pytest.raises(SystemExit):
+        _missing(_parser("ctf"), ["--micrograph", "m.mrc", "--no-such-option"])
+    argv = ["--particles", "p.star", "--out-dir", "out", "--classes", "2"]
+    assert _missing(_parser("class2d"), argv) == [
+        "--iterations", "--seed", "--device", NAMES_ROOT_OPTION,
+    ]  # fmt: skip
+    assert _missing(_parser("merge-particles"), ["--stars", "a.star", "--out", "b.star"]) == []

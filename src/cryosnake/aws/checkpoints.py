@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class CheckpointMirror:
         self._client = client
         self._stored = False
         if url:
-            from cryosnake.aws.transfer import parse_s3_url  # boto3: the aws extra
+            from cryosnake.aws.s3 import parse_s3_url  # boto3: the aws extra
 
             self.bucket, prefix = parse_s3_url(url)
             self.key = posixpath.join(prefix, self.local.name) if prefix else self.local.name
@@ -54,74 +55,60 @@ class CheckpointMirror:
 
     def _s3(self) -> Any:
         if self._client is None:
-            import boto3
+            from cryosnake.aws import s3
 
-            self._client = boto3.client("s3")
+            self._client = s3.client()
         return self._client
 
-    def _fail(self, err: Exception, what: str) -> CryosnakeError:
-        import botocore.exceptions
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        """One-line errors ``<what> checkpoint s3://...: <reason>`` for the S3 calls inside."""
+        from cryosnake.aws import s3
 
-        detail = str(err)
-        if isinstance(err, botocore.exceptions.ClientError):
-            error = err.response.get("Error", {})
-            detail = f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
-        return CryosnakeError(f"{what} checkpoint {self.url}: {detail}")
+        return s3.s3_errors(f"{what} checkpoint {self.url}")
 
     def restore(self) -> bool:
         """Download the S3 checkpoint when the local folder holds none; True if it did."""
-        import botocore.exceptions
-
         if not self.bucket or self.local.exists():
             return False
         self.local.parent.mkdir(parents=True, exist_ok=True)
         partial = self.local.with_name(f".{self.local.name}.download")
         try:
-            self._s3().download_file(self.bucket, self.key, str(partial))
-        except botocore.exceptions.ClientError as err:
+            with self._errors("cannot read"):
+                self._s3().download_file(self.bucket, self.key, str(partial))
+        except CryosnakeError as err:
+            from cryosnake.aws import s3
+
             partial.unlink(missing_ok=True)
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if s3.is_not_found(err.__cause__):
                 return False
-            raise self._fail(err, "cannot read") from err
-        except botocore.exceptions.BotoCoreError as err:
-            partial.unlink(missing_ok=True)
-            raise self._fail(err, "cannot read") from err
+            raise
         os.replace(partial, self.local)
         print(f"{self.stage}: checkpoint restored from {self.url}", flush=True)
         return True
 
     def store(self) -> None:
         """Upload the local checkpoint (after an iteration)."""
-        import botocore.exceptions
-
         if not self.bucket:
             return
-        try:
-            with open(self.local, "rb") as body:  # one request: a checkpoint is small
-                self._s3().put_object(Bucket=self.bucket, Key=self.key, Body=body)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
-            raise self._fail(err, "cannot write") from err
+        with self._errors("cannot write"), open(self.local, "rb") as body:
+            self._s3().put_object(Bucket=self.bucket, Key=self.key, Body=body)  # one request
         if not self._stored:
             print(f"{self.stage}: checkpoint kept in {self.url} after every iteration", flush=True)
             self._stored = True
 
     def clear(self) -> None:
         """Delete the S3 checkpoint (the stage's outputs are written)."""
-        import botocore.exceptions
-
         if not self.bucket:
             return
-        try:
+        with self._errors("cannot delete"):
             self._s3().delete_object(Bucket=self.bucket, Key=self.key)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
-            raise self._fail(err, "cannot delete") from err
 
 
 def scratch_url(storage_prefix: str, rule: str) -> str:
     """Where ``rule`` keeps its checkpoint for a run whose default storage is
     ``storage_prefix`` (``s3://BUCKET/PROJECT``): ``s3://BUCKET/scratch/PROJECT/
     checkpoints/RULE/``, under the bucket's expiring prefix."""
-    from cryosnake.aws.transfer import parse_s3_url
+    from cryosnake.aws.s3 import parse_s3_url
 
     bucket, project = parse_s3_url(storage_prefix)
     parts = [SCRATCH, project.strip("/"), "checkpoints", rule]

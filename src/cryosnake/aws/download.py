@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from cryosnake.aws import transfer
+from cryosnake.aws.download_files import download
 from cryosnake.aws.upload import add_transfer_options
 from cryosnake.stages._common import run_stage
 
@@ -33,7 +33,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    stats = transfer.download(
+    stats = download(
         args.url, args.dest, part_size=args.part_size, jobs=args.jobs, quiet=args.quiet
     )
     print(stats.summary())

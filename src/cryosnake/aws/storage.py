@@ -14,7 +14,8 @@ import posixpath
 import re
 from typing import Any
 
-from cryosnake.aws.transfer import parse_s3_url
+from cryosnake.aws import s3
+from cryosnake.aws.s3 import parse_s3_url
 from cryosnake.errors import ConfigError, CryosnakeError
 
 __all__ = ["glob_s3", "read_s3_text", "stage_errors"]
@@ -40,34 +41,28 @@ def glob_s3(
     ConfigError
         The bucket does not exist or cannot be listed (the message names it).
     """
-    import boto3
-    import botocore.exceptions
-
     bucket, base = parse_s3_url(storage_prefix)
     pattern = pattern.lstrip("/")
     constant = _WILDCARD.split(pattern, 1)[0]
     list_prefix = posixpath.join(base, constant) if base else constant
-    if client is None:
-        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+    client = client or s3.client(endpoint_url=endpoint_url, region=region)
     regex = re.compile(fnmatch.translate(pattern).replace(".*", "[^/]*"))
     found = []
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=list_prefix
-        ):
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                relative = key[len(base) + 1 :] if base else key
-                if not key.endswith("/") and regex.fullmatch(relative):
-                    found.append(relative)
-    except botocore.exceptions.ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "error")
-        raise ConfigError(
-            f"input.movies: cannot list s3://{bucket}/{list_prefix} ({code})"
-        ) from err
-    except botocore.exceptions.BotoCoreError as err:
-        raise ConfigError(f"input.movies: cannot list s3://{bucket}/{list_prefix} ({err})") from err
+        for item in s3.objects(client, bucket, list_prefix):
+            key = item["Key"]
+            relative = key[len(base) + 1 :] if base else key
+            if not key.endswith("/") and regex.fullmatch(relative):
+                found.append(relative)
+    except s3.ERRORS as err:
+        where = s3.object_url(bucket, list_prefix)
+        raise ConfigError(f"input.movies: cannot list {where} ({_reason(err)})") from err
     return sorted(found)
+
+
+def _reason(err: BaseException) -> str:
+    """S3's error code, or the description of an error without one."""
+    return s3.error_code(err) or s3.describe(err)
 
 
 def read_s3_text(
@@ -89,22 +84,15 @@ def read_s3_text(
     CryosnakeError
         The object cannot be read (the message names its URL).
     """
-    import boto3
-    import botocore.exceptions
-
     bucket, base = parse_s3_url(storage_prefix)
     key = posixpath.join(base, path.lstrip("/")) if base else path.lstrip("/")
-    if client is None:
-        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+    client = client or s3.client(endpoint_url=endpoint_url, region=region)
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except botocore.exceptions.ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "error")
-        if missing_ok and code in ("NoSuchKey", "404"):
+    except s3.ERRORS as err:
+        if missing_ok and s3.is_not_found(err):
             return None
-        raise CryosnakeError(f"s3://{bucket}/{key}: cannot read ({code})") from err
-    except botocore.exceptions.BotoCoreError as err:
-        raise CryosnakeError(f"s3://{bucket}/{key}: cannot read ({err})") from err
+        raise CryosnakeError(f"{s3.object_url(bucket, key)}: cannot read ({_reason(err)})") from err
     return bytes(body).decode("utf-8")
 
 
@@ -127,24 +115,19 @@ def stage_errors(
     ``since`` (seconds since the epoch) and returns ``(s3 url, error line)`` for each
     ``cryosnake <stage>: error: ...`` line in them, oldest first.
     """
-    import boto3
-    import botocore.exceptions
-
     bucket, base = parse_s3_url(storage_prefix)
     prefix = posixpath.join(base, logs.strip("/")) + "/" if base else logs.strip("/") + "/"
-    if client is None:
-        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+    client = client or s3.client(endpoint_url=endpoint_url, region=region)
     found = []
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                if item["LastModified"].timestamp() >= since - 1:
-                    found.append((item["LastModified"], item["Key"]))
+        for item in s3.objects(client, bucket, prefix):
+            if item["LastModified"].timestamp() >= since - 1:
+                found.append((item["LastModified"], item["Key"]))
         errors = []
         for _, key in sorted(found):
             text = client.get_object(Bucket=bucket, Key=key)["Body"].read()
             for line in _STAGE_ERROR.findall(text.decode("utf-8", "replace")):
                 errors.append((f"s3://{bucket}/{key}", line))
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+    except s3.ERRORS:
         return []  # reporting only: the failure itself is already reported
     return errors

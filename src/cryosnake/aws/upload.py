@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from cryosnake.aws import transfer
 from cryosnake.aws.stack import RAW_MOVIE_TAG
+from cryosnake.aws.upload_files import upload
 from cryosnake.stages._common import positive_int, run_stage
 
 __all__ = ["add_args", "add_transfer_options", "main"]
@@ -49,20 +50,14 @@ def _part_size(text: str) -> int:
 
 def add_transfer_options(parser: argparse.ArgumentParser) -> None:
     """``--jobs``, ``--part-size`` and ``--quiet``, shared with ``cryosnake download``."""
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=transfer.DEFAULT_JOBS,
-        metavar="N",
-        help=f"parallel requests (default {transfer.DEFAULT_JOBS})",
-    )
-    parser.add_argument(
-        "--part-size",
-        type=_part_size,
-        default=transfer.DEFAULT_PART_SIZE,
-        metavar="MB",
-        help=f"part size in MiB, at least 5 (default {transfer.DEFAULT_PART_SIZE // transfer.MIB})",
-    )
+    default_mib = transfer.DEFAULT_PART_SIZE // transfer.MIB
+    for flag, kind, default, metavar, text in (
+        ("--jobs", positive_int, transfer.DEFAULT_JOBS, "N", "parallel requests"),
+        ("--part-size", _part_size, str(default_mib), "MB", "part size in MiB, at least 5"),
+    ):  # a string default goes through `kind`, as if given on the command line
+        parser.add_argument(
+            flag, type=kind, default=default, metavar=metavar, help=f"{text} (default %(default)s)"
+        )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -85,7 +80,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    stats = transfer.upload(
+    stats = upload(
         args.src,
         args.url,
         part_size=args.part_size,

@@ -22,11 +22,15 @@ from cryosnake.backend import get_array_module
 __all__ = [
     "CTF_COLUMNS",
     "ctf_2d",
+    "ctf_phase",
+    "ctf_value",
     "frequency_grid",
     "interaction_constant",
     "model_ctf",
     "wavelength",
 ]
+
+_RADIAN = math.pi / 180.0
 
 # Per-particle CTF parameters, in this order, as the columns of the (n, 7) CTF tables of
 # particles (ParticleData.ctf of class2d; the CTF arrays of initial3d and refine3d).
@@ -43,8 +47,13 @@ CTF_COLUMNS = (
 
 def wavelength(voltage_kv: float) -> float:
     """Relativistic electron wavelength in Å (300 kV -> 0.01969 Å)."""
-    v = voltage_kv * 1e3
-    return 12.2643247 / math.sqrt(v * (1.0 + 0.978466e-6 * v))
+    return float(_wavelengths(voltage_kv))
+
+
+def _wavelengths(voltage_kv: Any) -> Any:
+    """:func:`wavelength` of a scalar or an array of voltages (kV), float64 NumPy."""
+    v = np.asarray(voltage_kv, dtype=np.float64) * 1e3
+    return 12.2643247 / np.sqrt(v * (1.0 + 0.978466e-6 * v))
 
 
 def interaction_constant(voltage_kv: float) -> float:
@@ -76,6 +85,47 @@ def frequency_grid(
     fx = (xp.fft.rfftfreq(nx) if rfft else xp.fft.fftfreq(nx)) / pixel_size
     fy = xp.fft.fftfreq(ny) / pixel_size
     return fx.astype(dtype)[None, :], fy.astype(dtype)[:, None]
+
+
+def ctf_phase(
+    s2: Any,
+    azimuth: Any,
+    defocus_u: Any,
+    defocus_v: Any,
+    angle: Any,
+    *,
+    voltage: Any,
+    cs: Any,
+    phase_shift: Any = 0.0,
+) -> Any:
+    """The CTF's phase ``chi`` (rad), the one formula of the module docstring.
+
+    Every argument broadcasts against the others (NumPy or CuPy arrays, or scalars), so
+    one call serves one image (scalar parameters on a frequency grid) or a batch
+    (parameter columns (nb, 1) against frequency rows (1, F)).
+
+    s2 : squared spatial frequency (1/Å²); azimuth : rad, counter-clockwise from x
+    defocus_u, defocus_v : Å; angle : degrees; voltage : kV; cs : mm
+    phase_shift : degrees
+    """
+    xp = get_array_module(s2)
+    lam = _wavelengths(voltage)
+    lam = xp.asarray(lam) if np.ndim(lam) else float(lam)
+    df = 0.5 * (
+        defocus_u + defocus_v + (defocus_u - defocus_v) * xp.cos(2.0 * (azimuth - angle * _RADIAN))
+    )
+    return (
+        math.pi * lam * s2 * df
+        - 0.5 * math.pi * (cs * 1e7) * lam**3 * s2 * s2
+        - phase_shift * _RADIAN
+    )
+
+
+def ctf_value(chi: Any, amplitude_contrast: Any) -> Any:
+    """The CTF of phase ``chi``: ``-sqrt(1 - w^2) sin(chi) - w cos(chi)``."""
+    xp = get_array_module(chi)
+    w = amplitude_contrast
+    return -((1.0 - w * w) ** 0.5) * xp.sin(chi) - w * xp.cos(chi)
 
 
 def ctf_2d(
@@ -113,45 +163,40 @@ def ctf_2d(
     -------
     ctf : (ny, nx//2+1) or (ny, nx) float32
     """
-    lam = wavelength(voltage)
     kx, ky = frequency_grid(shape, pixel_size, rfft=rfft, xp=xp, dtype=np.float64)
     s2 = kx * kx + ky * ky
-    azimuth = xp.arctan2(ky, kx)
-    df = 0.5 * (
-        defocus_u
-        + defocus_v
-        + (defocus_u - defocus_v) * xp.cos(2.0 * (azimuth - math.radians(angle)))
+    chi = ctf_phase(
+        s2,
+        xp.arctan2(ky, kx),
+        defocus_u,
+        defocus_v,
+        angle,
+        voltage=voltage,
+        cs=cs,
+        phase_shift=phase_shift,
     )
-    cs_a = cs * 1e7
-    chi = (
-        math.pi * lam * s2 * df
-        - 0.5 * math.pi * cs_a * lam**3 * s2 * s2
-        - math.radians(phase_shift)
-    )
-    w = amplitude_contrast
-    ctf = -math.sqrt(1.0 - w * w) * xp.sin(chi) - w * xp.cos(chi)
+    ctf = ctf_value(chi, amplitude_contrast)
     if bfactor > 0:
         ctf = ctf * xp.exp(-0.25 * bfactor * s2)
     return ctf.astype(xp.float32)
 
 
 def model_ctf(params: np.ndarray, kx: Any, ky: Any) -> Any:
-    """Model CTF of a batch at frequencies (kx, ky) (F,) 1/Å: ``-ctf_2d`` (inverted
-    contrast), the formula of :func:`ctf_2d` vectorised over particles.
+    """Model CTF of a batch of particles at frequencies (kx, ky) (F,) 1/Å: ``-ctf_2d``
+    (the contrast of extracted particles is inverted), one row per particle.
 
     params : (nb, 7) NumPy (:data:`CTF_COLUMNS`). Returns (nb, F) float32 on kx's device.
     """
     xp = get_array_module(kx)
     p = xp.asarray(params, dtype=xp.float64)
-    dfu, dfv = p[:, 0:1], p[:, 1:2]
-    angle = xp.deg2rad(p[:, 2:3])
-    phase = xp.deg2rad(p[:, 3:4])
-    lam = xp.asarray(np.array([[wavelength(v)] for v in params[:, 4]], dtype=np.float64))
-    cs = p[:, 5:6] * 1e7
-    w = p[:, 6:7]
-    s2 = (kx * kx + ky * ky)[None, :]
-    az = xp.arctan2(ky, kx)[None, :]
-    df = 0.5 * (dfu + dfv + (dfu - dfv) * xp.cos(2.0 * (az - angle)))
-    chi = math.pi * lam * s2 * df - 0.5 * math.pi * cs * lam**3 * s2 * s2 - phase
-    ctf = xp.sqrt(1.0 - w * w) * xp.sin(chi) + w * xp.cos(chi)
-    return ctf.astype(xp.float32)
+    chi = ctf_phase(
+        (kx * kx + ky * ky)[None, :],
+        xp.arctan2(ky, kx)[None, :],
+        p[:, 0:1],
+        p[:, 1:2],
+        p[:, 2:3],
+        voltage=np.asarray(params, dtype=np.float64)[:, 4:5],
+        cs=p[:, 5:6],
+        phase_shift=p[:, 3:4],
+    )
+    return (-ctf_value(chi, p[:, 6:7])).astype(xp.float32)

@@ -37,7 +37,7 @@ import scipy.optimize
 from scipy import ndimage
 
 from cryosnake.backend import fft_workers, to_host
-from cryosnake.ops.ctf import wavelength
+from cryosnake.ops.ctf import ctf_phase, wavelength
 
 __all__ = ["CtfFit", "amplitude_spectrum", "fit_ctf"]
 
@@ -128,11 +128,22 @@ def _ctf_phase(
     voltage: float,
     cs: float,
 ) -> np.ndarray:
-    """CTF phase chi (rad) for params = (mean defocus, x, y, phase shift), in float64."""
-    lam = wavelength(voltage)
-    mean, x, y, phase = params
-    defocus = mean + x * np.cos(2 * azimuth) + y * np.sin(2 * azimuth)
-    return math.pi * lam * s2 * defocus - 0.5 * math.pi * cs * 1e7 * lam**3 * s2 * s2 - phase
+    """CTF phase chi (rad) for params = (mean defocus, x, y, phase shift in rad), where
+    (x, y) = half astigmatism * (cos 2θ, sin 2θ): :func:`cryosnake.ops.ctf.ctf_phase`."""
+    mean, x, y, phase = (float(v) for v in params)
+    half = math.hypot(x, y)
+    return np.asarray(
+        ctf_phase(
+            s2,
+            azimuth,
+            mean + half,
+            mean - half,
+            math.degrees(0.5 * math.atan2(y, x)),
+            voltage=voltage,
+            cs=cs,
+            phase_shift=math.degrees(phase),
+        )
+    )
 
 
 _CHUNK = 1 << 17  # model values per batch in _Band.ncc: 512 KiB of float32 stay in cache

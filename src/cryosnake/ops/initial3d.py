@@ -45,7 +45,8 @@ import numpy as np
 from scipy import ndimage
 
 from cryosnake.backend import get_array_module, take_rows, to_host
-from cryosnake.ops import reconstruct as rc
+from cryosnake.ops import fourier_slice as fs
+from cryosnake.ops import pose_search as ps
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import random_rotations
 from cryosnake.ops.symmetry import symmetry_group
@@ -160,13 +161,13 @@ def _reconstruct(
     symmetry: str,
 ) -> np.ndarray:
     w = int(spectra.shape[1])
-    bp = rc.BackProjector.zeros(w, xp=get_array_module(spectra))
+    bp = fs.BackProjector.zeros(w, xp=get_array_module(spectra))
     r3.insert_particles(bp, spectra, ctf, matrices, shifts, sigma2, pixel_size, None, symmetry)
     return r3.wiener_map(bp, np.full(w // 2 + 1, snr), 1.0)
 
 
-def _projector(volume: np.ndarray, r_max: int, xp: Any) -> rc.Projector:
-    return rc.Projector.from_volume(xp.asarray(volume, dtype=xp.float32), r_max)
+def _projector(volume: np.ndarray, r_max: int, xp: Any) -> fs.Projector:
+    return fs.Projector.from_volume(xp.asarray(volume, dtype=xp.float32), r_max)
 
 
 @dataclass
@@ -226,7 +227,7 @@ def _descend(
     """Step 3 of attempt ``state.attempt`` from mini-batch ``state.t + 1``: its map."""
     n, w = int(data.shape[0]), int(data.shape[1])
     xp = get_array_module(data)
-    volume = xp.asarray(state.volume)
+    volume = to_host(state.volume)  # the map stays on the host between mini-batches
     batch = min(settings.batch, n)
     for t in range(state.t + 1, settings.iterations + 1):
         frac = (t - 1) / max(settings.iterations - 1, 1)
@@ -234,7 +235,7 @@ def _descend(
         r_max = max(3, int(math.ceil(w * px / res)))
         pick = rng.choice(n, size=batch, replace=False)
         batch_data = take_rows(data, pick)
-        m, s, _ = r3.global_search(
+        m, s, _ = ps.global_search(
             batch_data, ctf[pick], _projector(volume, r_max, xp), w, px, sigma2, r_max, search
         )
         recon = _reconstruct(batch_data, ctf[pick], m, s, sigma2, px, 1.0, settings.symmetry)
@@ -310,7 +311,7 @@ def ab_initio(
         volume = _descend(data, ctf, px, sigma2, mask, settings, search, rng, state, progress, save)
         # The attempt whose map the particles fit best (mean normalised correlation).
         judge = state.judge
-        _, _, score = r3.global_search(
+        _, _, score = ps.global_search(
             take_rows(data, judge), ctf[judge], _projector(volume, r_max, xp), w, px, sigma2, r_max,
             search,
         )  # fmt: skip
@@ -329,7 +330,7 @@ def ab_initio(
     for k in range(state.passes, FINAL_PASSES):
         if progress is not None:
             progress(f"full pass {k + 1}/{FINAL_PASSES} over {n} particles")
-        m, s, _ = r3.global_search(
+        m, s, _ = ps.global_search(
             data, ctf, _projector(xp.asarray(volume), r_max, xp), w, px, sigma2, r_max, search
         )
         final = _reconstruct(data, ctf, m, s, sigma2, px, 1.0, settings.symmetry)
@@ -399,7 +400,7 @@ def align_volumes(
     best: tuple[float, np.ndarray, bool, np.ndarray] = (-np.inf, np.eye(3), False, np.zeros(3))
     for mirror in (False, True):
         vol = a[::-1].copy() if mirror else a
-        for matrix in r3.fibonacci_rotations(step):
+        for matrix in ps.fibonacci_rotations(step):
             value, shift = score(vol, matrix)
             if value > best[0]:
                 best = (value, matrix, mirror, shift)
@@ -407,7 +408,7 @@ def align_volumes(
     vol = a[::-1].copy() if mirror else a
     s = step / 2.0
     for _ in range(4):
-        for delta in r3.axis_rotations(s):
+        for delta in ps.axis_rotations(s):
             cand = delta @ matrix
             v, sh = score(vol, cand)
             if v > value:

@@ -14,7 +14,7 @@ one Fourier pixel (shell ``k`` holds ``|f| n`` rounded to ``k``, i.e. ``k / (n p
   box (beyond 0.95 of the half box, where a centred particle has no density): the
   envelope at 5 % of the peak density, or six noise standard deviations when noise
   dominates.
-- **FSC** (:func:`cryosnake.ops.reconstruct.fsc`):
+- **FSC** (:func:`cryosnake.ops.fsc.fsc`):
   ``FSC(k) = Re sum F1 F2* / sqrt(sum |F1|^2 sum |F2|^2)`` over shell ``k``, for the
   unmasked and the masked half maps.
 - **Phase-randomisation correction** (Chen et al. 2013): the mask adds correlation of
@@ -49,7 +49,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from cryosnake.ops.reconstruct import fsc, shell_frequencies, shell_resolution
+from cryosnake.ops.fsc import fsc, shell_frequencies, shell_resolution
 
 __all__ = [
     "FSC_THRESHOLD",

@@ -8,7 +8,7 @@ pixel ``b // 2``, contrast inverted as ``extract`` writes it)::
 with ``C_i = -ctf_2d`` the particle's CTF (:func:`cryosnake.ops.ctf.model_ctf`),
 ``A_i`` its rotation (RELION's ``euler_to_matrix(rot, tilt, psi)``), ``t_i`` its shift
 (``image(r) = projection(r - t)``; RELION's ``rlnOriginX/Y`` is ``-t``) and ``V^`` the
-transform of the map (central slice theorem, :mod:`cryosnake.ops.reconstruct`).
+transform of the map (central slice theorem, :mod:`cryosnake.ops.fourier_slice`).
 
 **Gold standard** (Scheres & Chen 2012): the particles are split once into two random
 halves (or by ``rlnRandomSubset``), each refined against its own map; the two maps meet
@@ -55,7 +55,7 @@ An iteration, for each half:
 4. **Noise**: ``sigma2`` per shell is the mean residual power ``|X - C P|^2`` at the new
    poses.
 
-Projections are sampled from a :class:`cryosnake.ops.reconstruct.Projector` (the
+Projections are sampled from a :class:`cryosnake.ops.fourier_slice.Projector` (the
 reference's padded transform unfolded into a cube limited to the searched shells).
 
 **Devices and memory.** Every step runs on the device of the array module ``xp``
@@ -80,11 +80,22 @@ from typing import Any
 
 import numpy as np
 
-from cryosnake.backend import available_memory, get_array_module, take_rows, to_host
-from cryosnake.ops import reconstruct as rc
+from cryosnake.backend import get_array_module, take_rows, to_host
+from cryosnake.ops import fourier_slice as fs
 from cryosnake.ops.ctf import model_ctf
-from cryosnake.ops.rotation import euler_to_matrix
-from cryosnake.ops.symmetry import asymmetric_unit, symmetry_group
+from cryosnake.ops.fsc import fsc, shell_resolution
+from cryosnake.ops.pose_search import (
+    MemoryPlan,
+    _batch,
+    _rows,
+    _terms,
+    angular_errors,
+    fibonacci_rotations,
+    global_search,
+    local_search,
+    plan_memory,
+)
+from cryosnake.ops.symmetry import symmetry_group
 
 __all__ = [
     "MemoryPlan",
@@ -104,10 +115,6 @@ __all__ = [
 ]
 
 FSC_THRESHOLD = 0.143
-LOCAL_SHIFT_POINTS = 5  # local shift grid: 5 x 5 points
-CPU_BUDGET = 1 << 30  # bytes of one batch's temporaries on the CPU
-MIN_WORK = 256 << 20  # bytes a refinement needs beyond its grids, at the least
-MAX_BATCH = 8192  # particles per batch, at most
 
 
 @dataclass(frozen=True)
@@ -181,47 +188,6 @@ class RefineState:
 # ------------------------------------------------------------------------- helpers
 
 
-def fibonacci_rotations(step: float) -> np.ndarray:
-    """(m, 3, 3) rotations sampling SO(3) about every ``step`` degrees: projection
-    directions on a Fibonacci sphere (``4 pi / step^2`` of them) x in-plane angles every
-    ``step``."""
-    s = math.radians(step)
-    n_dir = max(2, int(round(4.0 * math.pi / (s * s))))
-    i = np.arange(n_dir) + 0.5
-    tilt = np.degrees(np.arccos(1.0 - 2.0 * i / n_dir))
-    rot = np.degrees(np.mod(math.pi * (1.0 + math.sqrt(5.0)) * i, 2.0 * math.pi))
-    n_psi = max(1, int(round(360.0 / step)))
-    psi = np.arange(n_psi) * (360.0 / n_psi)
-    r = np.repeat(rot, n_psi)
-    t = np.repeat(tilt, n_psi)
-    p = np.tile(psi, n_dir)
-    return euler_to_matrix(r, t, p)
-
-
-def axis_rotations(step: float) -> np.ndarray:
-    """(27, 3, 3): rotations by (-step, 0, step) degrees about x, then y, then z."""
-    a = math.radians(step)
-    out = []
-    for ax in (-a, 0.0, a):
-        for ay in (-a, 0.0, a):
-            for az in (-a, 0.0, a):
-                cx, sx = math.cos(ax), math.sin(ax)
-                cy, sy = math.cos(ay), math.sin(ay)
-                cz, sz = math.cos(az), math.sin(az)
-                rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-                ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-                rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-                out.append(rz @ ry @ rx)
-    return np.array(out)
-
-
-def angular_errors(estimated: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(n,) degrees: the angle of the rotation taking each true pose to the estimate."""
-    rel = np.einsum("nij,nkj->nik", np.asarray(estimated), np.asarray(truth))
-    cos = (np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-
-
 def soft_sphere(box: int, diameter: float, edge: float = 5.0) -> np.ndarray:
     """(b, b, b) float32: 1 inside ``diameter`` px, raised-cosine edge of ``edge`` px."""
     g = np.arange(box) - box // 2
@@ -244,280 +210,17 @@ def lowpass_volume(volume: np.ndarray, pixel_size: float, resolution: float) -> 
 
 def particle_spectra(images: Any) -> Any:
     """(n, b, b//2+1) complex64 ``rfft2`` of (n, b, b) images, origin moved to index 0
-    (the layout of :func:`cryosnake.ops.reconstruct.project`)."""
+    (the layout of :func:`cryosnake.ops.fourier_slice.project`)."""
     xp = get_array_module(images)
     shifted = xp.fft.ifftshift(xp.asarray(images, dtype=xp.float32), axes=(-2, -1))
     return xp.fft.rfft2(shifted, axes=(-2, -1)).astype(xp.complex64)
 
 
-@dataclass(frozen=True)
-class _Plane:
-    flat: np.ndarray  # (F,) indices into the flattened (b, b//2+1) half plane
-    kx: np.ndarray  # (F,) cycles per box
-    ky: np.ndarray
-    shells: np.ndarray  # (F,) int
-    weight: np.ndarray  # (F,) 1 on kx = 0, else 2
-
-
-def _plane(box: int, r_max: float) -> _Plane:
-    ky = np.fft.fftfreq(box) * box
-    kx = np.arange(box // 2 + 1, dtype=np.float64)
-    fy, fx = np.meshgrid(ky, kx, indexing="ij")
-    radius = np.sqrt(fx**2 + fy**2)
-    keep = (np.rint(radius) <= r_max) & (fy != -box // 2) & (fx != box // 2)
-    keep.ravel()[0] = False  # DC: the images are normalised to zero mean
-    flat = np.flatnonzero(keep.ravel())
-    return _Plane(
-        flat=flat,
-        kx=fx.ravel()[flat],
-        ky=fy.ravel()[flat],
-        shells=np.rint(radius.ravel()[flat]).astype(np.int64),
-        weight=np.where(fx.ravel()[flat] == 0, 1.0, 2.0),
-    )
-
-
-def _ramps(plane: _Plane, shifts: Any, box: int, xp: Any = np) -> Any:
-    """(..., F) complex64 exp(-2 pi i k.t / b) for shifts (..., 2) (dx, dy) on ``xp``."""
-    t = xp.asarray(shifts, dtype=xp.float32)
-    kx = xp.asarray((plane.kx * (-2.0 * np.pi / box)).astype(np.float32))
-    ky = xp.asarray((plane.ky * (-2.0 * np.pi / box)).astype(np.float32))
-    phase = t[..., 0:1] * kx + t[..., 1:2] * ky
-    return (xp.cos(phase) + 1j * xp.sin(phase)).astype(xp.complex64)
-
-
-def _shift_grid(radius: float, step: float) -> np.ndarray:
-    """(T, 2) shifts on a square grid of ``step`` within ``radius``, (0, 0) first."""
-    r = int(math.floor(radius / step)) if step > 0 else 0
-    g = np.arange(-r, r + 1) * step
-    dx, dy = np.meshgrid(g, g)
-    t = np.stack([dx.ravel(), dy.ravel()], axis=1)
-    t = t[(t**2).sum(axis=1) <= radius**2 + 1e-9]
-    return t[np.argsort((t**2).sum(axis=1), kind="stable")]
-
-
-@dataclass(frozen=True)
-class _Terms:
-    """The per-frequency terms of the score on the device ``xp``."""
-
-    xp: Any
-    flat: np.ndarray  # (F,) host indices into the flattened half plane
-    kx: Any  # (F,) 1/Å, device
-    ky: Any
-    w: Any  # (F,) float32 weight / sigma2, device
-
-
-def _terms(plane: _Plane, sigma2: np.ndarray, box: int, pixel_size: float, xp: Any) -> _Terms:
-    inv_s2 = 1.0 / np.asarray(sigma2)[np.minimum(plane.shells, len(sigma2) - 1)]
-    n_px = box * pixel_size
-    return _Terms(
-        xp=xp,
-        flat=plane.flat,
-        kx=xp.asarray(plane.kx / n_px),
-        ky=xp.asarray(plane.ky / n_px),
-        w=xp.asarray((plane.weight * inv_s2).astype(np.float32)),
-    )
-
-
-def _rows(flat_spectra: Any, start: int, stop: int, terms: _Terms) -> Any:
-    """(B, F) complex64 on the device: the kept frequencies of particles start:stop
-    (gathered on the host first when the stack lives there: less to move)."""
-    xp = terms.xp
-    block = flat_spectra[start:stop]
-    if get_array_module(block) is np:
-        return xp.asarray(np.ascontiguousarray(block[:, terms.flat]).astype(np.complex64))
-    return block[:, xp.asarray(terms.flat)].astype(xp.complex64)
-
-
-def work_budget(xp: Any) -> int:
-    """Bytes for the temporaries of one batch: half of the free memory, at most
-    :data:`CPU_BUDGET` on the CPU (larger batches gain nothing there)."""
-    free = available_memory(xp)
-    return int(min(CPU_BUDGET, 0.5 * free) if xp is np else 0.6 * free)
-
-
-def _batch(per_item: float, budget: int | None, xp: Any, fixed: int = 0) -> int:
-    if budget is None:
-        budget = work_budget(xp)
-    return int(np.clip((budget - fixed) // max(per_item, 1.0), 1, MAX_BATCH))
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """What a refinement of box ``box`` needs on a device (bytes).
-
-    grids : the two back-projectors (complex128 numerator and float64 weight on the 2x
-        padded half grid), the reconstruction's temporaries and a projector cube
-    stack : the particle spectra (complex64 half planes)
-    available : free memory of the device when planned
-    stack_on_device : whether the spectra are moved to the device once (else streamed
-        batch by batch)
-    """
-
-    box: int
-    grids: int
-    stack: int
-    available: int
-    stack_on_device: bool
-
-
-def plan_memory(box: int, n_particles: int, xp: Any, available: int | None = None) -> MemoryPlan:
-    """Plan a refinement's memory from the box size and the device's free memory.
-
-    Raises ``MemoryError`` with the figures when the grids alone do not fit; the batch
-    sizes of the searches and the insertion are then planned at each call from what is
-    left (:func:`work_budget`).
-    """
-    free = available_memory(xp) if available is None else int(available)
-    size = rc.PAD * box
-    voxels = size * size * (size // 2 + 1)
-    side = 2 * (int(math.ceil(rc.PAD * (box // 2 + 0.5))) + 1) + 1
-    # 2 back-projectors (24 B/voxel), reconstruct's temporaries (~60 B/voxel), the
-    # padded spectrum a projector is built from (8 B/voxel), one projector cube.
-    grids = voxels * (2 * 24 + 60 + 8) + 8 * side**3 + 24 * box**3
-    stack = n_particles * box * (box // 2 + 1) * 8
-    if grids + MIN_WORK > free:
-        raise MemoryError(
-            f"a box of {box} px needs about {(grids + MIN_WORK) / 2**30:.1f} GiB for its "
-            f"Fourier grids, more than the {free / 2**30:.1f} GiB free"
-        )
-    on_device = xp is not np and stack < 0.5 * (free - grids - MIN_WORK)
-    return MemoryPlan(box=box, grids=grids, stack=stack, available=free, stack_on_device=on_device)
-
-
-# ------------------------------------------------------------------------- search
-
-
-def global_search(
-    spectra: Any,
-    ctf_params: np.ndarray,
-    projector: rc.Projector,
-    box: int,
-    pixel_size: float,
-    sigma2: np.ndarray,
-    r_max: int,
-    settings: RefineSettings,
-    budget: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best orientation (uniform grid of ``global_step``) and shift (pixel grid within
-    ``max_shift``) of each particle, and its score (normalised correlation).
-
-    ``projector`` (of the reference, shells up to at least ``r_max``) decides the device;
-    ``spectra`` (n, b, b//2+1) may live on the host or on it. Returns NumPy arrays.
-    """
-    xp = get_array_module(projector.cube)
-    plane = _plane(box, r_max)
-    terms = _terms(plane, sigma2, box, pixel_size, xp)
-    rotations = asymmetric_unit(
-        fibonacci_rotations(settings.global_step), settings.symmetry, 0.5 * settings.global_step
-    )
-    proj = projector.sample(rotations, plane.kx, plane.ky)  # (P, F)
-    pr = xp.concatenate([proj.real, proj.imag], axis=1)  # (P, 2F) float32
-    p2 = proj.real**2 + proj.imag**2  # (P, F)
-    del proj
-    shifts = _shift_grid(settings.max_shift, 1.0)
-    ramps = _ramps(plane, shifts, box, xp)  # (T, F)
-    n_t, n_p, n_f = len(shifts), len(rotations), len(plane.flat)
-    n = len(spectra)
-    batch = _batch(n_t * (24.0 * n_f + 8.0 * n_p) + 64.0 * n_f, budget, xp)
-    if settings.batch:
-        batch = min(batch, settings.batch * 4)
-    best_rot = np.zeros(n, dtype=np.int64)
-    best_shift = np.zeros(n, dtype=np.int64)
-    best_score = np.zeros(n)
-    flat = spectra.reshape(n, -1)
-    for start in range(0, n, batch):
-        stop = min(start + batch, n)
-        nb = stop - start
-        x = _rows(flat, start, stop, terms)
-        c = model_ctf(ctf_params[start:stop], terms.kx, terms.ky)  # (B, F) float32
-        wc = terms.w * c
-        d = (wc * xp.conj(x))[:, None, :] * ramps[None]  # (B, T, F)
-        rows = xp.concatenate([d.real, -d.imag], axis=2).reshape(-1, 2 * n_f)
-        del d
-        score = (rows @ pr.T).reshape(nb, n_t, n_p)
-        del rows
-        norm = (wc * c) @ p2.T  # (B, P)
-        score /= xp.sqrt(xp.maximum(norm, 1e-30))[:, None, :]
-        flat_score = score.reshape(nb, -1)
-        idx = xp.argmax(flat_score, axis=1)
-        best_score[start:stop] = to_host(flat_score[xp.arange(nb), idx])
-        best_shift[start:stop], best_rot[start:stop] = np.divmod(to_host(idx), n_p)
-    return rotations[best_rot], shifts[best_shift], best_score
-
-
-def local_search(
-    spectra: Any,
-    ctf_params: np.ndarray,
-    projector: rc.Projector,
-    box: int,
-    pixel_size: float,
-    sigma2: np.ndarray,
-    r_max: int,
-    matrices: np.ndarray,
-    shifts: np.ndarray,
-    step: float,
-    shift_step: float,
-    settings: RefineSettings,
-    budget: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best of the 27 rotations ``A dR`` x 25 shifts around each particle's pose (see
-    the module docstring); NumPy results, device as :func:`global_search`."""
-    xp = get_array_module(projector.cube)
-    plane = _plane(box, r_max)
-    terms = _terms(plane, sigma2, box, pixel_size, xp)
-    delta = axis_rotations(step)  # (J, 3, 3)
-    half = (LOCAL_SHIFT_POINTS - 1) / 2
-    g = (np.arange(LOCAL_SHIFT_POINTS) - half) * shift_step
-    offsets = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)  # (M, 2)
-    # ramp(t + o) = ramp(t) ramp(o): the offsets' ramps as the columns of one real
-    # product, Re(q r) = [q.real, -q.imag] . [r.real; r.imag]
-    ramp_off = _ramps(plane, offsets, box, xp)  # (M, F)
-    ramp_cols = xp.concatenate([ramp_off.real, ramp_off.imag], axis=1).T  # (2F, M)
-    del ramp_off
-    n, n_j, n_m, n_f = len(spectra), len(delta), len(offsets), len(plane.flat)
-    per_candidate = 120.0 * n_f  # Projector.sample's temporaries
-    batch = _batch(n_j * (40.0 * n_f + 8.0 * n_m + per_candidate), budget, xp)
-    if settings.batch:
-        batch = min(batch, settings.batch)
-    out_m = matrices.copy()
-    out_t = shifts.copy()
-    flat = spectra.reshape(n, -1)
-    for start in range(0, n, batch):
-        stop = min(start + batch, n)
-        nb = stop - start
-        cand = np.einsum("bij,qjk->bqik", matrices[start:stop], delta).reshape(-1, 3, 3)
-        proj = projector.sample(cand, plane.kx, plane.ky, batch=len(cand)).reshape(nb, n_j, n_f)
-        x = _rows(flat, start, stop, terms)
-        c = model_ctf(ctf_params[start:stop], terms.kx, terms.ky)
-        wc = terms.w * c
-        base = wc * xp.conj(x) * _ramps(plane, shifts[start:stop], box, xp)  # (B, F)
-        q = (base[:, None, :] * proj).reshape(nb * n_j, n_f)  # (B J, F)
-        rows = xp.concatenate([q.real, -q.imag], axis=1)  # (B J, 2F)
-        del q
-        cross = (rows @ ramp_cols).reshape(nb, n_j, n_m)  # one product for the batch
-        del rows
-        p2 = proj.real**2 + proj.imag**2
-        norm = (p2 @ (wc * c)[:, :, None])[:, :, 0]  # (B, J)
-        # (B, M, J): shifts major, as the poses are numbered
-        score = (cross / xp.sqrt(xp.maximum(norm, 1e-30))[:, :, None]).transpose(0, 2, 1)
-        idx = to_host(xp.argmax(score.reshape(nb, -1), axis=1))
-        m_idx, j_idx = np.divmod(idx, n_j)
-        out_m[start:stop] = cand.reshape(nb, n_j, 3, 3)[np.arange(nb), j_idx]
-        out_t[start:stop] = shifts[start:stop] + offsets[m_idx]
-    return out_m, out_t
-
-
 # ------------------------------------------------------------------- reconstruction
 
 
-def _shell_grid(box: int) -> np.ndarray:
-    ky = np.fft.fftfreq(box) * box
-    kx = np.arange(box // 2 + 1)
-    return np.rint(np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).astype(np.int64)
-
-
 def insert_particles(
-    bp: rc.BackProjector,
+    bp: fs.BackProjector,
     spectra: Any,
     ctf_params: np.ndarray,
     matrices: np.ndarray,
@@ -537,7 +240,7 @@ def insert_particles(
     n_plane = box * (box // 2 + 1)
     if batch is None:
         batch = _batch(420.0 * n_plane, None, xp)
-    shells = np.minimum(_shell_grid(box), box // 2)
+    shells = np.minimum(fs.plane_shells(box), box // 2)
     inv_s2 = xp.asarray((1.0 / np.asarray(sigma2))[shells].astype(np.float32))  # (b, b//2+1)
     n_px = box * pixel_size
     ky = (np.fft.fftfreq(box) * box)[:, None] * np.ones((1, box // 2 + 1))
@@ -556,27 +259,19 @@ def insert_particles(
             )
 
 
-def _mean_weight(bp: rc.BackProjector) -> np.ndarray:
+def _mean_weight(bp: fs.BackProjector) -> np.ndarray:
     """(b//2+1,) mean data weight per shell in units of the unpadded grid (voxels beyond
     shell ``b // 2``, the cube's corners, left out)."""
     xp = get_array_module(bp.weight)
-    size = bp.pad * bp.n
     n_shells = bp.n // 2 + 1
-    q = (np.fft.fftfreq(size) * size / bp.pad).astype(np.float32)
-    qx = (np.arange(size // 2 + 1) / bp.pad).astype(np.float32)
-    r = xp.sqrt(
-        xp.asarray(q * q)[:, None, None]
-        + xp.asarray(q * q)[None, :, None]
-        + xp.asarray(qx * qx)[None, None, :]
-    )
-    shells = xp.minimum(xp.rint(r), n_shells).astype(xp.int32).ravel()  # n_shells: beyond
-    del r
+    # Shell n_shells collects the voxels beyond.
+    shells = fs.padded_shells(bp.pad * bp.n, bp.pad, n_shells, xp).ravel()
     total = to_host(xp.bincount(shells, weights=bp.weight.ravel(), minlength=n_shells + 1))
     count = to_host(xp.bincount(shells, minlength=n_shells + 1))
     return total[:n_shells] / np.maximum(count[:n_shells], 1) * bp.pad**3
 
 
-def wiener_map(bp: rc.BackProjector, ssnr: np.ndarray, fudge: float) -> np.ndarray:
+def wiener_map(bp: fs.BackProjector, ssnr: np.ndarray, fudge: float) -> np.ndarray:
     """Map regularised with ``1 / (T tau2) = W / (T ssnr)`` per shell (NumPy)."""
     mean_w = _mean_weight(bp)
     reg = mean_w / (fudge * np.maximum(ssnr, 1e-3))
@@ -611,7 +306,7 @@ def reconstruct_halves(
     bps = []
     for h in (0, 1):
         sel = np.flatnonzero(halves == h)
-        bp = rc.BackProjector.zeros(box, xp=xp)
+        bp = fs.BackProjector.zeros(box, xp=xp)
         insert_particles(
             bp, take_rows(spectra, sel), ctf_params[sel], matrices[sel], shifts[sel], sigma2,
             pixel_size, batch, symmetry,
@@ -619,19 +314,19 @@ def reconstruct_halves(
         bps.append(bp)
     mask = soft_sphere(box, mask_diameter)
     raw = [wiener_map(bp, np.full(box // 2 + 1, 1e6), 1.0) for bp in bps]
-    fsc = rc.fsc(raw[0] * mask, raw[1] * mask)
+    curve = fsc(raw[0] * mask, raw[1] * mask)
     del raw
-    f = np.clip(fsc, 0.0, 0.999)
+    f = np.clip(curve, 0.0, 0.999)
     ssnr_half = f / (1.0 - f)
     maps = np.stack([wiener_map(bp, ssnr_half, tau2_fudge) for bp in bps])
-    both = rc.BackProjector(
+    both = fs.BackProjector(
         n=box, pad=bps[0].pad, numerator=bps[0].numerator + bps[1].numerator,
         weight=bps[0].weight + bps[1].weight,
     )  # fmt: skip
     full = wiener_map(both, 2.0 * f / (1.0 - f), tau2_fudge)
     del both
-    resolution = rc.shell_resolution(fsc, pixel_size, FSC_THRESHOLD)
-    return {"fsc": fsc, "halves": maps, "full": full, "resolution": resolution, "bp": bps}
+    resolution = shell_resolution(curve, pixel_size, FSC_THRESHOLD)
+    return {"fsc": curve, "halves": maps, "full": full, "resolution": resolution, "bp": bps}
 
 
 def _noise(
@@ -647,7 +342,7 @@ def _noise(
 ) -> np.ndarray:
     """(b//2+1,) mean residual power per shell at the given poses."""
     box = int(spectra.shape[1])
-    plane = _plane(box, box // 2)
+    plane = fs.half_plane(box, box // 2, dc=False)
     terms = _terms(plane, np.ones(1), box, pixel_size, xp)
     n_shells = box // 2 + 1
     shells = xp.asarray(plane.shells)
@@ -656,7 +351,7 @@ def _noise(
     n_f = len(plane.flat)
     batch = _batch(300.0 * n_f, budget, xp)
     for h in (0, 1):
-        projector = rc.Projector.from_volume(xp.asarray(refs[h]), box // 2)
+        projector = fs.Projector.from_volume(xp.asarray(refs[h]), box // 2)
         sel = np.flatnonzero(halves == h)
         part = take_rows(spectra, sel)
         flat = part.reshape(len(sel), -1)
@@ -664,7 +359,7 @@ def _noise(
             stop = min(start + batch, len(sel))
             idx = sel[start:stop]
             proj = projector.sample(matrices[idx], plane.kx, plane.ky, batch=stop - start)
-            proj *= _ramps(plane, shifts[idx], box, xp)
+            proj *= fs.phase_ramps(plane, shifts[idx], box, xp)
             c = model_ctf(ctf_params[idx], terms.kx, terms.ky)
             resid = _rows(flat, start, stop, terms) - c * proj
             power = (resid.real**2 + resid.imag**2).sum(axis=0)
@@ -697,7 +392,7 @@ def initial_refine_state(
     ref = lowpass_volume(reference, pixel_size, initial_lowpass) * soft_sphere(
         box, settings.mask_diameter
     )
-    shells = np.minimum(_shell_grid(box), box // 2).ravel()
+    shells = np.minimum(fs.plane_shells(box), box // 2).ravel()
     m = min(n, 5000)
     sub = to_host(spectra[:m]).reshape(m, -1)
     power = (sub.real**2 + sub.imag**2).astype(np.float64).mean(axis=0)
@@ -760,7 +455,7 @@ def refine_iteration(
         r_search = min(state.r_max, max(4, _shell(coarse, box, pixel_size)))
     for h in (0, 1):
         sel = np.flatnonzero(state.halves == h)
-        projector = rc.Projector.from_volume(xp.asarray(state.references[h]), r_search)
+        projector = fs.Projector.from_volume(xp.asarray(state.references[h]), r_search)
         part = take_rows(spectra, sel)
         if is_global:
             m, t, _ = global_search(

@@ -10,6 +10,7 @@ import numpy as np
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import Movie, read_mrc
 from cryosnake.ops.gain import FLIPS, find_gain_orientation, orient_gain
+from cryosnake.stages._common import SchemaDefault
 
 __all__ = [
     "PIXEL_SIZE_TOLERANCE",
@@ -51,9 +52,9 @@ def add_eer_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eer-group",
         type=int,
-        default=32,
+        default=SchemaDefault("input.eer_group"),
         metavar="N",
-        help="EER movies only: EER frames summed into one fraction (default 32); "
+        help="EER movies only: EER frames summed into one fraction (default %(default)s); "
         "--dose-per-frame is then the dose per fraction",
     )
 

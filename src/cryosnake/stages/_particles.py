@@ -3,7 +3,8 @@
 ``read_particles`` checks a RELION 3.1 particles file (an optics table, or the optics
 labels in the particle rows) and returns the per-particle optics values;
 ``image_groups`` resolves ``rlnImageName`` (``000001@stack.mrcs``, relative to the
-working directory or the STAR file's folder) and groups the particles by stack;
+``--names-relative-to`` folder, default the working directory, or else to the STAR
+file's folder) and groups the particles by stack;
 ``read_images`` reads them in STAR order; ``ctf_table`` gives the CTF parameters per
 particle in the order of :data:`cryosnake.ops.ctf.CTF_COLUMNS`.
 """
@@ -20,15 +21,28 @@ import pandas as pd
 
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import atomic_path, read_mrc, read_mrc_header, read_star
+from cryosnake.stages._common import (
+    SchemaDefault,
+    add_names_root_arg,
+    point_group,
+    positive_int,
+    resolve_name,
+)
 
 __all__ = [
     "ParticleSet",
     "add_checkpoint_url_arg",
+    "add_iterative_args",
+    "add_particle_io_args",
+    "add_resume_args",
+    "add_symmetry_arg",
     "ctf_table",
     "image_groups",
     "image_path",
     "load_checkpoint",
     "open_particles",
+    "open_run",
+    "open_stack",
     "particle_diameter",
     "read_images",
     "read_particles",
@@ -57,9 +71,10 @@ class ParticleSet:
         return len(self.particles)
 
 
-def open_particles(star: Path) -> ParticleSet:
+def open_particles(star: Path, root: str | None = None) -> ParticleSet:
     """Read ``star`` and check that its images share one pixel size and an even box
-    (one-line errors naming the file)."""
+    (one-line errors naming the file); image names are relative to ``root``
+    (:func:`~cryosnake.stages._common.resolve_name`)."""
     optics, particles, values = read_particles(star)
     sizes = values["rlnImagePixelSize"].unique()
     if len(sizes) != 1:
@@ -67,7 +82,7 @@ def open_particles(star: Path) -> ParticleSet:
     pixel_size = float(sizes[0])
     if not pixel_size > 0:
         raise FileFormatError(f"{star}: rlnImagePixelSize must be positive")
-    groups = image_groups(star, particles)
+    groups = image_groups(star, particles, root)
     first = next(iter(groups))
     box = int(read_mrc_header(first)["shape"][-1])  # type: ignore[index]
     if box % 2:
@@ -85,14 +100,12 @@ def particle_diameter(diameter: float | None, box: int, pixel_size: float) -> fl
     return value
 
 
-def image_path(name: str, star: Path) -> tuple[int, Path]:
+def image_path(name: str, star: Path, root: str | None = None) -> tuple[int, Path]:
+    """(image number, stack file) of an ``rlnImageName`` read from ``star``."""
     index, sep, path = str(name).partition("@")
     if not sep or not index.strip().isdigit():
         raise FileFormatError(f"{star}: rlnImageName {name!r} is not of the form 000001@stack")
-    p = Path(path)
-    if not p.is_absolute() and not p.exists() and (star.parent / p).exists():
-        p = star.parent / p
-    return int(index), p
+    return int(index), resolve_name(path, root, star)
 
 
 def read_particles(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -155,11 +168,13 @@ def ctf_table(particles: pd.DataFrame, values: pd.DataFrame) -> np.ndarray:
     )
 
 
-def image_groups(star: Path, particles: pd.DataFrame) -> dict[Path, list[tuple[int, int]]]:
+def image_groups(
+    star: Path, particles: pd.DataFrame, root: str | None = None
+) -> dict[Path, list[tuple[int, int]]]:
     """Stack file -> [(row, image number)], every stack checked to exist."""
     groups: dict[Path, list[tuple[int, int]]] = {}
     for row, name in enumerate(particles["rlnImageName"]):
-        number, path = image_path(name, star)
+        number, path = image_path(name, star, root)
         groups.setdefault(path, []).append((row, number))
     for path in groups:
         if not path.is_file():
@@ -172,20 +187,89 @@ def read_images(groups: dict[Path, list[tuple[int, int]]], n: int, box: int) -> 
     order; every stack is checked for its image size and count."""
     out = np.empty((n, box, box), dtype=np.float32)
     for path, items in groups.items():
-        stack, _ = read_mrc(path, mmap=True)
-        if stack.ndim == 2:
-            stack = stack[None]
-        if stack.shape[-1] != box or stack.shape[-2] != box:
-            raise FileFormatError(f"{path}: images of {stack.shape[-2:]} px, expected {box}")
-        rows = np.array([r for r, _ in items])
-        index = np.array([i for _, i in items]) - 1
-        if index.min() < 0 or index.max() >= stack.shape[0]:
-            raise FileFormatError(
-                f"{path}: image {index.max() + 1} requested, the stack has {stack.shape[0]}"
-            )
+        stack, rows, index = open_stack(path, items, box)
         out[rows] = np.asarray(stack[index], dtype=np.float32)
         del stack
     return out
+
+
+def open_stack(
+    path: Path, items: list[tuple[int, int]], box: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stack, rows, index) of one group of :func:`image_groups`: the memory-mapped
+    (m, box, box) stack, checked for its image size and for the images ``items`` asks
+    for, the STAR rows and the zero-based image indices in the stack."""
+    stack, _ = read_mrc(path, mmap=True)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.shape[-1] != box or stack.shape[-2] != box:
+        raise FileFormatError(f"{path}: images of {stack.shape[-2:]} px, expected {box}")
+    rows = np.array([r for r, _ in items])
+    index = np.array([i for _, i in items]) - 1
+    if index.min() < 0 or index.max() >= stack.shape[0]:
+        raise FileFormatError(
+            f"{path}: image {index.max() + 1} requested, the stack has {stack.shape[0]}"
+        )
+    return stack, rows, index
+
+
+def add_particle_io_args(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    """``--particles``, ``--out-dir`` and ``--names-relative-to`` of the stages that
+    read a particles STAR file."""
+    parser.add_argument("--particles", required=True, help="particles STAR file (RELION 3.1)")
+    parser.add_argument("--out-dir", required=True, help=out_help)
+    add_names_root_arg(parser)
+
+
+def add_symmetry_arg(parser: argparse.ArgumentParser) -> None:
+    """``--symmetry``: the point group of the particle (initial3d.symmetry)."""
+    parser.add_argument(
+        "--symmetry",
+        type=point_group,
+        default=SchemaDefault("initial3d.symmetry"),
+        help="point group: C1, C<n>, D<n>, T, O or I (%(default)s)",
+    )
+
+
+def add_iterative_args(
+    parser: argparse.ArgumentParser, stage: str, *, iterations_help: str, seed_help: str
+) -> None:
+    """``--iterations``, ``--seed`` and ``--device`` (defaults: the schema's section
+    ``stage``), ``--no-resume`` and ``--checkpoint-url`` of an iterative stage."""
+    parser.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=SchemaDefault(f"{stage}.iterations"),
+        help=f"{iterations_help} (%(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=SchemaDefault(f"{stage}.seed"),
+        help=f"{seed_help} (%(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default=SchemaDefault(f"{stage}.device"),
+        help="where to compute (%(default)s)",
+    )
+    add_resume_args(parser)
+
+
+def open_run(args: argparse.Namespace) -> tuple[Path, Path, ParticleSet]:
+    """(particles STAR, output folder, particle set) of a stage that
+    :func:`add_particle_io_args` gave its options."""
+    star = Path(args.particles)
+    return star, Path(args.out_dir), open_particles(star, args.names_root)
+
+
+def add_resume_args(parser: argparse.ArgumentParser) -> None:
+    """``--no-resume`` and ``--checkpoint-url`` of an iterative stage."""
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+    )
+    add_checkpoint_url_arg(parser)
 
 
 def add_checkpoint_url_arg(parser: argparse.ArgumentParser) -> None:

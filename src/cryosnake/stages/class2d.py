@@ -1,8 +1,9 @@
 """Reference-free 2D classification of particle images (maximum likelihood, RELION-style).
 
 Reads ``particles.star`` (RELION 3.1: ``optics`` + ``particles`` blocks, images named
-``000001@stack.mrcs`` relative to the working directory, or else to the STAR file's
-folder; RELION-normalised, contrast-inverted), and classifies the particles into
+``000001@stack.mrcs`` relative to ``--names-relative-to`` (default the working
+directory), or else to the STAR file's folder; RELION-normalised, contrast-inverted),
+and classifies the particles into
 ``--classes`` classes by expectation-maximisation over classes, in-plane rotations
 (every ``--psi-step`` degrees) and translations (within ``--max-shift`` Å), with the
 CTF in the model, a noise spectrum estimated from the data, class averages that are
@@ -46,7 +47,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,14 +57,16 @@ import pandas as pd
 from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import get_array_module, resolve_device, to_device, to_host
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import read_mrc, save_figure, write_mrc, write_star
+from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import class2d as c2
-from cryosnake.stages._common import positive, positive_int, run_stage
+from cryosnake.stages._common import file_name, positive, positive_int, stage_main
 from cryosnake.stages._particles import (
-    add_checkpoint_url_arg,
+    add_iterative_args,
+    add_particle_io_args,
     ctf_table,
     load_checkpoint,
-    open_particles,
+    open_run,
+    open_stack,
     particle_diameter,
     save_checkpoint,
 )
@@ -95,12 +97,8 @@ def _non_negative(text: str) -> float:
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--particles", required=True, help="particles STAR file (RELION 3.1)")
+    add_particle_io_args(parser, out_help="folder for the run_* outputs")
     parser.add_argument("--classes", type=positive_int, required=True, help="number of classes K")
-    parser.add_argument("--out-dir", required=True, help="folder for the run_* outputs")
-    parser.add_argument(
-        "--iterations", type=positive_int, default=25, help="most EM iterations (25)"
-    )
     parser.add_argument(
         "--diameter",
         type=positive,
@@ -129,16 +127,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="regularisation T: > 1 trusts the data more (RELION's 2D default, 2)",
     )
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "gpu"), default="auto", help="where to compute"
-    )
-    parser.add_argument("--seed", type=int, default=1, help="random seed of the start (1)")
-    parser.add_argument(
         "--batch", type=positive_int, default=None, help="particles per batch (default: by memory)"
     )
-    parser.add_argument(
-        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+    add_iterative_args(
+        parser,
+        "class2d",
+        iterations_help="most EM iterations",
+        seed_help="random seed of the start",
     )
-    add_checkpoint_url_arg(parser)
 
 
 # --------------------------------------------------------------------------- input
@@ -157,17 +153,7 @@ def _load_spectra(
     mask = (big - 2 * c2.MASK_EDGE) * pixel_size
     spectra = None
     for path, items in groups.items():
-        stack, _ = read_mrc(path, mmap=True)
-        if stack.ndim == 2:
-            stack = stack[None]
-        if stack.shape[-1] != big or stack.shape[-2] != big:
-            raise FileFormatError(f"{path}: images of {stack.shape[-2:]} px, expected {big}")
-        rows = np.array([r for r, _ in items])
-        index = np.array([i for _, i in items]) - 1
-        if index.min() < 0 or index.max() >= stack.shape[0]:
-            raise FileFormatError(
-                f"{path}: image {index.max() + 1} requested, the stack has {stack.shape[0]}"
-            )
+        stack, rows, index = open_stack(path, items, big)
         for start in range(0, len(rows), 1024):
             chunk = np.asarray(stack[index[start : start + 1024]], dtype=np.float32)
             spec = c2.prepare_spectra(to_device(chunk, device), pixel_size, box, mask)
@@ -288,6 +274,7 @@ def _gallery(path: Path, images: np.ndarray, table: pd.DataFrame) -> None:
 
 def _write_outputs(
     out: Path,
+    root: str | None,
     optics: pd.DataFrame,
     particles: pd.DataFrame,
     state: c2.Class2DState,
@@ -302,12 +289,13 @@ def _write_outputs(
     box = int(state.classes.shape[-1])
     classes = to_host(c2.resize_images(state.classes, big))
     write_mrc(out / "run_classes.mrcs", classes, pixel_size, kind="stack")
+    classes_name = file_name(out / "run_classes.mrcs", root)
     counts = np.bincount(state.assignment, minlength=k)
     scores = c2.class_scores(subsets, state.ssnr, work_pixel, diameter, counts)
     resolution = state.resolution(work_pixel)
     model_classes = pd.DataFrame(
         {
-            "rlnReferenceImage": [f"{i + 1:06d}@{out / 'run_classes.mrcs'}" for i in range(k)],
+            "rlnReferenceImage": [f"{i + 1:06d}@{classes_name}" for i in range(k)],
             "rlnClassDistribution": state.fractions,
             "rlnClassParticleCount": counts,
             "rlnEstimatedResolution": resolution,
@@ -389,9 +377,7 @@ def _auto_batch(n_t: int, box: int, kr: int, device: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     device = resolve_device(args.device)
-    star = Path(args.particles)
-    out = Path(args.out_dir)
-    pset = open_particles(star)
+    _, out, pset = open_run(args)
     optics, particles, values = pset.optics, pset.particles, pset.values
     pixel_size, big, groups = pset.pixel_size, pset.box, pset.groups
     box = min(big, args.box - args.box % 2)
@@ -462,7 +448,17 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     subsets = c2.subset_averages(data, state, settings)
     model = _write_outputs(
-        out, optics, particles, state, settings, pixel_size, work_pixel, big, diameter, subsets
+        out,
+        args.names_root,
+        optics,
+        particles,
+        state,
+        settings,
+        pixel_size,
+        work_pixel,
+        big,
+        diameter,
+        subsets,
     )
     mirror.clear()
     status = "converged" if state.converged else "stopped"
@@ -474,5 +470,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("class2d", __doc__, add_args, _run, argv)
+main = stage_main("class2d", __doc__, add_args, _run)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,15 @@ import pandas as pd
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import read_mrc, save_figure, write_star
 from cryosnake.ops.ctf_fit import CtfFit, fit_ctf
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import (
+    SchemaDefault,
+    add_acquisition_args,
+    add_header_check_arg,
+    add_names_root_arg,
+    file_name,
+    positive,
+    stage_main,
+)
 from cryosnake.stages._movie import check_pixel_size
 
 __all__ = ["add_args", "main"]
@@ -39,33 +46,38 @@ __all__ = ["add_args", "main"]
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micrograph", required=True, help="micrograph (MRC)")
     parser.add_argument("--out", required=True, help="STAR file to write (one row)")
-    parser.add_argument("--pixel-size", type=positive, required=True, help="Å per pixel")
-    parser.add_argument("--voltage", type=positive, required=True, help="kV")
-    parser.add_argument("--cs", type=float, required=True, help="spherical aberration, mm")
+    add_acquisition_args(parser, pixel_help="Å per pixel")
     parser.add_argument(
-        "--amplitude-contrast", type=float, required=True, help="amplitude contrast fraction"
+        "--min-res",
+        type=positive,
+        default=SchemaDefault("ctf.min_res"),
+        help="Å, low limit (%(default)s)",
     )
-    parser.add_argument("--min-res", type=positive, default=30.0, help="Å, low limit (30)")
-    parser.add_argument("--max-res", type=positive, default=5.0, help="Å, high limit (5)")
+    parser.add_argument(
+        "--max-res",
+        type=positive,
+        default=SchemaDefault("ctf.max_res"),
+        help="Å, high limit (%(default)s)",
+    )
     parser.add_argument(
         "--defocus-range",
         type=positive,
         nargs=2,
-        default=(3000.0, 50000.0),
+        default=SchemaDefault("ctf.defocus_min", "ctf.defocus_max"),
         metavar=("MIN", "MAX"),
-        help="Å, range of the mean defocus searched (3000 50000)",
+        help="Å, range of the mean defocus searched (%(default)s)",
     )
     parser.add_argument(
-        "--max-astigmatism", type=positive, default=3000.0, help="Å, largest dfU - dfV (3000)"
+        "--max-astigmatism",
+        type=positive,
+        default=SchemaDefault("ctf.max_astigmatism"),
+        help="Å, largest dfU - dfV (%(default)s)",
     )
     parser.add_argument("--fit-phase-shift", action="store_true", help="phase-plate data")
     parser.add_argument("--tile", type=int, default=512, help="periodogram tile size, px")
     parser.add_argument("--plot", help="PNG of the fit to write")
-    parser.add_argument(
-        "--ignore-header-pixel-size",
-        action="store_true",
-        help="do not compare --pixel-size with the file header",
-    )
+    add_header_check_arg(parser)
+    add_names_root_arg(parser)
 
 
 def _plot(path: str, fit: CtfFit, title: str) -> None:
@@ -128,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CryosnakeError(f"--min-res/--max-res: {err}") from err
     row = {
-        "rlnMicrographName": args.micrograph,
+        "rlnMicrographName": file_name(args.micrograph, args.names_root),
         "rlnDefocusU": round(fit.defocus_u, 2),
         "rlnDefocusV": round(fit.defocus_v, 2),
         "rlnDefocusAngle": round(fit.angle, 3),
@@ -156,5 +168,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("ctf", __doc__, add_args, _run, argv)
+main = stage_main("ctf", __doc__, add_args, _run)

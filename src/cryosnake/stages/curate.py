@@ -7,7 +7,8 @@ in Å as RELION's motion correction writes them), ``micrographs_selected.star`` 
 those that pass every threshold, and ``rejected.tsv`` with one line per rejected
 micrograph and every reason (columns ``micrograph``, ``reasons``, ``stage``), after the
 movies that inspect rejected when ``--rejected-movies`` lists them (stage ``inspect``,
-the movie's file in ``micrograph``). A threshold given as 0 (or not given) is not applied.
+the movie's file in ``micrograph``). A threshold given as 0 is not applied; one not
+given takes the default of the configuration schema (config/schemas, curate section).
 
 Example::
 
@@ -19,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,27 @@ import pandas as pd
 
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path, optics_table, read_star_block, write_star
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import (
+    SchemaDefault,
+    add_acquisition_args,
+    add_names_root_arg,
+    file_name,
+    stage_main,
+)
 
 __all__ = ["add_args", "main"]
 
 EARLY_FRAMES = 4  # RELION: accumulated motion over the first frames
+# Thresholds: the curate section of the configuration (its schema holds the defaults).
+THRESHOLDS = {
+    "max_resolution": "Å: reject worse CTF fits",
+    "min_figure_of_merit": "CTF figure of merit minimum",
+    "min_defocus": "Å, mean defocus minimum",
+    "max_defocus": "Å, mean defocus maximum",
+    "max_astigmatism": "Å, dfU - dfV maximum",
+    "max_total_motion": "Å, whole movie",
+    "max_early_motion": f"Å, first {EARLY_FRAMES} frames",
+}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -45,19 +61,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="TSV of the movies inspect rejected (cryosnake import --rejected), "
         "copied into rejected.tsv",
     )
-    parser.add_argument("--pixel-size", type=positive, required=True, help="Å per movie pixel")
-    parser.add_argument("--voltage", type=positive, required=True, help="kV")
-    parser.add_argument("--cs", type=float, required=True, help="mm")
-    parser.add_argument("--amplitude-contrast", type=float, required=True, help="fraction")
-    parser.add_argument("--max-resolution", type=float, default=0.0, help="Å: reject worse fits")
-    parser.add_argument("--min-figure-of-merit", type=float, default=0.0, help="CTF FOM minimum")
-    parser.add_argument("--min-defocus", type=float, default=0.0, help="Å, mean defocus minimum")
-    parser.add_argument("--max-defocus", type=float, default=0.0, help="Å, mean defocus maximum")
-    parser.add_argument("--max-astigmatism", type=float, default=0.0, help="Å, dfU - dfV maximum")
-    parser.add_argument("--max-total-motion", type=float, default=0.0, help="Å, whole movie")
-    parser.add_argument(
-        "--max-early-motion", type=float, default=0.0, help=f"Å, first {EARLY_FRAMES} frames"
-    )
+    add_acquisition_args(parser, pixel_help="Å per movie pixel")
+    for key, text in THRESHOLDS.items():
+        parser.add_argument(
+            f"--{key.replace('_', '-')}",
+            type=float,
+            default=SchemaDefault(f"curate.{key}"),
+            help=f"{text} (default %(default)s; 0: not applied)",
+        )
+    add_names_root_arg(parser)
 
 
 def _rejected_movies(path: str) -> pd.DataFrame:
@@ -72,14 +84,13 @@ def _rejected_movies(path: str) -> pd.DataFrame:
     )
 
 
-def _motion(path: str, pixel_size: float) -> dict[str, float | str]:
+def _motion(path: str, pixel_size: float) -> dict[str, float]:
     shifts = read_star_block(
         path, "global_shift", required=("rlnMicrographShiftX", "rlnMicrographShiftY")
     )
     xy = shifts[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(dtype=float)
     steps = np.linalg.norm(np.diff(xy, axis=0), axis=1) * pixel_size
     return {
-        "rlnMicrographMetadata": path,
         "rlnAccumMotionTotal": float(steps.sum()),
         "rlnAccumMotionEarly": float(steps[: EARLY_FRAMES - 1].sum()),
         "rlnAccumMotionLate": float(steps[EARLY_FRAMES - 1 :].sum()),
@@ -135,7 +146,9 @@ def _run(args: argparse.Namespace) -> int:
             raise CryosnakeError(f"{path}: no motion STAR named {stem}.star among --motion")
         row = ctf.to_dict()
         # The dose-weighted sum is the micrograph later stages use.
-        row["rlnMicrographName"] = str(Path(motions[stem]).with_suffix(".mrc"))
+        micrograph = Path(motions[stem]).with_suffix(".mrc")
+        row["rlnMicrographName"] = file_name(micrograph, args.names_root)
+        row["rlnMicrographMetadata"] = file_name(motions[stem], args.names_root)
         row.update(_motion(motions[stem], args.pixel_size))
         row["rlnOpticsGroup"] = 1
         rows.append(row)
@@ -187,5 +200,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("curate", __doc__, add_args, _run, argv)
+main = stage_main("curate", __doc__, add_args, _run)

@@ -16,9 +16,9 @@ up to an even, FFT-friendly size.
 
 Writes ``OUT_DIR/<micrograph stem>.mrcs`` (float32 stack, pixel size in the header) and
 ``OUT_DIR/<micrograph stem>.star`` (RELION 3.1: ``optics`` and ``particles`` blocks;
-``rlnImageName`` is ``000001@OUT_DIR/<stem>.mrcs`` with OUT_DIR as given, so run from
-the folder the names should be relative to). No particle is not an error: the stack
-then has 0 images and the ``particles`` block no row.
+``rlnImageName`` is ``000001@OUT_DIR/<stem>.mrcs`` and ``rlnMicrographName`` the
+micrograph, as given, or relative to ``--names-relative-to``). No particle is not an
+error: the stack then has 0 images and the ``particles`` block no row.
 
 Example::
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,14 @@ from cryosnake.backend import resolve_device, to_device, to_host
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import optics_table, read_mrc, read_star, read_star_block, write_mrc, write_star
 from cryosnake.ops.extract import BACKGROUND_FRACTION, default_box, extract_particles
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import (
+    add_device_arg,
+    add_header_check_arg,
+    add_names_root_arg,
+    file_name,
+    positive,
+    stage_main,
+)
 from cryosnake.stages._movie import check_pixel_size
 
 __all__ = ["add_args", "main"]
@@ -98,14 +104,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         type=positive,
         help="Å per micrograph px (default: the MRC header, else the CTF STAR)",
     )
-    parser.add_argument(
-        "--ignore-header-pixel-size",
-        action="store_true",
-        help="do not compare --pixel-size with the file header",
-    )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "gpu"), default="auto", help="where to compute"
-    )
+    add_header_check_arg(parser)
+    add_device_arg(parser)
+    add_names_root_arg(parser)
 
 
 def _coordinates(path: str) -> pd.DataFrame:
@@ -214,7 +215,7 @@ def _particles(
     table = pd.DataFrame(
         {
             "rlnImageName": [f"{i + 1:06d}@{stack_name}" for i in range(n)],
-            "rlnMicrographName": [args.micrograph] * n,
+            "rlnMicrographName": [file_name(args.micrograph, args.names_root)] * n,
             "rlnCoordinateX": rows["rlnCoordinateX"].to_numpy(dtype=np.float64),
             "rlnCoordinateY": rows["rlnCoordinateY"].to_numpy(dtype=np.float64),
             "rlnOriginXAngst": np.zeros(n),  # sub-pixel remainder applied to the image
@@ -266,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
         image_size=size,
         image_pixel_size=image_px,
     )
-    particles = _particles(coords, kept, ctf, args, str(stack_path))
+    particles = _particles(coords, kept, ctf, args, file_name(stack_path, args.names_root))
     write_mrc(stack_path, stack, image_px, kind="stack")
     write_star(star_path, {"optics": optics, "particles": particles})
     skipped = int((~kept).sum())
@@ -279,5 +280,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("extract", __doc__, add_args, _run, argv)
+main = stage_main("extract", __doc__, add_args, _run)

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from collections.abc import Sequence
 from pathlib import PurePath
 
 import pandas as pd
 
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path, optics_table, read_json, write_star
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import add_acquisition_args, stage_main
 
 __all__ = ["add_args", "main", "movie_names"]
 
@@ -62,12 +61,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rejected", help="TSV of the movies inspect rejected (movie, reason) to write"
     )
-    parser.add_argument("--pixel-size", type=positive, required=True, help="Å per pixel")
-    parser.add_argument("--voltage", type=positive, required=True, help="kV")
-    parser.add_argument("--cs", type=float, required=True, help="spherical aberration, mm")
-    parser.add_argument(
-        "--amplitude-contrast", type=float, required=True, help="amplitude contrast fraction"
-    )
+    add_acquisition_args(parser, pixel_help="Å per pixel")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -121,5 +115,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("import", __doc__, add_args, _run, argv)
+main = stage_main("import", __doc__, add_args, _run)

@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +48,14 @@ from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import initial3d as ai
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import matrix_to_euler
-from cryosnake.stages._common import point_group, positive, positive_int, run_stage
+from cryosnake.stages._common import SchemaDefault, positive, positive_int, stage_main
 from cryosnake.stages._particles import (
-    add_checkpoint_url_arg,
+    add_iterative_args,
+    add_particle_io_args,
+    add_symmetry_arg,
     ctf_table,
     load_checkpoint,
-    open_particles,
+    open_run,
     particle_diameter,
     read_images,
     save_checkpoint,
@@ -64,27 +65,23 @@ __all__ = ["add_args", "main"]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--particles", required=True, help="particles STAR (RELION 3.1)")
-    parser.add_argument("--out-dir", required=True, help="folder of the outputs")
-    parser.add_argument(
-        "--symmetry",
-        type=point_group,
-        default="C1",
-        help="point group: C1, C<n>, D<n>, T, O or I (C1)",
-    )
+    add_particle_io_args(parser, out_help="folder of the outputs")
+    add_symmetry_arg(parser)
     parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
     parser.add_argument(
-        "--resolution", type=positive, default=20.0, help="Å, final resolution (20)"
+        "--resolution",
+        type=positive,
+        default=SchemaDefault("initial3d.resolution"),
+        help="Å, final resolution (%(default)s)",
     )
-    parser.add_argument("--iterations", type=positive_int, default=40, help="mini-batches (40)")
-    parser.add_argument("--batch", type=positive_int, default=300, help="particles each (300)")
-    parser.add_argument("--step", type=positive, default=15.0, help="degrees, angular step (15)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or gpu")
     parser.add_argument(
-        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+        "--batch",
+        type=positive_int,
+        default=SchemaDefault("initial3d.batch"),
+        help="particles each (%(default)s)",
     )
-    add_checkpoint_url_arg(parser)
+    parser.add_argument("--step", type=positive, default=15.0, help="degrees, angular step (15)")
+    add_iterative_args(parser, "initial3d", iterations_help="mini-batches", seed_help="random seed")
 
 
 CHECKPOINT = "initial_model_checkpoint.npz"
@@ -165,9 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     symmetry = args.symmetry
     device = resolve_device(args.device)
-    star = Path(args.particles)
-    out = Path(args.out_dir)
-    pset = open_particles(star)
+    star, out, pset = open_run(args)
     optics, particles, values = pset.optics, pset.particles, pset.values
     pixel_size, box, groups = pset.pixel_size, pset.box, pset.groups
     n = len(particles)
@@ -242,5 +237,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("initial3d", __doc__, add_args, _run, argv)
+main = stage_main("initial3d", __doc__, add_args, _run)

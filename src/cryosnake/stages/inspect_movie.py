@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,14 @@ import numpy as np
 
 from cryosnake.errors import CryosnakeError, FileFormatError, MovieRejected
 from cryosnake.io import Movie, open_movie, save_figure, write_json
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import (
+    SchemaDefault,
+    add_header_check_arg,
+    add_names_root_arg,
+    file_name,
+    positive,
+    stage_main,
+)
 from cryosnake.stages._movie import (
     add_eer_arg,
     add_gain_args,
@@ -54,15 +61,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dose-tolerance",
         type=float,
-        default=0.25,
+        default=SchemaDefault("inspect.dose_tolerance"),
         help="relative mismatch allowed between the measured and the given "
-        "dose per frame (<= 0: do not check; default 0.25)",
+        "dose per frame (<= 0: do not check; default %(default)s)",
     )
-    parser.add_argument(
-        "--ignore-header-pixel-size",
-        action="store_true",
-        help="do not compare --pixel-size with the file header",
-    )
+    add_header_check_arg(parser)
     parser.add_argument(
         "--reject",
         action="store_true",
@@ -70,6 +73,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "or pixel size) is recorded as rejected in --out (with the reason, exit 0) "
         "instead of being an error; a problem of the gain reference stays an error",
     )
+    add_names_root_arg(parser)
 
 
 def _frames(movie: Movie, path: str) -> Iterator[np.ndarray]:
@@ -257,11 +261,15 @@ def _run(args: argparse.Namespace) -> int:
     except MovieRejected as err:
         if not args.reject:
             raise
-        write_json(args.out, {"movie": str(args.movie), "rejected": str(err)})
+        movie = file_name(args.movie, args.names_root)
+        write_json(args.out, {"movie": movie, "rejected": str(err)})
         if args.thumbnail:
             _rejection_thumbnail(args.thumbnail, args.movie, str(err))
         print(f"inspect: {args.movie}: REJECTED: {err}")
         return 0
+    report["movie"] = file_name(args.movie, args.names_root)
+    if args.gain:
+        report["gain"] = file_name(args.gain, args.names_root)
     write_json(args.out, report)
     if args.thumbnail:
         _thumbnail(
@@ -282,5 +290,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("inspect", __doc__, add_args, _run, argv)
+main = stage_main("inspect", __doc__, add_args, _run)

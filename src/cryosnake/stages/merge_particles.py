@@ -4,8 +4,8 @@ Concatenates the ``particles`` blocks of the STAR files that ``cryosnake extract
 writes, in the order given, under one ``optics`` block (RELION 3.1 layout). Every
 input must have the same optics (pixel sizes, box size, voltage, Cs, amplitude
 contrast); a difference is an error that names the file and the label. Nothing is
-renumbered: ``rlnImageName`` keeps pointing at the per-micrograph stacks, relative to
-the folder that extract ran from (run merge-particles from the same folder).
+renumbered: ``rlnImageName`` keeps pointing at the per-micrograph stacks, by the
+names extract wrote (relative to its ``--names-relative-to`` folder).
 
 With ``--selected`` (``micrographs_selected.star`` from ``cryosnake curate``), only
 particles of the micrographs listed there are kept; micrographs are matched by the
@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import read_star, read_star_block, write_star
-from cryosnake.stages._common import run_stage
+from cryosnake.stages._common import stage_main
 
 __all__ = ["add_args", "main"]
 
@@ -162,5 +161,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("merge-particles", __doc__, add_args, _run, argv)
+main = stage_main("merge-particles", __doc__, add_args, _run)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,15 @@ from cryosnake.ops.defects import fill_defects, find_defects, sum_frames
 from cryosnake.ops.dose import frame_exposures
 from cryosnake.ops.fourier import fourier_crop
 from cryosnake.ops.motion import corrected_sums, measure_motion
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import (
+    SchemaDefault,
+    add_device_arg,
+    add_header_check_arg,
+    add_names_root_arg,
+    file_name,
+    positive,
+    stage_main,
+)
 from cryosnake.stages._movie import add_eer_arg, add_gain_args, check_header_pixel_size, load_gain
 
 __all__ = ["add_args", "main", "patch_grid"]
@@ -66,46 +73,44 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-size", type=positive, required=True, help="Å per movie pixel")
     parser.add_argument("--dose-per-frame", type=positive, required=True, help="e/Å² per frame")
     parser.add_argument(
-        "--pre-exposure", type=float, default=0.0, help="e/Å² before the first frame (0)"
+        "--pre-exposure",
+        type=float,
+        default=SchemaDefault("motioncor.pre_exposure"),
+        help="e/Å² before the first frame (%(default)s)",
     )
     add_gain_args(parser, auto=True)
     add_eer_arg(parser)
     parser.add_argument(
         "--patches",
         type=patch_grid,
-        default=(5, 5),
+        default=SchemaDefault("motioncor.patches"),
         metavar="COLSxROWS",
-        help="patch grid of the local motion model (default 5x5; 1x1: global only)",
+        help="patch grid of the local motion model (default %(default)s; 1x1: global only)",
     )
     parser.add_argument(
         "--bin",
         type=int,
-        default=1,
+        default=SchemaDefault("motioncor.bin"),
         choices=(1, 2, 3, 4),
-        help="Fourier binning of the frames (2 for super-resolution movies)",
+        help="Fourier binning of the frames (2 for super-resolution movies; %(default)s)",
     )
     parser.add_argument(
         "--bfactor-global",
         type=float,
-        default=500.0,
-        help="B-factor (Å²) of the coarse whole-frame alignment at 4 Å (default 500)",
+        default=SchemaDefault("motioncor.bfactor_global"),
+        help="B-factor (Å²) of the coarse whole-frame alignment at 4 Å (default %(default)s)",
     )
     parser.add_argument(
         "--bfactor",
         type=float,
-        default=150.0,
+        default=SchemaDefault("motioncor.bfactor"),
         help="B-factor (Å²) of the patch alignment at 2 Å, which also refines the "
-        "whole-frame shifts (default 150)",
+        "whole-frame shifts (default %(default)s)",
     )
-    parser.add_argument(
-        "--ignore-header-pixel-size",
-        action="store_true",
-        help="do not compare --pixel-size with the file header",
-    )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "gpu"), default="auto", help="where to compute"
-    )
+    add_header_check_arg(parser)
+    add_device_arg(parser)
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    add_names_root_arg(parser)
 
 
 def _load_frames(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
@@ -223,7 +228,7 @@ def _run(args: argparse.Namespace) -> int:
                 "rlnImageSizeX": nx * args.bin,
                 "rlnImageSizeY": ny * args.bin,
                 "rlnImageSizeZ": n,
-                "rlnMicrographMovieName": args.movie,
+                "rlnMicrographMovieName": file_name(args.movie, args.names_root),
                 "rlnMicrographBinning": float(args.bin),
                 "rlnMicrographOriginalPixelSize": args.pixel_size,
                 "rlnMicrographDoseRate": args.dose_per_frame,
@@ -289,5 +294,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("motioncor", __doc__, add_args, _run, argv)
+main = stage_main("motioncor", __doc__, add_args, _run)

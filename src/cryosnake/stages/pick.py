@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,7 @@ from cryosnake.backend import resolve_device, to_device
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import read_mrc, read_mrc_header, read_star, save_figure, write_star
 from cryosnake.ops.pick import MicrographCtf, Picks, pick_blobs, pick_templates
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import add_device_arg, positive, stage_main
 from cryosnake.stages._movie import PIXEL_SIZE_TOLERANCE, check_pixel_size
 
 __all__ = ["LABELS", "add_args", "main", "read_ctf"]
@@ -98,9 +97,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="figure of merit a pick must exceed (default: automatic, from the noise)",
     )
     parser.add_argument("--plot", help="PNG of the picks to write")
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "gpu"), default="auto", help="where to compute"
-    )
+    add_device_arg(parser)
     parser.add_argument(
         "--ignore-header-pixel-size",
         action="store_true",
@@ -316,5 +313,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("pick", __doc__, add_args, _run, argv)
+main = stage_main("pick", __doc__, add_args, _run)

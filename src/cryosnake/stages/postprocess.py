@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ import pandas as pd
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import read_mrc, save_figure, write_mrc, write_star
 from cryosnake.ops import postprocess as pp
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import positive, stage_main
 
 __all__ = ["add_args", "main"]
 
@@ -231,5 +230,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("postprocess", __doc__, add_args, _run, argv)
+main = stage_main("postprocess", __doc__, add_args, _run)

@@ -49,7 +49,6 @@ import argparse
 import hashlib
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +62,16 @@ from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import read_mrc, save_figure, write_mrc, write_star
 from cryosnake.ops import postprocess as pp
 from cryosnake.ops import refine3d as r3
-from cryosnake.ops.reconstruct import shell_resolution
+from cryosnake.ops.fsc import shell_resolution
 from cryosnake.ops.rotation import matrix_to_euler
-from cryosnake.stages._common import point_group, positive, positive_int, run_stage
+from cryosnake.stages._common import SchemaDefault, positive, stage_main
 from cryosnake.stages._particles import (
-    add_checkpoint_url_arg,
+    add_iterative_args,
+    add_particle_io_args,
+    add_symmetry_arg,
     ctf_table,
     load_checkpoint,
-    open_particles,
+    open_run,
     particle_diameter,
     read_images,
     save_checkpoint,
@@ -83,27 +84,22 @@ CHECKPOINT_VERSION = 1
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--particles", required=True, help="particles STAR (RELION 3.1)")
+    add_particle_io_args(parser, out_help="folder of the outputs")
     parser.add_argument("--reference", required=True, help="reference map (MRC)")
-    parser.add_argument("--out-dir", required=True, help="folder of the outputs")
     parser.add_argument(
-        "--initial-lowpass", type=positive, default=30.0, help="Å, low-pass of the reference (30)"
+        "--initial-lowpass",
+        type=positive,
+        default=SchemaDefault("refine3d.initial_lowpass"),
+        help="Å, low-pass of the reference (%(default)s)",
     )
-    parser.add_argument(
-        "--symmetry",
-        type=point_group,
-        default="C1",
-        help="point group: C1, C<n>, D<n>, T, O or I (C1)",
-    )
+    add_symmetry_arg(parser)
     parser.add_argument("--diameter", type=positive, default=None, help="Å, mask diameter")
     parser.add_argument(
         "--max-shift", type=positive, default=None, help="Å, global shift search (10 %% of it)"
     )
-    parser.add_argument("--iterations", type=positive_int, default=12, help="at most (12)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the half split (0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or gpu")
-    parser.add_argument("--no-resume", action="store_true", help="ignore a checkpoint")
-    add_checkpoint_url_arg(parser)
+    add_iterative_args(
+        parser, "refine3d", iterations_help="at most", seed_help="seed of the half split"
+    )
 
 
 def _reference(path: str, box: int, pixel_size: float) -> np.ndarray:
@@ -229,9 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     symmetry = args.symmetry
     device = resolve_device(args.device)
-    star = Path(args.particles)
-    out = Path(args.out_dir)
-    pset = open_particles(star)
+    star, out, pset = open_run(args)
     optics, particles, values = pset.optics, pset.particles, pset.values
     pixel_size, box, groups = pset.pixel_size, pset.box, pset.groups
     diameter = particle_diameter(args.diameter, box, pixel_size)
@@ -358,5 +352,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("refine3d", __doc__, add_args, _run, argv)
+main = stage_main("refine3d", __doc__, add_args, _run)

@@ -25,12 +25,11 @@ import datetime
 import html
 import importlib.metadata
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
 from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path, read_star
-from cryosnake.stages._common import positive_int, run_stage
+from cryosnake.stages._common import positive_int, stage_main
 
 __all__ = ["add_args", "main"]
 
@@ -236,5 +235,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("report", __doc__, add_args, _run, argv)
+main = stage_main("report", __doc__, add_args, _run)

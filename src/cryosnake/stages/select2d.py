@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +62,7 @@ import pandas as pd
 
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import read_mrc, read_star, read_star_block, save_figure, write_star
-from cryosnake.stages._common import run_stage
+from cryosnake.stages._common import add_names_root_arg, resolve_name, stage_main
 
 __all__ = ["DEFAULT_MIN_SCORE", "add_args", "main"]
 
@@ -106,15 +105,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help=f"automatic selection: classes scoring at least this ({DEFAULT_MIN_SCORE})",
     )
     parser.add_argument("--plot", default=None, help="PNG of the classes and their scores")
+    add_names_root_arg(parser)
 
 
-def _class_images(model: pd.DataFrame, model_path: Path) -> list[np.ndarray | None]:
-    """The class averages named by rlnReferenceImage (None where unreadable)."""
+def _class_images(
+    model: pd.DataFrame, model_path: Path, root: str | None
+) -> list[np.ndarray | None]:
+    """The class averages named by rlnReferenceImage, relative to ``root`` or else in
+    the model's folder (None where unreadable)."""
     images: list[np.ndarray | None] = []
     stacks: dict[str, np.ndarray] = {}
     for name in model["rlnReferenceImage"]:
         index, _, path = str(name).partition("@")
-        p = Path(path)
+        p = resolve_name(path, root, model_path)
         if not p.is_file() and (model_path.parent / p.name).is_file():
             p = model_path.parent / p.name
         try:
@@ -214,7 +217,9 @@ def _run(args: argparse.Namespace) -> int:
     out_blocks["particles"] = particles[keep].reset_index(drop=True)
     write_star(args.out, out_blocks)
     if args.plot:
-        _plot(args.plot, model, _class_images(model, model_path), selected, threshold)
+        _plot(
+            args.plot, model, _class_images(model, model_path, args.names_root), selected, threshold
+        )
     chosen = [str(i + 1) for i in np.nonzero(selected)[0]]
     print(
         f"select2d: {how}: {len(chosen)} of {k} classes ({','.join(chosen) or 'none'}), "
@@ -223,5 +228,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("select2d", __doc__, add_args, _run, argv)
+main = stage_main("select2d", __doc__, add_args, _run)

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
 
 from cryosnake.errors import ConfigError
 from cryosnake.simulate import PRESETS, make_params, simulate_dataset
-from cryosnake.stages._common import positive, run_stage
+from cryosnake.stages._common import positive, stage_main
 
 __all__ = ["add_args", "main"]
 
@@ -104,5 +103,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("simulate", __doc__, add_args, _run, argv)
+main = stage_main("simulate", __doc__, add_args, _run)

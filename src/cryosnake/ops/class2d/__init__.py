@@ -14,9 +14,10 @@ Modules:
   the working box and Fourier transforms (:func:`prepare_particles`,
   :func:`prepare_spectra`, :func:`resize_images`, :func:`soft_circle`,
   :data:`MASK_EDGE`), re-centring of class averages; the mask and contrast conventions.
-- :mod:`~cryosnake.ops.class2d.project`: the 2D projector on a 2x padded Fourier grid:
-  the rotation and translation tables of an iteration, projection, back-projection,
-  gridding correction and reconstruction of class images; the pose conventions.
+- :mod:`~cryosnake.ops.class2d.project`: the frequencies and the rotation and
+  translation tables of an iteration, the pose conventions (the 2D projector itself,
+  padded grid, back-projection, gridding and reconstruction, is
+  :mod:`cryosnake.ops.fourier_slice.image`).
 - :mod:`~cryosnake.ops.class2d.estep`: one pass over the particles: the E-step
   posteriors (significant weights only) and the M-step sums.
 - :mod:`~cryosnake.ops.class2d.engine`: the EM iterations and their state:

@@ -16,7 +16,7 @@ expectation-maximisation:
 - **M-step**: each class is the Wiener-filter-like average
   ``A = sum P C X e^{+2 pi i f.t} / sigma2 / (sum P C^2 / sigma2 + 1 / (T tau2))``,
   accumulated per rotation and inserted, rotated back, into a 2x padded Fourier grid
-  with linear interpolation (RELION's back-projector, :mod:`cryosnake.ops.class2d.project`;
+  with linear interpolation (RELION's back-projector, :mod:`cryosnake.ops.fourier_slice.image`;
   ``T`` = ``tau2_fudge``, ``tau2`` the class's power spectrum, i.e. the signal part of
   the SNR), gridding-corrected, centred on its centre of mass and masked with a soft
   circle of ``mask_diameter``. The noise spectrum is the posterior-expected residual
@@ -51,15 +51,14 @@ from cryosnake.ops.class2d.common import (
 from cryosnake.ops.class2d.data import Class2DSettings, ParticleData
 from cryosnake.ops.class2d.estep import _pass, _Sums
 from cryosnake.ops.class2d.images import _centre, soft_circle
-from cryosnake.ops.class2d.project import (
+from cryosnake.ops.class2d.project import _Geometry, _geometry
+from cryosnake.ops.fourier_slice import (
     PAD,
-    _backproject,
-    _Geometry,
-    _geometry,
-    _padded_shells,
-    _padded_spectra,
-    _project,
-    _reconstruct,
+    backproject_images,
+    pad_image_spectra,
+    padded_image_shells,
+    project_images,
+    reconstruct_images,
 )
 
 __all__ = [
@@ -141,8 +140,8 @@ def _maximise(
     den = sums.den * (0.5 * geom.weight)[None].astype(xp.float64)
     num = num.reshape(k_cls, n_rot, n_f)
     den = den.reshape(k_cls, n_rot, n_f)
-    pnum, pweight = _backproject(num, den, geom, box)
-    unmasked = _reconstruct(pnum, pweight, inv_tau2, box)
+    pnum, pweight = backproject_images(num, den, geom.cells)
+    unmasked = reconstruct_images(pnum, pweight, inv_tau2, box)
     mask = soft_circle(box, settings.mask_diameter, settings.mask_edge, xp)
     unmasked = _centre(unmasked, mask, settings.mask_diameter / 4.0)
     return unmasked * mask, unmasked, pweight
@@ -162,7 +161,7 @@ def _spectrum(images: Any) -> Any:
 def _ssnr(pweight: Any, tau2: Any, box: int) -> Any:
     """(K, b//2+1) spectral SNR: tau2 x shell mean of the padded-grid data weight."""
     xp = get_array_module(pweight)
-    shells = _padded_shells(box, xp)
+    shells = padded_image_shells(box, PAD, xp)
     mean_w = _shell_average(pweight, shells, box // 2 + 1) * (PAD * PAD)
     return mean_w * tau2
 
@@ -244,7 +243,7 @@ def em_iteration(
     box, n = data.box, data.n
     k_cls, n_rot = settings.n_classes, settings.n_rotations
     geom = _geometry(box, state.r_max, settings, data.pixel_size, xp)
-    refs = _project(_padded_spectra(state.classes), geom).reshape(k_cls, n_rot, -1)
+    refs = project_images(pad_image_spectra(state.classes), geom.cells).reshape(k_cls, n_rot, -1)
     log_t = -0.5 * _host(geom.t2).astype(np.float64) / state.sigma_offset**2
     log_t -= np.log(np.exp(log_t - log_t.max()).sum()) + log_t.max()
     log_class = np.log(np.maximum(state.fractions, 1e-12)) - math.log(n_rot)
@@ -360,10 +359,10 @@ def subset_averages(
     n_f = int(geom.flat.shape[0])
     num = ((sums.num[:, :n_f] + 1j * sums.num[:, n_f:]) * 0.5).reshape(parts * k_cls, -1, n_f)
     den = (sums.den * (0.5 * geom.weight)[None].astype(xp.float64)).reshape(parts * k_cls, -1, n_f)
-    pnum, pweight = _backproject(num, den, geom, box)
+    pnum, pweight = backproject_images(num, den, geom.cells)
     inv_tau2 = 1.0 / (settings.tau2_fudge * np.maximum(np.repeat(state.tau2, parts, axis=0), 1e-30))
     inv_tau2[:, state.tau2_shells + 1 :] = 0.0
-    images = _reconstruct(pnum, pweight, xp.asarray(inv_tau2), box)
+    images = reconstruct_images(pnum, pweight, xp.asarray(inv_tau2), box)
     return images.reshape(k_cls, parts, box, box)
 
 

@@ -1,4 +1,4 @@
-"""3D Fourier projector, back-projector, reconstruction and FSC (ops.reconstruct)."""
+"""3D Fourier projector, back-projector, reconstruction (ops.fourier_slice) and FSC (ops.fsc)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from cryosnake.backend import gpu_available
-from cryosnake.ops import reconstruct as rc
+from cryosnake.ops import fourier_slice as fs
 from cryosnake.ops.ctf import ctf_2d
 from cryosnake.ops.fourier import shift_image
+from cryosnake.ops.fsc import fsc, fsc_at_resolution, shell_frequencies, shell_resolution
 from cryosnake.ops.project import project_volume
 from cryosnake.ops.rotation import euler_to_matrix, random_rotations
 from cryosnake.simulate import phantom_atoms, render_volume
@@ -96,11 +97,11 @@ def radius_map(n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("pad", [2, 3])
 def test_projection_matches_real_space_projection(phantom_volume: np.ndarray, pad: int) -> None:
-    spec = rc.pad_volume_spectrum(phantom_volume, pad=pad)
+    spec = fs.pad_volume_spectrum(phantom_volume, pad=pad)
     assert spec.shape == (pad * BOX, pad * BOX, pad * BOX // 2 + 1)
     assert spec.dtype == np.complex64
     mats = random_rotations(6, np.random.default_rng(11))
-    proj = rc.project(spec, mats, BOX, batch=4)
+    proj = fs.project(spec, mats, BOX, batch=4)
     assert proj.shape == (6, BOX, BOX // 2 + 1) and proj.dtype == np.complex64
     for a, p in zip(mats, proj, strict=True):
         ref = spectra_of(project_volume(phantom_volume, a))
@@ -111,7 +112,7 @@ def test_projection_matches_real_space_projection(phantom_volume: np.ndarray, pa
     # The comparison tells the convention apart: the inverse rotation does not match.
     a = euler_to_matrix(-40.0, 100.0, 60.0)
     truth = image_of(lowpass(spectra_of(project_volume(phantom_volume, a)), BOX, 2 / 3), BOX)
-    wrong = image_of(lowpass(rc.project(spec, a.T, BOX)[0], BOX, 2 / 3), BOX)
+    wrong = image_of(lowpass(fs.project(spec, a.T, BOX)[0], BOX, 2 / 3), BOX)
     assert ncc(wrong, truth) < 0.9
     # The DC term is the integral of the volume (no scale factor), up to the gridding
     # pre-correction, which overweights the outer density at the grid points.
@@ -124,7 +125,7 @@ def test_projection_matches_exact_projections(pad: int, tolerance: float) -> Non
     blobs = Blobs(N, 24, seed=0)
     mats = random_rotations(20, np.random.default_rng(3))
     exact = spectra_of(blobs.images(mats))
-    proj = rc.project(rc.pad_volume_spectrum(blobs.volume(), pad=pad), mats, N, batch=7)
+    proj = fs.project(fs.pad_volume_spectrum(blobs.volume(), pad=pad), mats, N, batch=7)
     inside = np.rint(radius_map(N)) <= 0.8 * N / 2
     error = np.linalg.norm((proj - exact)[:, inside]) / np.linalg.norm(exact[:, inside])
     assert error < tolerance
@@ -135,35 +136,35 @@ def test_projection_matches_exact_projections(pad: int, tolerance: float) -> Non
 
 def test_projection_is_the_spectrum_of_a_real_image(phantom_volume: np.ndarray) -> None:
     """Friedel mates on the kx = 0 column agree: irfft2 then rfft2 changes nothing."""
-    spec = rc.pad_volume_spectrum(phantom_volume)
-    proj = rc.project(spec, random_rotations(3, np.random.default_rng(2)), BOX)
+    spec = fs.pad_volume_spectrum(phantom_volume)
+    proj = fs.project(spec, random_rotations(3, np.random.default_rng(2)), BOX)
     back = np.fft.rfft2(np.fft.irfft2(proj, s=(BOX, BOX)))
     np.testing.assert_allclose(back, proj, atol=1e-4 * np.abs(proj).max())
 
 
 def test_projection_band_limit(phantom_volume: np.ndarray) -> None:
-    spec = rc.pad_volume_spectrum(phantom_volume)
+    spec = fs.pad_volume_spectrum(phantom_volume)
     mats = random_rotations(2, np.random.default_rng(3))
-    full = rc.project(spec, mats, BOX)
-    low = rc.project(spec, mats, BOX, r_max=7)
+    full = fs.project(spec, mats, BOX)
+    low = fs.project(spec, mats, BOX, r_max=7)
     shell = np.rint(radius_map(BOX))
     assert np.all(low[:, shell > 7] == 0)
     np.testing.assert_array_equal(low[:, shell <= 7], full[:, shell <= 7])
     # The Nyquist row and column are never filled.
     assert np.all(full[:, BOX // 2, :] == 0) and np.all(full[:, :, BOX // 2] == 0)
     with pytest.raises(ValueError, match="r_max"):
-        rc.project(spec, mats, BOX, r_max=BOX // 2 + 1)
+        fs.project(spec, mats, BOX, r_max=BOX // 2 + 1)
 
 
 def test_projection_with_shift_is_the_shifted_projection() -> None:
     n = 32
     blobs = Blobs(n, 1, seed=4)
     blobs.centres[:] = [[1.5, -1.0, 2.0]]  # near the centre: little gridding bias
-    spec = rc.pad_volume_spectrum(blobs.volume())
+    spec = fs.pad_volume_spectrum(blobs.volume())
     a = euler_to_matrix(40.0, 70.0, -25.0)
-    plain = image_of(rc.project(spec, a, n)[0], n)
+    plain = image_of(fs.project(spec, a, n)[0], n)
     for shift in ((3.0, -5.0), (1.3, 2.6)):
-        moved = image_of(rc.project(spec, a, n, shifts=[shift])[0], n)
+        moved = image_of(fs.project(spec, a, n, shifts=[shift])[0], n)
         # image(r) = projection(r - t); shift_image takes (dy, dx).
         np.testing.assert_allclose(
             moved, shift_image(plain, (shift[1], shift[0])), atol=1e-5 * plain.max()
@@ -174,8 +175,8 @@ def test_projection_with_shift_is_the_shifted_projection() -> None:
         expected = (a @ blobs.centres[0])[:2] + np.asarray(shift)
         np.testing.assert_allclose(centroid, expected, atol=0.05)
     np.testing.assert_array_equal(
-        image_of(rc.project(spec, a, n, shifts=[(3.0, -5.0)])[0], n),
-        image_of(rc.project(spec, a, n, shifts=np.array([[3.0, -5.0]]))[0], n),
+        image_of(fs.project(spec, a, n, shifts=[(3.0, -5.0)])[0], n),
+        image_of(fs.project(spec, a, n, shifts=np.array([[3.0, -5.0]]))[0], n),
     )
 
 
@@ -198,19 +199,19 @@ def blob_data() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def plain_backprojector(blob_data: dict[str, np.ndarray]) -> rc.BackProjector:
-    bp = rc.BackProjector.zeros(N)
+def plain_backprojector(blob_data: dict[str, np.ndarray]) -> fs.BackProjector:
+    bp = fs.BackProjector.zeros(N)
     bp.insert(blob_data["spectra"], blob_data["matrices"], batch=500)
     return bp
 
 
 def test_reconstruction_from_noiseless_projections(
-    blob_data: dict[str, np.ndarray], plain_backprojector: rc.BackProjector
+    blob_data: dict[str, np.ndarray], plain_backprojector: fs.BackProjector
 ) -> None:
     truth = blob_data["volume"]
     volume = plain_backprojector.reconstruct(1e-6)
     assert volume.shape == (N, N, N) and volume.dtype == np.float32
-    curve = rc.fsc(volume, truth)
+    curve = fsc(volume, truth)
     assert np.all(curve[: int(0.8 * N / 2) + 1] > 0.95), np.round(curve, 3)
     assert ncc(volume, truth) > 0.98
     # Not only correlated: the right values (scale and offset).
@@ -223,24 +224,24 @@ def test_reconstruction_with_ctf_and_shifts(blob_data: dict[str, np.ndarray]) ->
     defocus = rng.uniform(8000.0, 25000.0, VIEWS)
     ctf = np.stack([ctf_2d((N, N), 3.0, d, d - 300.0, 30.0) for d in defocus])
     data = ctf * blob_data["shifted"]
-    bp = rc.BackProjector.zeros(N)
+    bp = fs.BackProjector.zeros(N)
     bp.insert(ctf * data, blob_data["matrices"], ctf**2, shifts=blob_data["shifts"], batch=700)
     volume = bp.reconstruct(1e-3)
-    curve = rc.fsc(volume, blob_data["volume"])
+    curve = fsc(volume, blob_data["volume"])
     assert np.all(curve[: int(0.7 * N / 2) + 1] > 0.9), np.round(curve, 3)
     assert ncc(volume, blob_data["volume"]) > 0.98
     # Without undoing the shifts the map is blurred: the test can tell.
-    wrong = rc.BackProjector.zeros(N)
+    wrong = fs.BackProjector.zeros(N)
     wrong.insert(ctf * data, blob_data["matrices"], ctf**2)
-    assert rc.fsc(wrong.reconstruct(1e-3), blob_data["volume"])[8] < 0.5
+    assert fsc(wrong.reconstruct(1e-3), blob_data["volume"])[8] < 0.5
 
 
 def test_insertion_accumulates_and_is_batch_invariant(blob_data: dict[str, np.ndarray]) -> None:
     spectra, mats = blob_data["spectra"][:40], blob_data["matrices"][:40]
     weights = np.abs(np.cos(radius_map(N)))  # one (n, n//2+1) weight for all images
-    once = rc.BackProjector.zeros(N)
+    once = fs.BackProjector.zeros(N)
     once.insert(spectra * weights, mats, weights, batch=64)
-    twice = rc.BackProjector.zeros(N)
+    twice = fs.BackProjector.zeros(N)
     twice.insert(spectra[:15] * weights, mats[:15], weights, batch=4)
     twice.insert(spectra[15:] * weights, mats[15:], np.broadcast_to(weights, (25, N, N // 2 + 1)))
     np.testing.assert_allclose(
@@ -254,7 +255,7 @@ def test_total_inserted_weight_is_the_number_of_plane_points() -> None:
     trilinear splat sums to 1, and the kx = 0 column is not counted twice."""
     n = 16
     mats = random_rotations(5, np.random.default_rng(6))
-    bp = rc.BackProjector.zeros(n)
+    bp = fs.BackProjector.zeros(n)
     bp.insert(np.zeros((5, n, n // 2 + 1), dtype=np.complex64), mats, r_max=5)
     k = np.fft.fftfreq(n) * n
     ky, kx = np.meshgrid(k, k, indexing="ij")
@@ -309,7 +310,7 @@ def test_reconstruction_matches_a_full_grid_reference(pad: int) -> None:
     params = [(4.0, 9000.0 + 3000.0 * i, 8000.0, 20.0 * i) for i in range(m)]
     ctf = np.stack([ctf_2d((n, n), *p) for p in params])
     ctf_full = np.stack([ctf_2d((n, n), *p, rfft=False) for p in params])
-    volume = rc.BackProjector.zeros(n, pad=pad)
+    volume = fs.BackProjector.zeros(n, pad=pad)
     volume.insert(ctf * np.fft.rfft2(images), mats, ctf**2, batch=2)
     ours = volume.reconstruct(0.05)
     expected = reference_reconstruction(
@@ -318,7 +319,7 @@ def test_reconstruction_matches_a_full_grid_reference(pad: int) -> None:
     np.testing.assert_allclose(ours, expected, atol=1e-5 * np.abs(expected).max())
 
 
-def test_regulariser_per_shell(plain_backprojector: rc.BackProjector) -> None:
+def test_regulariser_per_shell(plain_backprojector: fs.BackProjector) -> None:
     reg = np.full(N // 2 + 1, 1e-6)
     reg[9:] = 1e9  # no signal beyond shell 8: those shells go to zero
     volume = plain_backprojector.reconstruct(reg)
@@ -329,7 +330,7 @@ def test_regulariser_per_shell(plain_backprojector: rc.BackProjector) -> None:
     )
     assert power[shells >= 11].sum() < 1e-3 * power[shells <= 6].sum()
     reference = plain_backprojector.reconstruct(1e-6)
-    assert rc.fsc(volume, reference)[:7].min() > 0.99
+    assert fsc(volume, reference)[:7].min() > 0.99
     # The regulariser is per voxel of the n grid: uniform views put a data weight of
     # about m / (2 s) on an n-grid voxel of shell s (m central sections of area 2 pi s ds
     # in a shell of volume 4 pi s^2 ds), so regularising with that weight halves every
@@ -353,11 +354,11 @@ def test_regulariser_per_shell(plain_backprojector: rc.BackProjector) -> None:
 def test_fsc_of_a_volume_with_itself_and_with_noise() -> None:
     rng = np.random.default_rng(7)
     vol = Blobs(N, 10, seed=8).volume() + 0.01 * rng.standard_normal((N, N, N))
-    curve = rc.fsc(vol, vol)
+    curve = fsc(vol, vol)
     assert curve.shape == (N // 2 + 1,)
     np.testing.assert_allclose(curve, 1.0, atol=1e-9)
-    np.testing.assert_allclose(rc.fsc(vol, -3.0 * vol), -1.0, atol=1e-9)
-    noise = rc.fsc(rng.standard_normal((N, N, N)), rng.standard_normal((N, N, N)))
+    np.testing.assert_allclose(fsc(vol, -3.0 * vol), -1.0, atol=1e-9)
+    noise = fsc(rng.standard_normal((N, N, N)), rng.standard_normal((N, N, N)))
     assert abs(noise[5:].mean()) < 0.1
     assert np.all(np.abs(noise[5:]) < 0.25)
 
@@ -375,12 +376,12 @@ def test_fsc_matches_a_full_spectrum_computation() -> None:
         sel = shells == s
         num = (fa[sel] * np.conj(fb[sel])).real.sum()
         expected.append(num / np.sqrt((np.abs(fa[sel]) ** 2).sum() * (np.abs(fb[sel]) ** 2).sum()))
-    np.testing.assert_allclose(rc.fsc(a, b), expected, atol=1e-12)
+    np.testing.assert_allclose(fsc(a, b), expected, atol=1e-12)
 
 
 def test_shell_resolution_and_frequencies() -> None:
     n, px = 64, 1.5
-    freqs = rc.shell_frequencies(n, px)
+    freqs = shell_frequencies(n, px)
     assert len(freqs) == n // 2 + 1
     assert freqs[0] == 0 and freqs[-1] == pytest.approx(1 / (2 * px))
     curve = np.ones(n // 2 + 1)
@@ -388,32 +389,32 @@ def test_shell_resolution_and_frequencies() -> None:
     curve[16:] = 0.0
     # 0.143 is crossed between shell 14 (0.2) and 15 (0.0), at 14 + 0.057 / 0.2.
     shell = 14 + (0.2 - 0.143) / 0.2
-    assert rc.shell_resolution(curve, px) == pytest.approx(n * px / shell)
-    assert rc.shell_resolution(curve, px, threshold=0.5) == pytest.approx(n * px / 12.5)
-    assert 1.0 / rc.shell_resolution(curve, px) == pytest.approx(
+    assert shell_resolution(curve, px) == pytest.approx(n * px / shell)
+    assert shell_resolution(curve, px, threshold=0.5) == pytest.approx(n * px / 12.5)
+    assert 1.0 / shell_resolution(curve, px) == pytest.approx(
         np.interp(shell, np.arange(n // 2 + 1), freqs)
     )
     dip = curve.copy()
     dip[1] = 0.0  # shell 1 is not searched
-    assert rc.shell_resolution(dip, px) == pytest.approx(n * px / shell)
-    assert rc.shell_resolution(np.ones(n // 2 + 1), px) == pytest.approx(2 * px)
+    assert shell_resolution(dip, px) == pytest.approx(n * px / shell)
+    assert shell_resolution(np.ones(n // 2 + 1), px) == pytest.approx(2 * px)
 
 
 def test_fsc_at_resolution_reads_the_curve_where_shell_resolution_does() -> None:
     px, n = 2.0, 64
     shells = np.arange(n // 2 + 1)
     curve = 1.0 / (1.0 + (shells / 12.0) ** 4)  # smooth and falling; 0.5 at shell 12
-    assert rc.fsc_at_resolution(curve, px, n * px / 12.0) == pytest.approx(0.5)
+    assert fsc_at_resolution(curve, px, n * px / 12.0) == pytest.approx(0.5)
     # Between shells: linear; the inverse of shell_resolution's reading.
-    assert rc.fsc_at_resolution(curve, px, n * px / 12.5) == pytest.approx(
+    assert fsc_at_resolution(curve, px, n * px / 12.5) == pytest.approx(
         0.5 * (curve[12] + curve[13])
     )
     for threshold in (0.9, 0.5, 0.143):
-        at = rc.shell_resolution(curve, px, threshold)
-        assert rc.fsc_at_resolution(curve, px, at) == pytest.approx(threshold, abs=1e-9)
-    assert rc.fsc_at_resolution(curve, px, 2 * px) == pytest.approx(curve[-1])
+        at = shell_resolution(curve, px, threshold)
+        assert fsc_at_resolution(curve, px, at) == pytest.approx(threshold, abs=1e-9)
+    assert fsc_at_resolution(curve, px, 2 * px) == pytest.approx(curve[-1])
     with pytest.raises(ValueError, match="outside the curve"):
-        rc.fsc_at_resolution(curve, px, 1.5 * px)
+        fsc_at_resolution(curve, px, 1.5 * px)
 
 
 def _plane_points(n: int, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -427,18 +428,18 @@ def _plane_points(n: int, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 @pytest.mark.parametrize("r_max", [5, 13, BOX // 2])
 def test_projector_cube_samples_what_project_reads(phantom_volume: np.ndarray, r_max: int) -> None:
-    spec = rc.pad_volume_spectrum(phantom_volume)
+    spec = fs.pad_volume_spectrum(phantom_volume)
     mats = random_rotations(40, np.random.default_rng(3))
-    reference = np.asarray(rc.project(spec, mats, BOX, r_max)).reshape(40, -1)
+    reference = np.asarray(fs.project(spec, mats, BOX, r_max)).reshape(40, -1)
     flat, kx, ky = _plane_points(BOX, r_max)
-    projector = rc.Projector.from_spectrum(spec, BOX, r_max)
+    projector = fs.Projector.from_spectrum(spec, BOX, r_max)
     for batch in (7, 128):
         got = projector.sample(mats, kx, ky, batch=batch)
         assert got.shape == (40, len(flat)) and got.dtype == np.complex64
         scale = float(np.abs(reference).max())
         np.testing.assert_allclose(got, reference[:, flat], atol=2e-5 * scale)
     # Built from the volume directly: the same cube; a smaller cube below r_max.
-    again = rc.Projector.from_volume(phantom_volume, r_max)
+    again = fs.Projector.from_volume(phantom_volume, r_max)
     np.testing.assert_array_equal(again.cube, projector.cube)
     if r_max < BOX // 2:
         assert projector.cube.size < spec.size
@@ -448,11 +449,11 @@ def test_projector_cube_samples_what_project_reads(phantom_volume: np.ndarray, r
 
 def test_input_validation(phantom_volume: np.ndarray) -> None:
     with pytest.raises(ValueError, match="even box"):
-        rc.pad_volume_spectrum(np.zeros((5, 5, 5), dtype=np.float32))
-    spec = rc.pad_volume_spectrum(phantom_volume)
+        fs.pad_volume_spectrum(np.zeros((5, 5, 5), dtype=np.float32))
+    spec = fs.pad_volume_spectrum(phantom_volume)
     with pytest.raises(ValueError, match="padded half grid"):
-        rc.project(spec, np.eye(3), 48)
-    bp = rc.BackProjector.zeros(16)
+        fs.project(spec, np.eye(3), 48)
+    bp = fs.BackProjector.zeros(16)
     with pytest.raises(ValueError, match="rotations"):
         bp.insert(np.zeros((3, 16, 9), dtype=np.complex64), np.stack([np.eye(3)] * 2))
     with pytest.raises(ValueError, match="shift"):
@@ -470,22 +471,22 @@ def test_gpu_matches_cpu(blob_data: dict[str, np.ndarray]) -> None:
     volume = blob_data["volume"]
     mats = blob_data["matrices"][:400]
     shifts = blob_data["shifts"][:400]
-    spec_cpu = rc.pad_volume_spectrum(volume)
-    spec_gpu = rc.pad_volume_spectrum(cp.asarray(volume))
+    spec_cpu = fs.pad_volume_spectrum(volume)
+    spec_gpu = fs.pad_volume_spectrum(cp.asarray(volume))
     assert isinstance(spec_gpu, cp.ndarray)
     np.testing.assert_allclose(cp.asnumpy(spec_gpu), spec_cpu, atol=1e-4 * abs(spec_cpu).max())
-    p_cpu = rc.project(spec_cpu, mats, N, shifts=shifts, batch=64)
-    p_gpu = rc.project(spec_gpu, mats, N, shifts=shifts, batch=64)
+    p_cpu = fs.project(spec_cpu, mats, N, shifts=shifts, batch=64)
+    p_gpu = fs.project(spec_gpu, mats, N, shifts=shifts, batch=64)
     _, kx, ky = _plane_points(N, N // 2)
-    cube_gpu = rc.Projector.from_spectrum(spec_gpu, N).sample(mats, kx, ky, batch=64)
+    cube_gpu = fs.Projector.from_spectrum(spec_gpu, N).sample(mats, kx, ky, batch=64)
     assert isinstance(cube_gpu, cp.ndarray)
-    cube_cpu = rc.Projector.from_spectrum(spec_cpu, N).sample(mats, kx, ky)
+    cube_cpu = fs.Projector.from_spectrum(spec_cpu, N).sample(mats, kx, ky)
     np.testing.assert_allclose(cp.asnumpy(cube_gpu), cube_cpu, atol=1e-4 * abs(cube_cpu).max())
     np.testing.assert_allclose(cp.asnumpy(p_gpu), p_cpu, atol=1e-4 * abs(p_cpu).max())
     weights = np.abs(np.cos(radius_map(N))).astype(np.float32)
-    bp_cpu = rc.BackProjector.zeros(N)
+    bp_cpu = fs.BackProjector.zeros(N)
     bp_cpu.insert(p_cpu * weights, mats, weights, shifts=shifts, batch=64)
-    bp_gpu = rc.BackProjector.zeros(N, xp=cp)
+    bp_gpu = fs.BackProjector.zeros(N, xp=cp)
     bp_gpu.insert(p_gpu * cp.asarray(weights), mats, cp.asarray(weights), shifts=shifts)
     np.testing.assert_allclose(
         cp.asnumpy(bp_gpu.weight), bp_cpu.weight, atol=1e-5 * bp_cpu.weight.max()
@@ -497,6 +498,4 @@ def test_gpu_matches_cpu(blob_data: dict[str, np.ndarray]) -> None:
     vol_gpu = bp_gpu.reconstruct(cp.full(N // 2 + 1, 1e-3))
     assert isinstance(vol_gpu, cp.ndarray)
     np.testing.assert_allclose(cp.asnumpy(vol_gpu), vol_cpu, atol=1e-4 * abs(vol_cpu).max())
-    np.testing.assert_allclose(
-        rc.fsc(vol_gpu, cp.asarray(volume)), rc.fsc(vol_cpu, volume), atol=1e-5
-    )
+    np.testing.assert_allclose(fsc(vol_gpu, cp.asarray(volume)), fsc(vol_cpu, volume), atol=1e-5)

@@ -83,12 +83,12 @@ Frequencies kept
 A frequency belongs to shell ``rint(|k|)``. Projection and back-projection use the
 shells ``0 .. r_max`` (default ``n // 2``) and never the Nyquist row and column of the
 image spectrum (``ky = -n/2`` or ``kx = n/2``), whose sign is ambiguous; they are zero
-in the projections. :func:`fsc` and :func:`shell_resolution` use the same shells.
+in the projections. :func:`cryosnake.ops.fsc.fsc` uses the same shells.
 
 Memory and devices
 ------------------
 All functions take NumPy or CuPy arrays and return the same kind (see
-:mod:`cryosnake.backend`); :func:`fsc` returns a small NumPy curve. Images are processed
+:mod:`cryosnake.backend`). Images are processed
 ``batch`` at a time, fully vectorised (Python loops run over batches and the 8 corners
 of the interpolation cells only). A batch of ``b`` images with ``F`` kept frequencies
 (about ``pi n^2 / 8`` for ``r_max = n / 2``) takes about ``200 b F`` bytes of
@@ -108,32 +108,30 @@ from typing import Any
 import numpy as np
 
 from cryosnake.backend import fft_kwargs, fft_module, get_array_module
+from cryosnake.ops.fourier_slice.grid import (
+    BATCH,
+    PAD,
+    HalfPlane,
+    as_matrices,
+    as_shifts,
+    check_box,
+    check_r_max,
+    gridding,
+    half_plane,
+    phase_ramps,
+)
 
 __all__ = [
-    "PAD",
     "BackProjector",
     "Projector",
-    "fsc",
-    "fsc_at_resolution",
     "pad_volume_spectrum",
+    "padded_shells",
     "project",
     "reconstruct",
-    "shell_frequencies",
-    "shell_resolution",
 ]
 
-PAD = 2  # default oversampling of the padded Fourier grid (RELION's padding factor)
-BATCH = 128  # default images per vectorised batch
 # The 8 corners of a trilinear cell, as offsets (dz, dy, dx).
 _CORNERS = tuple((dz, dy, dx) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1))
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_box(n: int) -> None:
-    if n < 2 or n % 2:
-        raise ValueError(f"an even box size >= 2 is expected, got {n}")
 
 
 def _padding(grid: Any, n: int) -> int:
@@ -144,79 +142,13 @@ def _padding(grid: Any, n: int) -> int:
     return size // n
 
 
-def _gridding_1d(n: int, pad: int) -> np.ndarray:
-    """(n,) sinc^2 apodisation of trilinear interpolation on a padded grid, per axis."""
-    x = (np.arange(n) - n // 2) / (pad * n)
-    return np.sinc(x) ** 2
-
-
-def _gridding(n: int, pad: int, xp: Any) -> Any:
-    """(n, n, n) float32 separable apodisation ``sinc^2(x/P) sinc^2(y/P) sinc^2(z/P)``."""
-    s = _gridding_1d(n, pad)
-    g = s[:, None, None] * s[None, :, None] * s[None, None, :]
-    return xp.asarray(g.astype(np.float32))
-
-
 def _wrapped(n: int, size: int, xp: Any) -> Any:
     """(n,) indices of a centred box of ``n`` voxels in an array of ``size`` whose origin
     is at index 0: voxel ``n // 2`` goes to 0, lower voxels wrap to the end."""
     return xp.asarray((np.arange(n) - n // 2) % size)
 
 
-def _as_matrices(matrices: Any) -> np.ndarray:
-    m = np.asarray(matrices, dtype=np.float64)
-    if m.shape == (3, 3):
-        m = m[None]
-    if m.ndim != 3 or m.shape[1:] != (3, 3):
-        raise ValueError(f"rotation matrices (m, 3, 3) expected, got {m.shape}")
-    return m
-
-
-def _as_shifts(shifts: Any, m: int) -> np.ndarray | None:
-    if shifts is None:
-        return None
-    t = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
-    if len(t) != m:
-        raise ValueError(f"one shift (dx, dy) per rotation expected, got {len(t)} for {m}")
-    return t
-
-
-def _r_max(r_max: float | None, n: int) -> float:
-    r = float(n // 2) if r_max is None else float(r_max)
-    if not 0 <= r <= n // 2:
-        raise ValueError(f"r_max must be in [0, {n // 2}], got {r_max}")
-    return r
-
-
-@dataclass(frozen=True)
-class _Plane:
-    """The kept frequencies of an image half plane (n, n//2+1), flattened."""
-
-    flat: Any  # (F,) int index into the flattened half plane
-    kx: np.ndarray  # (F,) float64 cycles per box
-    ky: np.ndarray
-    mate: Any  # (F,) float32: 1/2 on the kx = 0 column (mates in the plane), else 1
-
-
-def _plane(n: int, r_max: float, xp: Any) -> _Plane:
-    ky = np.fft.fftfreq(n) * n
-    kx = np.arange(n // 2 + 1, dtype=np.float64)
-    fy, fx = np.meshgrid(ky, kx, indexing="ij")
-    keep = np.sqrt(fx**2 + fy**2) < r_max + 0.5  # shell rint(|k|) <= r_max
-    keep &= (fx < n // 2) & (fy > -(n // 2))  # no Nyquist row or column
-    flat = np.nonzero(keep.ravel())[0]
-    fx, fy = fx.ravel()[flat], fy.ravel()[flat]
-    mate = np.where(fx == 0, 0.5, 1.0).astype(np.float32)
-    return _Plane(flat=xp.asarray(flat), kx=fx, ky=fy, mate=xp.asarray(mate))
-
-
-def _ramps(plane: _Plane, shifts: np.ndarray, n: int, xp: Any) -> Any:
-    """(b, F) complex64 ``exp(-2 pi i (kx dx + ky dy) / n)``."""
-    phase = shifts[:, 0:1] * plane.kx[None, :] + shifts[:, 1:2] * plane.ky[None, :]
-    return xp.asarray(np.exp((-2j * math.pi / n) * phase).astype(np.complex64))
-
-
-def _cells(plane: _Plane, matrices: np.ndarray, pad: int, xp: Any) -> tuple[Any, Any]:
+def _cells(plane: HalfPlane, matrices: np.ndarray, pad: int, xp: Any) -> tuple[Any, Any]:
     """Trilinear cells of the rotated section ``pad * A^T (kx, ky, 0)`` (padded units).
 
     Returns the lower corner (3, b, F) int64 as (z, y, x) and the fractional offsets
@@ -270,7 +202,7 @@ def pad_volume_spectrum(volume: Any, pad: int = PAD) -> Any:
     xp = get_array_module(volume)
     fft = fft_module(xp)
     n = int(volume.shape[0])
-    _check_box(n)
+    check_box(n)
     if volume.shape != (n, n, n):
         raise ValueError(f"a cubic volume is expected, got {volume.shape}")
     if pad < 1:
@@ -278,7 +210,7 @@ def pad_volume_spectrum(volume: Any, pad: int = PAD) -> Any:
     size = pad * n
     idx = _wrapped(n, size, xp)
     padded = xp.zeros((size, size, size), dtype=xp.float32)
-    padded[xp.ix_(idx, idx, idx)] = xp.asarray(volume, dtype=xp.float32) / _gridding(n, pad, xp)
+    padded[xp.ix_(idx, idx, idx)] = xp.asarray(volume, dtype=xp.float32) / gridding(n, pad, 3, xp)
     return fft.rfftn(padded, **fft_kwargs(xp)).astype(xp.complex64)
 
 
@@ -310,13 +242,14 @@ def project(
     ``rfft2(ifftshift(project_volume(volume, A)))`` up to interpolation error
     """
     xp = get_array_module(padded_spectrum)
-    _check_box(n)
+    check_box(n)
     pad = _padding(padded_spectrum, n)
     size = pad * n
-    mats = _as_matrices(matrices)
+    mats = as_matrices(matrices)
     m = len(mats)
-    t = _as_shifts(shifts, m)
-    plane = _plane(n, _r_max(r_max, n), xp)
+    t = as_shifts(shifts, m)
+    plane = half_plane(n, check_r_max(r_max, n))
+    flat = xp.asarray(plane.flat)
     grid = padded_spectrum.reshape(-1)
     out = xp.zeros((m, n * (n // 2 + 1)), dtype=xp.complex64)
     for start in range(0, m, max(1, batch)):
@@ -328,8 +261,8 @@ def project(
             v = grid[idx]
             values += w * xp.where(flip, xp.conj(v), v)
         if t is not None:
-            values *= _ramps(plane, t[start:stop], n, xp)
-        out[start:stop, plane.flat] = values
+            values *= phase_ramps(plane, t[start:stop], n, xp, double=True)
+        out[start:stop, flat] = values
     return out.reshape(m, n, n // 2 + 1)
 
 
@@ -366,9 +299,9 @@ class Projector:
     def from_spectrum(cls, padded: Any, n: int, r_max: float | None = None) -> Projector:
         """Projector of a padded half spectrum (:func:`pad_volume_spectrum`)."""
         xp = get_array_module(padded)
-        _check_box(n)
+        check_box(n)
         pad = _padding(padded, n)
-        r = _r_max(r_max, n)
+        r = check_r_max(r_max, n)
         size = pad * n
         h = int(math.ceil(pad * (r + 0.5))) + 1
         side = 2 * h + 1
@@ -392,7 +325,7 @@ class Projector:
         projections' spectra at those frequencies (origin at index 0, as
         :func:`project`)."""
         xp = get_array_module(self.cube)
-        mats = _as_matrices(matrices)
+        mats = as_matrices(matrices)
         kx = np.asarray(kx, dtype=np.float64).ravel()
         ky = np.asarray(ky, dtype=np.float64).ravel()
         if kx.shape != ky.shape:
@@ -460,7 +393,7 @@ class BackProjector:
     @classmethod
     def zeros(cls, n: int, pad: int = PAD, xp: Any = np) -> BackProjector:
         """Empty accumulators for box ``n`` on the device of the array module ``xp``."""
-        _check_box(n)
+        check_box(n)
         if pad < 1:
             raise ValueError(f"pad must be an integer >= 1, got {pad}")
         size = pad * n
@@ -501,12 +434,13 @@ class BackProjector:
         n, size = self.n, self.pad * self.n
         if spectra.ndim != 3 or spectra.shape[1:] != (n, n // 2 + 1):
             raise ValueError(f"spectra (m, {n}, {n // 2 + 1}) expected, got {spectra.shape}")
-        mats = _as_matrices(matrices)
+        mats = as_matrices(matrices)
         m = len(mats)
         if int(spectra.shape[0]) != m:
             raise ValueError(f"{spectra.shape[0]} spectra but {m} rotations")
-        t = _as_shifts(shifts, m)
-        plane = _plane(n, _r_max(r_max, n), xp)
+        t = as_shifts(shifts, m)
+        plane = half_plane(n, check_r_max(r_max, n))
+        flat, mate = xp.asarray(plane.flat), xp.asarray(plane.mate)
         shape = (size, size, size // 2 + 1)
         for grid, dtype in ((self.numerator, xp.complex128), (self.weight, xp.float64)):
             if grid.shape != shape or grid.dtype != dtype or not grid.flags.c_contiguous:
@@ -521,14 +455,14 @@ class BackProjector:
         weight_flat = self.weight.reshape(-1)
         for start in range(0, m, max(1, batch)):
             stop = min(start + max(1, batch), m)
-            x = data[start:stop][:, plane.flat].astype(xp.complex64) * plane.mate
+            x = data[start:stop][:, flat].astype(xp.complex64) * mate
             if t is not None:
-                x = x * xp.conj(_ramps(plane, t[start:stop], n, xp))
+                x = x * xp.conj(phase_ramps(plane, t[start:stop], n, xp, double=True))
             if weights is None:
-                dw = xp.broadcast_to(plane.mate, x.shape)
+                dw = xp.broadcast_to(mate, x.shape)
             else:
-                dw = wts[start:stop].reshape(stop - start, -1)[:, plane.flat]
-                dw = dw.astype(xp.float32) * plane.mate
+                dw = wts[start:stop].reshape(stop - start, -1)[:, flat]
+                dw = dw.astype(xp.float32) * mate
             lower, frac = _cells(plane, mats[start:stop], pad=self.pad, xp=xp)
             splat = (len(_CORNERS), *x.shape)
             index = xp.empty(splat, dtype=xp.int64)
@@ -564,16 +498,16 @@ def _hermitian_planes(grid: Any, conjugate: bool) -> Any:
     return out
 
 
-def _padded_shells(size: int, pad: int, n: int, xp: Any) -> Any:
-    """(P, P, P//2+1) int32 shell (``n``-grid units, at most ``n // 2``) of each voxel of
-    a padded half grid."""
+def padded_shells(size: int, pad: int, limit: int, xp: Any) -> Any:
+    """(P, P, P//2+1) int32 shell (``n``-grid units, at most ``limit``) of each voxel of
+    a padded half grid of side ``size``."""
     q = np.fft.fftfreq(size) * size / pad
     qx = np.arange(size // 2 + 1) / pad
     zz = xp.asarray((q * q).astype(np.float32))[:, None, None]
     yy = xp.asarray((q * q).astype(np.float32))[None, :, None]
     xx = xp.asarray((qx * qx).astype(np.float32))[None, None, :]
     r = xp.sqrt(zz + yy + xx)
-    return xp.minimum(xp.rint(r), n // 2).astype(xp.int32)
+    return xp.minimum(xp.rint(r), limit).astype(xp.int32)
 
 
 def reconstruct(numerator: Any, weight: Any, regulariser: Any, n: int) -> Any:
@@ -598,7 +532,7 @@ def reconstruct(numerator: Any, weight: Any, regulariser: Any, n: int) -> Any:
     """
     xp = get_array_module(numerator, weight)
     fft = fft_module(xp)
-    _check_box(n)
+    check_box(n)
     pad = _padding(numerator, n)
     if weight.shape != numerator.shape:
         raise ValueError(f"numerator {numerator.shape} and weight {weight.shape} differ")
@@ -609,7 +543,7 @@ def reconstruct(numerator: Any, weight: Any, regulariser: Any, n: int) -> Any:
     if reg.ndim == 0:
         den += reg / pad**3
     elif reg.shape == (n // 2 + 1,):
-        den += (reg / pad**3)[_padded_shells(size, pad, n, xp)]
+        den += (reg / pad**3)[padded_shells(size, pad, n // 2, xp)]
     else:
         raise ValueError(f"regulariser: a constant or {n // 2 + 1} shells expected")
     empty = den <= 0
@@ -619,109 +553,5 @@ def reconstruct(numerator: Any, weight: Any, regulariser: Any, n: int) -> Any:
     del den, empty
     full = fft.irfftn(num, s=(size, size, size), **fft_kwargs(xp))
     idx = _wrapped(n, size, xp)
-    volume = full[xp.ix_(idx, idx, idx)] / _gridding(n, pad, xp)
+    volume = full[xp.ix_(idx, idx, idx)] / gridding(n, pad, 3, xp)
     return volume.astype(xp.float32)
-
-
-# --------------------------------------------------------------------------- FSC
-
-
-def _shells_rfftn(n: int, xp: Any) -> tuple[Any, Any]:
-    """Shell (rint |k|) of each point of an (n, n, n//2+1) ``rfftn`` half spectrum and
-    its multiplicity in the full spectrum (2 where the mate is not stored, else 1)."""
-    k = np.fft.fftfreq(n) * n
-    kx = np.arange(n // 2 + 1, dtype=np.float64)
-    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    shells = np.rint(r).astype(np.int64)
-    mult = np.where((kx == 0) | (kx == n // 2), 1.0, 2.0)
-    return xp.asarray(shells.ravel()), xp.asarray(np.broadcast_to(mult, r.shape).ravel())
-
-
-def fsc(volume1: Any, volume2: Any) -> np.ndarray:
-    """Fourier shell correlation of two volumes.
-
-    ``FSC(s) = Re sum F1 conj(F2) / sqrt(sum |F1|^2 sum |F2|^2)`` over the frequencies of
-    shell ``s`` (``rint(|k|) = s``, cycles per box) of the full 3D spectrum; shells
-    beyond ``n // 2`` (the corners of the cube) are left out.
-
-    Parameters
-    ----------
-    volume1, volume2 : (n, n, n) real (NumPy or CuPy, both on one device)
-
-    Returns
-    -------
-    (n//2+1,) float64 NumPy, shell 0 = DC; 0 in shells where either volume has no power
-    """
-    xp = get_array_module(volume1, volume2)
-    fft = fft_module(xp)
-    if volume1.shape != volume2.shape or volume1.ndim != 3 or len(set(volume1.shape)) != 1:
-        raise ValueError(
-            f"two cubic volumes of one size expected: {volume1.shape}, {volume2.shape}"
-        )
-    n = int(volume1.shape[0])
-    _check_box(n)
-    kw = fft_kwargs(xp)
-    f1 = fft.rfftn(xp.asarray(volume1, dtype=xp.float64), **kw).ravel()
-    f2 = fft.rfftn(xp.asarray(volume2, dtype=xp.float64), **kw).ravel()
-    shells, mult = _shells_rfftn(n, xp)
-    keep = shells <= n // 2
-    shells, mult, f1, f2 = shells[keep], mult[keep], f1[keep], f2[keep]
-    n_shells = n // 2 + 1
-
-    def _sum(values: Any) -> np.ndarray:
-        total = xp.bincount(shells, weights=mult * values, minlength=n_shells)
-        return np.asarray(total.get() if hasattr(total, "get") else total, dtype=np.float64)
-
-    cross = _sum((f1 * xp.conj(f2)).real)
-    p1 = _sum(f1.real**2 + f1.imag**2)
-    p2 = _sum(f2.real**2 + f2.imag**2)
-    denom = np.sqrt(p1 * p2)
-    return np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), 0.0)
-
-
-def shell_frequencies(n: int, pixel_size: float) -> np.ndarray:
-    """(n//2+1,) spatial frequency of each shell in 1/Å: ``s / (n pixel_size)``."""
-    return np.arange(n // 2 + 1) / (n * pixel_size)
-
-
-def fsc_at_resolution(fsc_curve: Any, pixel_size: float, resolution: float) -> float:
-    """The FSC at ``resolution`` Å, interpolated linearly between the two shells about
-    its fractional shell ``n pixel_size / resolution`` (the inverse of
-    :func:`shell_resolution`'s reading).
-
-    fsc_curve : (n//2+1,) per shell (:func:`fsc`); pixel_size : Å per voxel
-    """
-    curve = np.asarray(fsc_curve, dtype=np.float64).ravel()
-    n = 2 * (len(curve) - 1)
-    shell = n * pixel_size / resolution
-    if not 0.0 <= shell <= n // 2:
-        raise ValueError(f"{resolution:g} Å is outside the curve (Nyquist {2 * pixel_size:g} Å)")
-    k = min(int(np.floor(shell)), len(curve) - 2)
-    return float(curve[k] + (shell - k) * (curve[k + 1] - curve[k]))
-
-
-def shell_resolution(fsc_curve: Any, pixel_size: float, threshold: float = 0.143) -> float:
-    """Resolution in Å where an FSC curve first drops below ``threshold``.
-
-    The search starts after shell 1 (shells 0 and 1 are always trusted); the crossing
-    between the last shell ``s - 1`` at or above the threshold and the first shell ``s``
-    below it is interpolated linearly, and the resolution is ``n pixel_size / shell``
-    at that fractional shell. A curve that never drops gives Nyquist, ``2 pixel_size``.
-
-    Parameters
-    ----------
-    fsc_curve : (n//2+1,) per shell, shell 0 = DC (:func:`fsc`)
-    pixel_size : Å per voxel
-    threshold : 0.143 for gold-standard half maps, 0.5 against a reference
-    """
-    curve = np.asarray(fsc_curve, dtype=np.float64).ravel()
-    if len(curve) < 2:
-        raise ValueError("an FSC curve of at least 2 shells is expected")
-    n = 2 * (len(curve) - 1)
-    for s in range(2, len(curve)):
-        if curve[s] < threshold:
-            above, below = curve[s - 1], curve[s]
-            frac = (above - threshold) / (above - below) if above != below else 0.0
-            shell = (s - 1) + float(np.clip(frac, 0.0, 1.0))
-            return float(n * pixel_size / shell)
-    return 2.0 * pixel_size
