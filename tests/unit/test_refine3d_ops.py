@@ -82,9 +82,9 @@ def test_memory_plan_from_box_and_free_memory() -> None:
 
 
 def test_batches_follow_the_budget() -> None:
-    assert ps._batch(1000.0, 10_000, np) == 10
-    assert ps._batch(1000.0, 10, np) == 1  # at least one
-    assert ps._batch(1.0, 1 << 40, np) == ps.MAX_BATCH
+    assert ps.batch_size(1000.0, 10_000, np) == 10
+    assert ps.batch_size(1000.0, 10, np) == 1  # at least one
+    assert ps.batch_size(1.0, 1 << 40, np) == ps.MAX_BATCH
     assert 0 < ps.work_budget(np) <= ps.CPU_BUDGET
 
 

@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MemoryPlan",
+    "ScoreTerms",
     "angular_errors",
     "axis_rotations",
+    "batch_size",
     "fibonacci_rotations",
+    "gather_rows",
     "global_search",
     "local_search",
     "plan_memory",
+    "score_terms",
     "work_budget",
 ]
 
@@ -90,7 +94,7 @@ def _shift_grid(radius: float, step: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Terms:
+class ScoreTerms:
     """The per-frequency terms of the score on the device ``xp``."""
 
     xp: Any
@@ -100,10 +104,13 @@ class _Terms:
     w: Any  # (F,) float32 weight / sigma2, device
 
 
-def _terms(plane: fs.HalfPlane, sigma2: np.ndarray, box: int, pixel_size: float, xp: Any) -> _Terms:
+def score_terms(
+    plane: fs.HalfPlane, sigma2: np.ndarray, box: int, pixel_size: float, xp: Any
+) -> ScoreTerms:
+    """The score's frequencies (1/Å) and weights (Hermitian weight / sigma2) on ``xp``."""
     inv_s2 = 1.0 / np.asarray(sigma2)[np.minimum(plane.shells, len(sigma2) - 1)]
     n_px = box * pixel_size
-    return _Terms(
+    return ScoreTerms(
         xp=xp,
         flat=plane.flat,
         kx=xp.asarray(plane.kx / n_px),
@@ -112,7 +119,7 @@ def _terms(plane: fs.HalfPlane, sigma2: np.ndarray, box: int, pixel_size: float,
     )
 
 
-def _rows(flat_spectra: Any, start: int, stop: int, terms: _Terms) -> Any:
+def gather_rows(flat_spectra: Any, start: int, stop: int, terms: ScoreTerms) -> Any:
     """(B, F) complex64 on the device: the kept frequencies of particles start:stop
     (gathered on the host first when the stack lives there: less to move)."""
     xp = terms.xp
@@ -129,7 +136,9 @@ def work_budget(xp: Any) -> int:
     return int(min(CPU_BUDGET, 0.5 * free) if xp is np else 0.6 * free)
 
 
-def _batch(per_item: float, budget: int | None, xp: Any, fixed: int = 0) -> int:
+def batch_size(per_item: float, budget: int | None, xp: Any, fixed: int = 0) -> int:
+    """Items per batch whose temporaries (``per_item`` bytes each, plus ``fixed``) fit
+    ``budget`` bytes (None: :func:`work_budget`), between 1 and :data:`MAX_BATCH`."""
     if budget is None:
         budget = work_budget(xp)
     return int(np.clip((budget - fixed) // max(per_item, 1.0), 1, MAX_BATCH))
@@ -200,7 +209,7 @@ def global_search(
     """
     xp = get_array_module(projector.cube)
     plane = fs.half_plane(box, r_max, dc=False)
-    terms = _terms(plane, sigma2, box, pixel_size, xp)
+    terms = score_terms(plane, sigma2, box, pixel_size, xp)
     rotations = asymmetric_unit(
         fibonacci_rotations(settings.global_step), settings.symmetry, 0.5 * settings.global_step
     )
@@ -212,7 +221,7 @@ def global_search(
     ramps = fs.phase_ramps(plane, shifts, box, xp)  # (T, F)
     n_t, n_p, n_f = len(shifts), len(rotations), len(plane.flat)
     n = len(spectra)
-    batch = _batch(n_t * (24.0 * n_f + 8.0 * n_p) + 64.0 * n_f, budget, xp)
+    batch = batch_size(n_t * (24.0 * n_f + 8.0 * n_p) + 64.0 * n_f, budget, xp)
     if settings.batch:
         batch = min(batch, settings.batch * 4)
     best_rot = np.zeros(n, dtype=np.int64)
@@ -222,7 +231,7 @@ def global_search(
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         nb = stop - start
-        x = _rows(flat, start, stop, terms)
+        x = gather_rows(flat, start, stop, terms)
         c = model_ctf(ctf_params[start:stop], terms.kx, terms.ky)  # (B, F) float32
         wc = terms.w * c
         d = (wc * xp.conj(x))[:, None, :] * ramps[None]  # (B, T, F)
@@ -258,7 +267,7 @@ def local_search(
     the module docstring); NumPy results, device as :func:`global_search`."""
     xp = get_array_module(projector.cube)
     plane = fs.half_plane(box, r_max, dc=False)
-    terms = _terms(plane, sigma2, box, pixel_size, xp)
+    terms = score_terms(plane, sigma2, box, pixel_size, xp)
     delta = axis_rotations(step)  # (J, 3, 3)
     half = (LOCAL_SHIFT_POINTS - 1) / 2
     g = (np.arange(LOCAL_SHIFT_POINTS) - half) * shift_step
@@ -270,7 +279,7 @@ def local_search(
     del ramp_off
     n, n_j, n_m, n_f = len(spectra), len(delta), len(offsets), len(plane.flat)
     per_candidate = 120.0 * n_f  # Projector.sample's temporaries
-    batch = _batch(n_j * (40.0 * n_f + 8.0 * n_m + per_candidate), budget, xp)
+    batch = batch_size(n_j * (40.0 * n_f + 8.0 * n_m + per_candidate), budget, xp)
     if settings.batch:
         batch = min(batch, settings.batch)
     out_m = matrices.copy()
@@ -281,7 +290,7 @@ def local_search(
         nb = stop - start
         cand = np.einsum("bij,qjk->bqik", matrices[start:stop], delta).reshape(-1, 3, 3)
         proj = projector.sample(cand, plane.kx, plane.ky, batch=len(cand)).reshape(nb, n_j, n_f)
-        x = _rows(flat, start, stop, terms)
+        x = gather_rows(flat, start, stop, terms)
         c = model_ctf(ctf_params[start:stop], terms.kx, terms.ky)
         wc = terms.w * c
         base = wc * xp.conj(x) * fs.phase_ramps(plane, shifts[start:stop], box, xp)  # (B, F)

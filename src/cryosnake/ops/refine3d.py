@@ -86,14 +86,14 @@ from cryosnake.ops.ctf import model_ctf
 from cryosnake.ops.fsc import fsc, shell_resolution
 from cryosnake.ops.pose_search import (
     MemoryPlan,
-    _batch,
-    _rows,
-    _terms,
     angular_errors,
+    batch_size,
     fibonacci_rotations,
+    gather_rows,
     global_search,
     local_search,
     plan_memory,
+    score_terms,
 )
 from cryosnake.ops.symmetry import symmetry_group
 
@@ -239,7 +239,7 @@ def insert_particles(
     box = bp.n
     n_plane = box * (box // 2 + 1)
     if batch is None:
-        batch = _batch(420.0 * n_plane, None, xp)
+        batch = batch_size(420.0 * n_plane, None, xp)
     shells = np.minimum(fs.plane_shells(box), box // 2)
     inv_s2 = xp.asarray((1.0 / np.asarray(sigma2))[shells].astype(np.float32))  # (b, b//2+1)
     n_px = box * pixel_size
@@ -343,13 +343,13 @@ def _noise(
     """(b//2+1,) mean residual power per shell at the given poses."""
     box = int(spectra.shape[1])
     plane = fs.half_plane(box, box // 2, dc=False)
-    terms = _terms(plane, np.ones(1), box, pixel_size, xp)
+    terms = score_terms(plane, np.ones(1), box, pixel_size, xp)
     n_shells = box // 2 + 1
     shells = xp.asarray(plane.shells)
     total = np.zeros(n_shells)
     count = np.bincount(plane.shells, minlength=n_shells).astype(np.float64)
     n_f = len(plane.flat)
-    batch = _batch(300.0 * n_f, budget, xp)
+    batch = batch_size(300.0 * n_f, budget, xp)
     for h in (0, 1):
         projector = fs.Projector.from_volume(xp.asarray(refs[h]), box // 2)
         sel = np.flatnonzero(halves == h)
@@ -361,7 +361,7 @@ def _noise(
             proj = projector.sample(matrices[idx], plane.kx, plane.ky, batch=stop - start)
             proj *= fs.phase_ramps(plane, shifts[idx], box, xp)
             c = model_ctf(ctf_params[idx], terms.kx, terms.ky)
-            resid = _rows(flat, start, stop, terms) - c * proj
+            resid = gather_rows(flat, start, stop, terms) - c * proj
             power = (resid.real**2 + resid.imag**2).sum(axis=0)
             total += to_host(xp.bincount(shells, weights=power, minlength=n_shells))
         del projector
