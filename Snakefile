@@ -44,8 +44,7 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_targets(),
-        per_movie(*FINAL_PER_MOVIE),
+        all_targets,
 
 
 onstart:

@@ -1,12 +1,10 @@
 # Movie discovery, paths and input functions shared by the rules.
 import os
-import re
 import shlex
 import sys
 import time
 
-from snakemake.exceptions import IncompleteCheckpointException
-
+from cryosnake.chunks import CHUNK_PATTERN, assign_chunks, parse_chunk_table
 from cryosnake.config import check_workflow_version, movie_table, simulated_gain
 from cryosnake.errors import ConfigError
 from cryosnake.stage_args import (
@@ -26,7 +24,6 @@ from cryosnake.stage_args import (
     select2d_args,
     simulate_args,
 )
-from cryosnake.stages.import_movies import movie_names
 
 STARTED = time.time()
 
@@ -43,6 +40,12 @@ def s3_storage():
         getattr(s3, "endpoint_url", None),
         getattr(s3, "region", None),
     )
+
+
+if s3_storage() is not None:
+    from cryosnake.aws.inventory import recheck_missing_folders
+
+    recheck_missing_folders()
 
 
 def storage_lister():
@@ -116,39 +119,18 @@ shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH;
 
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
-# Written by the checkpoint import_movies: the movies inspect accepted (one line each),
-# and those it rejected, with the reason.
+# Written by import_movies: the movies inspect accepted (one line each), and those it
+# rejected, with the reason.
 MOVIES_SUMMARY = f"{RESULTS}/movies_summary.tsv"
 REJECTED_MOVIES = f"{RESULTS}/movies_rejected.tsv"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 SIM = config["simulate"]
 CONTAINER_CPU = config["containers"]["cpu"]
 CONTAINER_GPU = config["containers"]["gpu"]
-
-
-wildcard_constraints:
-    movie="|".join(re.escape(m) for m in MOVIES),
-
-
-def movie_path(wildcards):
-    """The movie file of one movie name."""
-    return MOVIES[wildcards.movie]
-
-
-def gain_input(wildcards):
-    """The gain reference, as an input of per-movie rules (none when not configured)."""
-    gain = config["input"]["gain"]
-    return [] if gain is None else [gain]
-
-
-def gain_options(wildcards, input):
-    """Gain options of inspect and motioncor (none without a gain reference)."""
-    return command_line(gain_args(config, input.gain[0] if input.gain else None))
-
-
-def inspect_reports(wildcards):
-    """The inspect report of every movie."""
-    return expand(f"{RESULTS}/inspect/{{movie}}.json", movie=MOVIES)
+# Which chunk (one job of each per-movie stage) every movie belongs to, kept for ever
+# (cryosnake.chunks); MICROGRAPHS holds the motion-corrected sums of each chunk.
+CHUNK_TABLE = f"{RESULTS}/chunks.tsv"
+MICROGRAPHS = f"{RESULTS}/micrographs"
 
 
 def result_text(path):
@@ -169,44 +151,122 @@ def result_text(path):
     )
 
 
-def accepted_movies():
-    """Names of the movies inspect accepted, from import_movies' tables; None while
-    import_movies has not decided on every movie (not run yet, or movies added)."""
-    summary, rejected = result_text(MOVIES_SUMMARY), result_text(REJECTED_MOVIES)
-    if summary is None or rejected is None:
-        return None
-    accepted = movie_names(summary, MOVIES_SUMMARY)
-    rejected = movie_names(rejected, REJECTED_MOVIES)
-    if not set(MOVIES) <= accepted | rejected:
-        return None
-    return [movie for movie in MOVIES if movie not in rejected]
+def plan_chunks():
+    """The chunks of the movies (cryosnake.chunks.assign_chunks), from the kept table
+    and the movies found now. The process that plans and runs the jobs appends the new
+    movies to the table (not a dry run, not a job of a cluster or AWS Batch, which
+    only read it: a movie that arrived since is not theirs to assign)."""
+    text = result_text(CHUNK_TABLE)
+    previous = {} if text is None else parse_chunk_table(text, CHUNK_TABLE)
+    job = workflow.remote_exec or workflow.subprocess_exec
+    movies = [m for m in MOVIES if m in previous] if job else MOVIES
+    return assign_chunks(movies, config["input"]["chunk_size"], previous)
 
 
-def per_movie(*patterns):
-    """Input function: ``patterns`` (with {movie}) for every movie inspect accepted.
+CHUNK_TABLE_KEPT = []
 
-    Until import_movies (a checkpoint) has decided on every movie: the files of every
-    movie and the checkpoint's output, so that dry runs and DAG pictures show every job
-    and Snakemake plans the job again, without the rejected movies, once import_movies
-    has finished. (Once decided, the tables are read directly: a job re-planned after
-    a checkpoint makes Snakemake 9.27 rerun the jobs after it in every later run.)
-    """
 
-    def files(wildcards):
-        movies = accepted_movies()
-        if movies is None:
-            try:
-                checkpoints.import_movies.get()
-            except IncompleteCheckpointException as pending:
-                return [pending.targetfile, *expand(list(patterns), movie=MOVIES)]
-            movies = accepted_movies()
-            if movies is None:
-                raise ConfigError(
-                    f"{REJECTED_MOVIES}: import_movies has run but does not list every movie"
-                )
-        return expand(list(patterns), movie=movies)
+def keep_chunk_table():
+    """Write the chunk table when it has new movies, once, from the process that plans
+    and runs the jobs (called while it plans them, when Snakemake knows whether this is
+    a dry run: a dry run, a DAG picture or --lint writes nothing), before any job is
+    submitted."""
+    if CHUNK_TABLE_KEPT or not CHUNKS.new or workflow.executor_plugin is None:
+        return
+    CHUNK_TABLE_KEPT.append(True)
+    if (
+        not workflow.dryrun
+        and not workflow.remote_exec
+        and not workflow.subprocess_exec
+    ):
+        keep_result_text(CHUNK_TABLE, CHUNKS.text)
 
-    return files
+
+def keep_result_text(path, text):
+    """Write a workflow state file (local, or in S3 with S3 as default storage)."""
+    s3 = s3_storage()
+    if s3 is None:
+        from cryosnake.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        return
+    from cryosnake.aws.storage import write_s3_text
+
+    prefix, endpoint, region = s3
+    write_s3_text(prefix, path, text, endpoint_url=endpoint, region=region)
+
+
+try:
+    CHUNKS = plan_chunks()
+except ConfigError as err:
+    sys.exit(f"cryosnake: {err}")
+
+
+wildcard_constraints:
+    chunk=CHUNK_PATTERN,
+
+
+def chunk_movies(wildcards):
+    """The movie files of one chunk (the chunk table is kept first)."""
+    keep_chunk_table()
+    return [MOVIES[m] for m in CHUNKS.movies(wildcards.chunk)]
+
+
+def chunk_minutes(per_movie, least=10):
+    """Resource function: a chunk job's runtime limit, ``per_movie`` minutes for each of
+    its movies (at least ``least``)."""
+
+    def minutes(wildcards):
+        return max(least, per_movie * len(CHUNKS.chunks.get(wildcards.chunk, ())))
+
+    return minutes
+
+
+INVENTORY = []
+
+
+def prime_storage_inventory():
+    """With S3 as default storage, fill Snakemake's file cache from one listing of the
+    storage prefix instead of requests per file (cryosnake.aws.inventory), once, in the
+    process that plans the jobs. Called from the input function of the target all,
+    the first job Snakemake plans (its file cache exists from then on)."""
+    s3 = s3_storage()
+    if s3 is None or INVENTORY or workflow.remote_exec or workflow.subprocess_exec:
+        return
+    from cryosnake.aws.inventory import list_storage, points_elsewhere, prime_inventory
+
+    prefix, endpoint, region = s3
+    INVENTORY.append(prefix)
+    if points_elsewhere(config, prefix) is not None:
+        return
+    objects = list_storage(prefix, endpoint_url=endpoint, region=region)
+    local = workflow.storage_registry.default_storage_provider.local_prefix
+    prime_inventory(workflow.iocache, local, prefix, objects)
+
+
+def all_targets(wildcards):
+    """Input function of the target all: FINAL_TARGETS and FINAL_PER_CHUNK of every
+    chunk (and the storage inventory first)."""
+    prime_storage_inventory()
+    keep_chunk_table()
+    return [*final_targets(), *per_chunk(*FINAL_PER_CHUNK)]
+
+
+def per_chunk(*patterns):
+    """``patterns`` (with {chunk}) for every chunk."""
+    return expand(list(patterns), chunk=list(CHUNKS.chunks))
+
+
+def gain_input(wildcards):
+    """The gain reference, as an input of per-movie rules (none when not configured)."""
+    gain = config["input"]["gain"]
+    return [] if gain is None else [gain]
+
+
+def gain_options(wildcards, input):
+    """Gain options of inspect and motioncor (none without a gain reference)."""
+    return command_line(gain_args(config, input.gain[0] if input.gain else None))
 
 
 def simulated_outputs():
@@ -287,16 +347,17 @@ def config_yaml():
     return yaml.safe_dump(dict(config), sort_keys=False)
 
 
-# Per-movie pictures the report shows, of the movies inspect accepted.
-REPORT_PER_MOVIE = [
-    f"{RESULTS}/motioncor/{{movie}}_motion.png",
-    f"{RESULTS}/ctf/{{movie}}.png",
-    f"{RESULTS}/pick/{{movie}}.png",
+# The folders of per-movie pictures the report shows (motion and CTF plots, picks;
+# small files: the micrographs are in MICROGRAPHS), of every chunk.
+REPORT_PER_CHUNK = [
+    f"{RESULTS}/motioncor/{{chunk}}",
+    f"{RESULTS}/ctf/{{chunk}}",
+    f"{RESULTS}/pick/{{chunk}}",
 ]
 
 
 def report_inputs():
-    """Every file the report reads but the per-movie pictures (REPORT_PER_MOVIE): 2D
+    """Every file the report reads but the per-chunk folders (REPORT_PER_CHUNK): 2D
     results, the rejected movies and micrographs, and 3D results when map3d is on."""
     files = [
         f"{RESULTS}/movies.star",
@@ -323,19 +384,17 @@ def report_inputs():
     return files
 
 
-# Per-movie results that the target all asks for, of the movies inspect accepted.
-FINAL_PER_MOVIE = [
-    *(
-        f"{RESULTS}/motioncor/{{movie}}{suffix}"
-        for suffix in (".mrc", "_noDW.mrc", ".star", "_motion.png")
-    ),
-    f"{RESULTS}/ctf/{{movie}}.png",
-    f"{RESULTS}/pick/{{movie}}.png",
+# Per-chunk folders that the target all asks for (inspect's thumbnails, micrographs,
+# motion, CTF and picks of every movie).
+FINAL_PER_CHUNK = [
+    f"{RESULTS}/inspect/{{chunk}}",
+    f"{MICROGRAPHS}/{{chunk}}",
+    *REPORT_PER_CHUNK,
 ]
 
 
 def final_targets():
-    """Everything `rule all` asks for but FINAL_PER_MOVIE."""
+    """Everything `rule all` asks for but FINAL_PER_CHUNK."""
     maps = (
         [
             f"{RESULTS}/initial3d/initial_model.png",
@@ -351,7 +410,6 @@ def final_targets():
         f"{RESULTS}/movies.star",
         f"{RESULTS}/movies_summary.tsv",
         REJECTED_MOVIES,
-        *expand(f"{RESULTS}/inspect/{{movie}}.png", movie=MOVIES),
         f"{RESULTS}/micrographs_ctf.star",
         f"{RESULTS}/micrographs_selected.star",
         f"{RESULTS}/rejected.tsv",

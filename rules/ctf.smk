@@ -1,17 +1,16 @@
-# CTF estimation per micrograph (in group "preprocess" with motioncor; a CPU stage,
-# about 0.1 s per micrograph) and the curation of all micrographs.
+# CTF estimation of every micrograph of a chunk (in group "preprocess" with motioncor;
+# a CPU stage, about 0.1 s per micrograph) and the curation of all micrographs.
 
 
 rule ctf:
     input:
-        micrograph=f"{RESULTS}/motioncor/{{movie}}_noDW.mrc",
+        micrographs=f"{MICROGRAPHS}/{{chunk}}",
     output:
-        star=f"{RESULTS}/ctf/{{movie}}.star",
-        plot=f"{RESULTS}/ctf/{{movie}}.png",
+        ctf=directory(f"{RESULTS}/ctf/{{chunk}}"),
     log:
-        f"{LOGS}/ctf/{{movie}}.log",
+        f"{LOGS}/ctf/{{chunk}}.log",
     benchmark:
-        f"{BENCHMARKS}/ctf/{{movie}}.tsv"
+        f"{BENCHMARKS}/ctf/{{chunk}}.tsv"
     group:
         "preprocess"
     container:
@@ -19,20 +18,19 @@ rule ctf:
     threads: 1
     resources:
         mem_mb=2048,
-        runtime=10,
+        runtime=chunk_minutes(2),
     params:
-        root=job_root(f"{RESULTS}/ctf/{{movie}}.star"),
+        root=job_root(f"{RESULTS}/ctf/{{chunk}}"),
         options=command_line(ctf_args(config)),
     shell:
-        "cryosnake ctf --micrograph {input.micrograph:q} --out {output.star:q} "
-        "--plot {output.plot:q} {params.options} "
-        "--names-relative-to {params.root:q} > {log} 2>&1"
+        "cryosnake chunk ctf --micrographs {input.micrographs:q} --out-dir {output.ctf:q} "
+        "-- {params.options} --names-relative-to {params.root:q} > {log} 2>&1"
 
 
 rule curate:
     input:
-        ctf=per_movie(f"{RESULTS}/ctf/{{movie}}.star"),
-        motion=per_movie(f"{RESULTS}/motioncor/{{movie}}.star"),
+        ctf=per_chunk(f"{RESULTS}/ctf/{{chunk}}"),
+        motion=per_chunk(f"{RESULTS}/motioncor/{{chunk}}"),
         rejected_movies=REJECTED_MOVIES,
     output:
         all=f"{RESULTS}/micrographs_ctf.star",

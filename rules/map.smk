@@ -6,7 +6,7 @@
 rule initial3d:
     input:
         particles=f"{RESULTS}/particles_selected.star",
-        stacks=per_movie(f"{RESULTS}/extract/{{movie}}.mrcs"),
+        stacks=per_chunk(f"{RESULTS}/extract/{{chunk}}"),
     output:
         model=f"{RESULTS}/initial3d/initial_model.mrc",
         plot=f"{RESULTS}/initial3d/initial_model.png",
@@ -36,7 +36,7 @@ rule initial3d:
 rule refine3d:
     input:
         particles=f"{RESULTS}/particles_selected.star",
-        stacks=per_movie(f"{RESULTS}/extract/{{movie}}.mrcs"),
+        stacks=per_chunk(f"{RESULTS}/extract/{{chunk}}"),
         reference=refine3d_reference(),
     output:
         full=f"{RESULTS}/refine3d/run_class001.mrc",

@@ -1,7 +1,9 @@
-# Motion correction of every movie inspect accepted (GPU rule; runs on the CPU where
-# there is none). It waits for import_movies (movies.star), which decides which movies
-# go on; as an ancient() input, a new movies.star (a movie added) redoes no movie. In group "preprocess" with ctf, pick and extract, so a cluster/Batch job
-# handles a chunk of movies.
+# Motion correction of the movies inspect accepted, one job per chunk (GPU rule; runs
+# on the CPU where there is none): the sums go to MICROGRAPHS/<chunk>/, the motion STAR
+# files and plots (small: what curate and the report read) to motioncor/<chunk>/.
+# motioncor, ctf, pick and extract form the group "preprocess": on a cluster or AWS
+# Batch, one job processes a chunk through all four, on one GPU instance, without
+# moving its micrographs in between.
 # A GPU rule declares gpu=1 (SLURM, local --resources) and _gpus=1 (the AWS Batch
 # executor reads only _gpus). Its threads take a whole job's cores (profiles/aws:
 # cores) so that a group job runs one GPU stage at a time and asks for one GPU. Its
@@ -12,19 +14,16 @@
 
 rule motioncor:
     input:
-        movie=movie_path,
+        movies=chunk_movies,
         gain=gain_input,
-        report=f"{RESULTS}/inspect/{{movie}}.json",
-        accepted=ancient(f"{RESULTS}/movies.star"),
+        reports=f"{RESULTS}/inspect/{{chunk}}",
     output:
-        dose_weighted=f"{RESULTS}/motioncor/{{movie}}.mrc",
-        unweighted=f"{RESULTS}/motioncor/{{movie}}_noDW.mrc",
-        star=f"{RESULTS}/motioncor/{{movie}}.star",
-        plot=f"{RESULTS}/motioncor/{{movie}}_motion.png",
+        micrographs=directory(f"{MICROGRAPHS}/{{chunk}}"),
+        motion=directory(f"{RESULTS}/motioncor/{{chunk}}"),
     log:
-        f"{LOGS}/motioncor/{{movie}}.log",
+        f"{LOGS}/motioncor/{{chunk}}.log",
     benchmark:
-        f"{BENCHMARKS}/motioncor/{{movie}}.tsv"
+        f"{BENCHMARKS}/motioncor/{{chunk}}.tsv"
     group:
         "preprocess"
     container:
@@ -32,15 +31,15 @@ rule motioncor:
     threads: 8
     resources:
         mem_mb=16384,
-        runtime=30,
+        runtime=chunk_minutes(10),
         gpu=1,
         _gpus=1,
     params:
-        root=job_root(f"{RESULTS}/motioncor/{{movie}}.mrc"),
+        root=job_root(f"{MICROGRAPHS}/{{chunk}}"),
         gain=gain_options,
-        out_dir=output_dir,
         options=command_line(motioncor_args(config)),
     shell:
-        "CRYOSNAKE_THREADS={threads} cryosnake motioncor --movie {input.movie:q} "
-        "--out-dir {params.out_dir:q} {params.gain} {params.options} "
+        "CRYOSNAKE_THREADS={threads} cryosnake chunk motioncor --movies {input.movies:q} "
+        "--inspect-dir {input.reports:q} --micrographs {output.micrographs:q} "
+        "--out-dir {output.motion:q} -- {params.gain} {params.options} "
         "--names-relative-to {params.root:q} > {log} 2>&1"

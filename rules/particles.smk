@@ -1,5 +1,5 @@
-# From micrographs to a clean particle set: picking and extraction per micrograph (in
-# group "preprocess", so a cluster/Batch job handles a chunk of movies), then the
+# From micrographs to a clean particle set: picking and extraction, one job per chunk
+# of micrographs (in group "preprocess" with motioncor and ctf), then the
 # particles of the selected micrographs in one particles.star, 2D classification and
 # class selection. Stages that write or read file names in STAR files are given the
 # job root (--names-relative-to, see job_root in common.smk), so that the names are
@@ -8,16 +8,15 @@
 
 rule pick:
     input:
-        micrograph=f"{RESULTS}/motioncor/{{movie}}.mrc",
-        ctf=f"{RESULTS}/ctf/{{movie}}.star",
+        micrographs=f"{MICROGRAPHS}/{{chunk}}",
+        ctf=f"{RESULTS}/ctf/{{chunk}}",
         templates=pick_templates,
     output:
-        star=f"{RESULTS}/pick/{{movie}}.star",
-        plot=f"{RESULTS}/pick/{{movie}}.png",
+        picks=directory(f"{RESULTS}/pick/{{chunk}}"),
     log:
-        f"{LOGS}/pick/{{movie}}.log",
+        f"{LOGS}/pick/{{chunk}}.log",
     benchmark:
-        f"{BENCHMARKS}/pick/{{movie}}.tsv"
+        f"{BENCHMARKS}/pick/{{chunk}}.tsv"
     group:
         "preprocess"
     container:
@@ -25,29 +24,28 @@ rule pick:
     threads: 8
     resources:
         mem_mb=16384,
-        runtime=10,
+        runtime=chunk_minutes(2),
         gpu=1,
         _gpus=1,
     params:
         options=pick_options,
     shell:
-        "CRYOSNAKE_THREADS={threads} cryosnake pick --micrograph {input.micrograph:q} "
-        "--ctf {input.ctf:q} --out {output.star:q} --plot {output.plot:q} "
-        "{params.options} > {log} 2>&1"
+        "CRYOSNAKE_THREADS={threads} cryosnake chunk pick "
+        "--micrographs {input.micrographs:q} --ctf-dir {input.ctf:q} "
+        "--out-dir {output.picks:q} -- {params.options} > {log} 2>&1"
 
 
 rule extract:
     input:
-        micrograph=f"{RESULTS}/motioncor/{{movie}}.mrc",
-        coords=f"{RESULTS}/pick/{{movie}}.star",
-        ctf=f"{RESULTS}/ctf/{{movie}}.star",
+        micrographs=f"{MICROGRAPHS}/{{chunk}}",
+        picks=f"{RESULTS}/pick/{{chunk}}",
+        ctf=f"{RESULTS}/ctf/{{chunk}}",
     output:
-        star=f"{RESULTS}/extract/{{movie}}.star",
-        stack=f"{RESULTS}/extract/{{movie}}.mrcs",
+        particles=directory(f"{RESULTS}/extract/{{chunk}}"),
     log:
-        f"{LOGS}/extract/{{movie}}.log",
+        f"{LOGS}/extract/{{chunk}}.log",
     benchmark:
-        f"{BENCHMARKS}/extract/{{movie}}.tsv"
+        f"{BENCHMARKS}/extract/{{chunk}}.tsv"
     group:
         "preprocess"
     container:
@@ -55,20 +53,20 @@ rule extract:
     threads: 1
     resources:
         mem_mb=2048,
-        runtime=10,
+        runtime=chunk_minutes(2),
     params:
-        root=job_root(f"{RESULTS}/extract/{{movie}}.star"),
-        out_dir=output_dir,
+        root=job_root(f"{RESULTS}/extract/{{chunk}}"),
         options=command_line(extract_args(config)),
     shell:
-        "cryosnake extract --micrograph {input.micrograph:q} --coords {input.coords:q} "
-        "--ctf {input.ctf:q} --out-dir {params.out_dir:q} {params.options} "
+        "cryosnake chunk extract --micrographs {input.micrographs:q} "
+        "--pick-dir {input.picks:q} --ctf-dir {input.ctf:q} "
+        "--out-dir {output.particles:q} -- {params.options} "
         "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
 rule merge_particles:
     input:
-        stars=per_movie(f"{RESULTS}/extract/{{movie}}.star"),
+        stars=per_chunk(f"{RESULTS}/extract/{{chunk}}"),
         selected=f"{RESULTS}/micrographs_selected.star",
     output:
         star=f"{RESULTS}/particles.star",
@@ -90,7 +88,7 @@ rule merge_particles:
 rule class2d:
     input:
         particles=f"{RESULTS}/particles.star",
-        stacks=per_movie(f"{RESULTS}/extract/{{movie}}.mrcs"),
+        stacks=per_chunk(f"{RESULTS}/extract/{{chunk}}"),
     output:
         data=f"{RESULTS}/class2d/run_data.star",
         classes=f"{RESULTS}/class2d/run_classes.mrcs",

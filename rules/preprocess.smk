@@ -1,48 +1,43 @@
-# Per-movie checks (group "inspect": one cluster/Batch job handles a chunk of movies)
-# and the import of all movies into movies.star. A movie that fails its checks
-# (truncated, corrupt, blank frames, off dose) is rejected, not an error: import_movies
-# lists it in movies_rejected.tsv, and as a checkpoint it lets Snakemake plan the
-# per-movie stages (per_movie in common.smk) for the accepted movies only.
+# Per-movie checks, one job per chunk of movies (CHUNKS, common.smk), and the import of
+# all movies into movies.star. A movie that fails its checks (truncated, corrupt, blank
+# frames, off dose) is rejected, not an error: its report says why, import_movies lists
+# it in movies_rejected.tsv, and the chunk's motioncor job leaves it out.
 
 
 rule inspect:
     input:
-        movie=movie_path,
+        movies=chunk_movies,
         gain=gain_input,
     output:
-        report=f"{RESULTS}/inspect/{{movie}}.json",
-        thumbnail=f"{RESULTS}/inspect/{{movie}}.png",
+        reports=directory(f"{RESULTS}/inspect/{{chunk}}"),
     log:
-        f"{LOGS}/inspect/{{movie}}.log",
+        f"{LOGS}/inspect/{{chunk}}.log",
     benchmark:
-        f"{BENCHMARKS}/inspect/{{movie}}.tsv"
-    group:
-        "inspect"
+        f"{BENCHMARKS}/inspect/{{chunk}}.tsv"
     container:
         CONTAINER_CPU
-    # Single-threaded; 4 threads and 8192 MiB so that a group job of any number of
-    # movies asks AWS Batch for a (vCPU, MiB) pair it accepts: one movie (4, 8192),
-    # more two at a time on 8 cores (8, 16384).
+    # Single-threaded (movies one after another); 4 threads and 8192 MiB, a (vCPU,
+    # MiB) pair that AWS Batch accepts.
     threads: 4
     resources:
         mem_mb=8192,
-        runtime=10,
+        runtime=chunk_minutes(2),
     params:
-        root=job_root(f"{RESULTS}/inspect/{{movie}}.json"),
+        root=job_root(f"{RESULTS}/inspect/{{chunk}}"),
         gain=gain_options,
         options=command_line(inspect_args(config)),
     shell:
-        "cryosnake inspect --movie {input.movie:q} {params.gain} {params.options} "
-        "--reject --out {output.report:q} --thumbnail {output.thumbnail:q} "
+        "cryosnake chunk inspect --movies {input.movies:q} --out-dir {output.reports:q} "
+        "-- {params.gain} {params.options} --reject "
         "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
-checkpoint import_movies:
+rule import_movies:
     input:
-        inspect_reports,
+        per_chunk(f"{RESULTS}/inspect/{{chunk}}"),
     output:
         star=f"{RESULTS}/movies.star",
-        summary=f"{RESULTS}/movies_summary.tsv",
+        summary=MOVIES_SUMMARY,
         rejected=REJECTED_MOVIES,
     log:
         f"{LOGS}/import_movies.log",

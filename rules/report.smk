@@ -4,7 +4,7 @@
 rule report:
     input:
         report_inputs(),
-        per_movie(*REPORT_PER_MOVIE),
+        per_chunk(*REPORT_PER_CHUNK),
     output:
         html=f"{RESULTS}/report.html",
     log:

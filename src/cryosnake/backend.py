@@ -303,7 +303,12 @@ def to_device(array: Any, device: Device) -> Any:
 
 
 def take_rows(array: Any, indices: np.ndarray) -> Any:
-    """``array[indices]`` on the array's own device (``indices``: NumPy integers)."""
+    """``array[indices]`` on the array's own device (``indices``: NumPy integers); of a
+    lazy row source (an object with a ``subset`` method, such as the particle stacks
+    that :mod:`cryosnake.stages._images` streams), its lazy subset."""
+    subset = getattr(array, "subset", None)
+    if subset is not None and not isinstance(array, np.ndarray):
+        return subset(indices)
     xp = get_array_module(array)
     return array[indices] if xp is np else array[xp.asarray(indices)]
 

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "simulate": "stages.simulate",
     "inspect": "stages.inspect_movie",
     "import": "stages.import_movies",
+    "chunk": "stages.chunk",
     "motioncor": "stages.motioncor",
     "ctf": "stages.ctf",
     "curate": "stages.curate",

@@ -6,7 +6,7 @@ and writes into --out-dir:
 
 - ``rulegraph.svg``, ``rulegraph.mmd``: one box per rule, an arrow from each rule to
   the rules that use its outputs;
-- ``dag.svg``, ``dag.mmd``: one box per job (per movie for the per-movie rules); jobs
+- ``dag.svg``, ``dag.mmd``: one box per job (per chunk of movies for the per-movie rules); jobs
   whose outputs are already up to date are drawn dashed.
 
 The graphs are those of the configuration and the profile given (default

@@ -245,8 +245,10 @@ def test_dry_run_submits_nothing(account: Account) -> None:
     proc = account.snakemake("main", "-n")
     assert proc.returncode == 0, proc.stdout[-3000:]
     stats = job_counts(proc.stdout)
-    # Before inspection, the jobs of every movie are planned.
-    assert stats["motioncor"] == 3 and stats["ctf"] == 3 and stats["curate"] == 1
+    # The three movies are one chunk: one job of each per-movie stage.
+    assert stats["motioncor"] == 1 and stats["ctf"] == 1 and stats["curate"] == 1
+    # A dry run keeps no chunk table.
+    assert "main/results/chunks.tsv" not in account.objects("main/")
     assert account.docker.launches == []
     assert job_definitions(account) == []
 
@@ -279,8 +281,13 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
         "report.html",
     ):
         assert f"main/results/{name}" in results
+    assert "main/results/chunks.tsv" in results  # the three movies are chunk0001
     for movie in ("movie_0001", "movie_0002"):
-        for path in (f"motioncor/{movie}.mrc", f"motioncor/{movie}.star", f"ctf/{movie}.star"):
+        for path in (
+            f"micrographs/chunk0001/{movie}.mrc",
+            f"motioncor/chunk0001/{movie}.star",
+            f"ctf/chunk0001/{movie}.star",
+        ):
             assert f"main/results/{path}" in results, path
     star = tmp_path / "micrographs_ctf.star"
     star.write_bytes(account.read("main/results/micrographs_ctf.star"))
@@ -300,8 +307,9 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
     star.write_bytes(account.read("main/results/particles.star"))
     names = starfile.read(star)["particles"]["rlnImageName"]
     assert len(names) > 0
-    assert all(name.split("@")[1].startswith("results/extract/movie_") for name in names)
-    with mrcfile.open(account.fetch("main/results/motioncor/movie_0001.mrc", tmp_path)) as mrc:
+    assert all(name.split("@")[1].startswith("results/extract/chunk0001/movie_") for name in names)
+    micrograph = "main/results/micrographs/chunk0001/movie_0001.mrc"
+    with mrcfile.open(account.fetch(micrograph, tmp_path)) as mrc:
         assert mrc.data.ndim == 2
     # class2d kept its checkpoint under the bucket's scratch/ prefix after every iteration
     # and deleted it once it had finished.
@@ -312,14 +320,14 @@ def test_end_to_end_on_batch(account: Account, tmp_path: Path) -> None:
 
     launches = account.docker.launches
     assert all(launch.returncode == 0 for launch in launches)
-    # Per-movie work arrives as grouped jobs (all movies: group-components 24), the
-    # checks first, then the processing of the movies the checks accepted.
-    for group, movies in (("inspect", 3), ("preprocess", 2)):
-        grouped = [launch for launch in launches if group in launch.name]
-        assert len(grouped) == 1, group
-        command = " ".join(grouped[0].command)
-        assert [f"movie_000{i}" in command for i in (1, 2, 3)] == [i <= movies for i in (1, 2, 3)]
-    # the two groups, import_movies, curate, merge_particles, class2d, select2d, report
+    # Per-movie work arrives as one job per chunk (the three movies are one chunk): the
+    # checks, then motioncor, ctf, pick and extract as one group job.
+    for name in ("inspect", "preprocess"):
+        chunked = [launch for launch in launches if name in launch.name]
+        assert len(chunked) == 1, name
+        assert "chunk0001" in " ".join(chunked[0].command), name
+    # inspect, the preprocess group, import_movies, curate, merge_particles, class2d,
+    # select2d, report
     assert len(launches) == 8
 
     definitions = job_definitions(account)
@@ -380,15 +388,15 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert job_counts(proc.stdout) == {
         "all": 1,
-        "ctf": 2,
-        "pick": 2,
-        "extract": 2,
+        "ctf": 1,
+        "pick": 1,
+        "extract": 1,
         "curate": 1,
         "merge_particles": 1,
         "class2d": 1,
         "select2d": 1,
         "report": 1,
-        "total": 12,
+        "total": 9,
     }
     new = launches_since(account, before)
     assert len(new) == 6 and all(launch.returncode == 0 for launch in new)
@@ -406,9 +414,9 @@ def test_forcerun_ctf_reruns_ctf_and_what_depends_on_it(account: Account) -> Non
     after = account.objects("main/results/")
     for movie in ("movie_0001", "movie_0002"):
         # The motion-corrected micrographs are read from S3, not made again.
-        key = f"main/results/motioncor/{movie}_noDW.mrc"
+        key = f"main/results/micrographs/chunk0001/{movie}_noDW.mrc"
         assert after[key]["LastModified"] == objects[key]["LastModified"]
-        key = f"main/results/ctf/{movie}.star"
+        key = f"main/results/ctf/chunk0001/{movie}.star"
         assert after[key]["LastModified"] > objects[key]["LastModified"]
 
 
@@ -421,9 +429,9 @@ def test_reclaimed_job_is_retried_and_completes(account: Account, tmp_path: Path
         # Kill the first group job once motioncor has written a micrograph in it.
         if reclaimed or "preprocess" not in launch.name:
             return False
-        if any(launch.workdir.rglob("reclaim/results/motioncor/*.mrc")):
+        if any(launch.workdir.rglob("reclaim/results/micrographs/chunk*/*.mrc")):
             reclaimed.append(launch)
-            in_s3_at_kill.extend(account.objects("reclaim/results/motioncor/"))
+            in_s3_at_kill.extend(account.objects("reclaim/results/micrographs/"))
             return True
         return False
 

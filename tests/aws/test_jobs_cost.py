@@ -267,9 +267,10 @@ COST_JOBS = [
 ]
 GIB = 2**30
 INSPECT = "proj/results/inspect/"
-LISTINGS = [  # 4 movies (not the .png, not the folder below)
+LISTINGS = [  # 4 movies (not the .png, not two folders below)
     (INSPECT, [(f"{INSPECT}{name}", 100, "STANDARD") for name in
-               ("m0.json", "m1.json", "m2.json", "m3.json", "m0.png", "old/m9.json")]),
+               ("m0.json", "chunk0001/m1.json", "chunk0001/m2.json", "m3.json", "m0.png",
+                "old/x/m9.json")]),
     ("proj/", [("proj/movies/a.tiff", 1000 * GIB, "DEEP_ARCHIVE"),
                ("proj/results/big.mrcs", 50 * GIB, "STANDARD")]),
     ("scratch/proj/", []),
@@ -316,14 +317,18 @@ def test_movies_and_bytes_in_s3(aws_env: str, price_file: Path) -> None:
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     for key, size, kind in [
-        (f"{INSPECT}a.json", 2, "STANDARD"), (f"{INSPECT}b.json", 2, "STANDARD"),
-        (f"{INSPECT}b.png", 3, "STANDARD"), ("projX/results/inspect/c.json", 2, "STANDARD"),
+        (f"{INSPECT}chunk0001/a.json", 2, "STANDARD"),
+        (f"{INSPECT}chunk0001/b.json", 2, "STANDARD"),
+        (f"{INSPECT}chunk0001/b.png", 3, "STANDARD"), (f"{INSPECT}c.json", 2, "STANDARD"),
+        (f"{INSPECT}x/y/d.json", 2, "STANDARD"),
+        ("projX/results/inspect/e.json", 2, "STANDARD"),
         ("proj/movies/a.tiff", 1000, "DEEP_ARCHIVE"),
     ]:  # fmt: skip
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * size, StorageClass=kind)
-    assert cost.movie_count(s3, BUCKET, "proj") == 2
+    # a.json and b.json in a chunk's folder, c.json of the layout before chunks
+    assert cost.movie_count(s3, BUCKET, "proj") == 3
     assert cost.movie_count(s3, BUCKET, "other") == 0
-    assert cost.prefix_bytes(s3, BUCKET, "proj/") == {"STANDARD": 7, "DEEP_ARCHIVE": 1000}
+    assert cost.prefix_bytes(s3, BUCKET, "proj/") == {"STANDARD": 11, "DEEP_ARCHIVE": 1000}
     with pytest.raises(CryosnakeError, match=r"cannot list s3://nobucket/proj/ \(NoSuchBucket\)"):
         cost.prefix_bytes(s3, "nobucket", "proj/")
     sizes = {"STANDARD": 50 * GIB, "DEEP_ARCHIVE": 1000 * GIB, "GLACIER_IR": 5 * GIB}

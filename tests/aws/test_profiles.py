@@ -155,7 +155,8 @@ def test_aws_profile_settings() -> None:
     assert aws["default-storage-provider"] == "s3"
     assert int(aws["aws-batch-task-timeout"]) >= 3600  # the plugin's default is 300 s
     assert int(aws["retries"]) >= 1
-    assert {"inspect", "preprocess"} <= set(aws["group-components"])
+    # A chunk of movies is one job: no group is split into further jobs.
+    assert "group-components" not in aws
     # No account data: `cryosnake aws profile` writes it into the user's own profile.
     assert not set(aws) & set(aws_stack.PROFILE_KEYS)
     # Nothing in the profile is a credential.
@@ -173,7 +174,7 @@ def test_default_profile_does_not_override_remote_profiles() -> None:
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     slurm = profile("slurm")
     assert slurm["executor"] == "slurm"
-    assert {"inspect", "preprocess"} <= set(slurm["group-components"])
+    assert "group-components" not in slurm
     path = tiny_config(tmp_path)
     proc = subprocess.run(
         [str(SNAKEMAKE), "--profile", "profiles/slurm", "-n", "--configfile", str(path)],

@@ -84,9 +84,11 @@ def test_ctf_bad_input(micrograph: tuple[Path, object], tmp_path: Path, run_cli:
         assert not out.exists()
 
 
-def _fake(folder: Path, stem: str, fit_res: float, fom: float, drift_px: float) -> None:
+def _fake(
+    folder: Path, stem: str, fit_res: float, fom: float, drift_px: float, chunk: str = ""
+) -> None:
     write_star(
-        folder / "ctf" / f"{stem}.star",
+        folder / "ctf" / chunk / f"{stem}.star",
         {
             "micrograph": pd.DataFrame(
                 [
@@ -109,7 +111,7 @@ def _fake(folder: Path, stem: str, fit_res: float, fom: float, drift_px: float) 
     )
     steps = np.linspace(0, drift_px, 10)
     write_star(
-        folder / "mc" / f"{stem}.star",
+        folder / "mc" / chunk / f"{stem}.star",
         {
             "general": pd.DataFrame([{"rlnImageSizeZ": 10}]),
             "global_shift": pd.DataFrame(
@@ -179,3 +181,63 @@ def test_curate_needs_a_motion_file_per_micrograph(tmp_path: Path, run_cli: RunC
          *ACQ]
     )  # fmt: skip
     assert code != 0 and "b.star: no motion STAR named b.star" in err
+
+
+def test_curate_takes_folders_of_per_movie_files(
+    tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk folders (with the other outputs of the per-movie stages beside the STARs),
+    mixed with files, give what the files give; motion sums stay per movie."""
+    monkeypatch.chdir(tmp_path)
+    drift = {"m1": 9.0, "m2": 18.0, "m3": 90.0, "m4": 27.0, "m5": 36.0}
+    for i, (stem, px) in enumerate(drift.items()):
+        _fake(tmp_path, stem, 6.0, 0.4, px, chunk=f"chunk{i // 2 + 1:04d}")
+    for chunk in ("chunk0001", "chunk0002"):
+        (tmp_path / "mc" / chunk / "m1.mrc").write_bytes(b"")
+        (tmp_path / "mc" / chunk / "m1_motion.png").write_bytes(b"")
+        (tmp_path / "mc" / chunk / f".m9.star.tmp{len(chunk)}.star").write_text("partial")
+    common = ["--pixel-size", "1.5", *ACQ, "--max-total-motion", "100",
+              "--names-relative-to", str(tmp_path)]  # fmt: skip
+    files = sorted((tmp_path / "ctf").glob("chunk*/[!.]*.star"))
+    motions = sorted((tmp_path / "mc").glob("chunk*/[!.]*.star"))
+    code, _, err = run_cli(
+        ["curate", "--ctf", *files, "--motion", *motions, "--out-dir", "by_file", *common]
+    )
+    assert code == 0, err
+    code, out, err = run_cli(
+        ["curate", "--ctf", "ctf/chunk0001", files[2], "ctf/chunk0002/m4.star", "ctf/chunk0003",
+         "--motion", "mc/chunk0001", "mc/chunk0002", "mc/chunk0003/m5.star",
+         "--out-dir", "by_folder", *common]
+    )  # fmt: skip
+    assert code == 0, err
+    assert "4 of 5 micrographs selected" in out
+    by_file = read_star_block("by_file/micrographs_ctf.star", "micrographs")
+    by_folder = read_star_block("by_folder/micrographs_ctf.star", "micrographs")
+    pd.testing.assert_frame_equal(by_file, by_folder)
+    assert by_folder.rlnMicrographName.tolist() == [
+        f"mc/chunk{i // 2 + 1:04d}/{stem}.mrc" for i, stem in enumerate(drift)
+    ]
+    assert by_folder.rlnMicrographMetadata.tolist() == [
+        f"mc/chunk{i // 2 + 1:04d}/{stem}.star" for i, stem in enumerate(drift)
+    ]
+    # 10 frames, linear drift: 9 equal steps, the first 3 of them "early" (RELION)
+    px = np.array(list(drift.values())) * 1.5
+    np.testing.assert_allclose(by_folder.rlnAccumMotionTotal, px, rtol=1e-6)
+    np.testing.assert_allclose(by_folder.rlnAccumMotionEarly, px * 3 / 9, rtol=1e-6)
+    np.testing.assert_allclose(by_folder.rlnAccumMotionLate, px * 6 / 9, rtol=1e-6)
+    rejected = pd.read_csv("by_folder/rejected.tsv", sep="\t")
+    assert rejected.micrograph.tolist() == ["mc/chunk0002/m3.mrc"]
+    assert rejected.reasons.tolist() == ["total motion 135.0 Å > 100.0 Å"]
+
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for option, value, text in [
+        ("--ctf", empty, "--ctf: folder nothing holds no .star file"),
+        ("--motion", "mc/chunk0009", "--motion: mc/chunk0009: no such file or folder"),
+    ]:
+        args = ["curate", "--ctf", "ctf/chunk0001", "--motion", "mc/chunk0001",
+                "--out-dir", "x", *common]  # fmt: skip
+        args[args.index(option) + 1] = str(value)
+        code, _, err = run_cli(args)
+        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert text in err.replace(str(tmp_path) + "/", ""), err

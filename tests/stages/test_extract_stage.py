@@ -20,7 +20,7 @@ import pytest
 import scipy.fft
 import starfile
 
-from cryosnake.io import read_mrc, write_star
+from cryosnake.io import optics_table, read_mrc, write_star
 from cryosnake.ops import (
     ctf_2d,
     euler_to_matrix,
@@ -401,3 +401,92 @@ def test_help_has_an_example(run_cli: RunCli) -> None:
     for stage in ("extract", "merge-particles"):
         code, out, _ = run_cli([stage, "--help"])
         assert code == 0 and "Example::" in out and f"cryosnake {stage} --" in out
+
+
+def _extract_star(path: Path, stem: str, n: int, *, autopick: bool = True) -> pd.DataFrame:
+    """A per-micrograph STAR as extract writes it, without the stack (merge reads none)."""
+    optics = optics_table(
+        pixel_size=1.25, voltage=300, cs=2.7, amplitude_contrast=0.1, image_size=64,
+        image_pixel_size=PX,
+    )  # fmt: skip
+    particles = pd.DataFrame(
+        {
+            "rlnImageName": [
+                f"{i + 1:06d}@extract/{path.parent.name}/{stem}.mrcs" for i in range(n)
+            ],
+            "rlnMicrographName": [f"mc/{path.parent.name}/{stem}.mrc"] * n,
+            "rlnCoordinateX": np.arange(n) * 10.5,
+            "rlnDefocusU": np.full(n, 15000.0),
+            "rlnOpticsGroup": np.ones(n, dtype=np.int64),
+        }
+    )
+    if autopick:
+        particles["rlnAutopickFigureOfMerit"] = np.linspace(0, 1, n)
+    write_star(path, {"optics": optics, "particles": particles})
+    return particles
+
+
+def test_merge_particles_takes_chunk_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: RunCli
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    counts = {"m1": 3, "m2": 0, "m3": 4, "m4": 2, "m5": 5}
+    tables = {}
+    for i, (stem, n) in enumerate(counts.items()):
+        star = tmp_path / "extract" / f"chunk{i // 2 + 1:04d}" / f"{stem}.star"
+        star.parent.mkdir(parents=True, exist_ok=True)
+        tables[stem] = _extract_star(star, stem, n, autopick=stem != "m4")
+        star.with_suffix(".mrcs").write_bytes(b"")  # the stacks sit beside the STARs
+    (tmp_path / "extract" / "chunk0001" / ".m0.star.tmp1.star").write_text("data_optics\n")
+    code, out, err = run_cli(
+        ["merge-particles", "--stars", "extract/chunk0001", "extract/chunk0002/m3.star",
+         "extract/chunk0002/m4.star", "extract/chunk0003", "--out", "particles.star"]
+    )  # fmt: skip
+    assert code == 0, err
+    assert "14 particles from 4 of 5 micrograph STAR files (1 without particles)" in out
+    assert "dropped label(s) rlnAutopickFigureOfMerit" in err
+    merged = starfile.read("particles.star", always_dict=True)
+    expected = pd.concat(
+        [
+            t.drop(columns="rlnAutopickFigureOfMerit", errors="ignore")
+            for t in tables.values()
+            if len(t)
+        ],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(merged["particles"], expected)
+    assert "\t1\n" in Path("particles.star").read_text()  # rlnOpticsGroup stays an integer
+    assert len(merged["optics"]) == 1
+
+    selected = tmp_path / "selected.star"
+    names = ["mc/chunk0001/m1.mrc", "mc/chunk0003/m5.mrc"]
+    write_star(selected, {"micrographs": pd.DataFrame({"rlnMicrographName": names})})
+    code, out, err = run_cli(
+        ["merge-particles", "--stars", "extract/chunk0001", "extract/chunk0002",
+         "extract/chunk0003", "--selected", selected, "--out", "sel.star"]
+    )  # fmt: skip
+    assert code == 0, err
+    assert "8 particles from 2 of 5" in out and "6 particles of 2 micrographs not selected" in out
+    table = starfile.read("sel.star", always_dict=True)["particles"]
+    assert table.rlnImageName.tolist() == [
+        *tables["m1"].rlnImageName,
+        *tables["m5"].rlnImageName,
+    ]
+    assert "rlnAutopickFigureOfMerit" in table.columns  # every selected input has it
+
+    # optics that differ in a later input: one line naming that file and the label
+    odd = tmp_path / "extract" / "chunk0003" / "m6.star"
+    _extract_star(odd, "m6", 2)
+    text = odd.read_text().replace("\t64\t", "\t96\t", 1)
+    odd.write_text(text)
+    code, _, err = run_cli(
+        ["merge-particles", "--stars", "extract/chunk0001", "extract/chunk0003", "--out", "x.star"]
+    )
+    assert code == 1 and err.count("\n") == 1, err
+    assert "extract/chunk0003/m6.star: optics differ" in err and "rlnImageSize 96 vs 64" in err
+    code, _, err = run_cli(
+        ["merge-particles", "--stars", "extract/chunk0001", "extract/chunk0001/m1.star",
+         "--out", "x.star"]
+    )  # fmt: skip
+    assert code == 1 and "extract/chunk0001/m1.star is given twice" in err
+    assert not Path("x.star").exists()

@@ -19,11 +19,12 @@ import pytest
 from particles_sim import ParticleStack, simulate_particles, write_particles
 
 from cryosnake.backend import gpu_available
-from cryosnake.io import read_mrc, read_star
+from cryosnake.io import read_mrc, read_star, write_star
 from cryosnake.ops.fourier import fourier_crop
 from cryosnake.ops.fsc import fsc, fsc_at_resolution
 from cryosnake.ops.initial3d import align_volumes, rotate_volume
 from cryosnake.ops.rotation import euler_to_matrix
+from cryosnake.stages import _images
 
 RunCli = Callable[[Sequence[object]], tuple[int, str, str]]
 PX = 4.5
@@ -106,3 +107,28 @@ def test_gpu_ab_initio_matches_the_truth(run: tuple[Path, ParticleStack], tmp_pa
     truth = np.asarray(fourier_crop(stack.volume(), (32, 32, 32)))
     aligned, _ = align_volumes(small, truth, 6.75)
     assert _fsc_at(aligned, truth, 6.75, 20.0) >= 0.5
+
+
+def test_streamed_particles_give_the_in_memory_result(
+    run: tuple[Path, ParticleStack],
+    tmp_path: Path,
+    run_cli: RunCli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out, _ = run
+    source = read_star(out.parent / "particles.star")
+    star = tmp_path / "few.star"  # 200 particles, 2 mini-batches, 30° steps: a few seconds
+    write_star(star, {"optics": source["optics"], "particles": source["particles"].iloc[:200]})
+    for name, share in (("memory", 0.5), ("streamed", 0.0)):  # 0: stream whatever the size
+        monkeypatch.setattr(_images, "IN_MEMORY_SHARE", share)
+        args = ["initial3d", "--particles", star, "--out-dir", tmp_path / name, "--diameter",
+                "165", "--iterations", "2", "--batch", "100", "--step", "30"]  # fmt: skip
+        code, log, err = run_cli(args)
+        assert code == 0, err
+        assert ("particles in memory" if share else "particles streamed from") in log, log
+    a, _ = read_mrc(tmp_path / "memory" / "initial_model.mrc")
+    b, _ = read_mrc(tmp_path / "streamed" / "initial_model.mrc")
+    np.testing.assert_array_equal(a, b)
+    a_data = read_star(tmp_path / "memory" / "initial_model_data.star")["particles"]
+    b_data = read_star(tmp_path / "streamed" / "initial_model_data.star")["particles"]
+    assert a_data.equals(b_data)

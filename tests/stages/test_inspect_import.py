@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -295,13 +296,21 @@ def test_reject_records_a_bad_movie_and_goes_on(
     assert [Path(n).stem for n in names] == sorted(reports)
     table = pd.read_csv(listed, sep="\t")
     assert table.to_dict("records") == [{"movie": str(truncated), "reason": report["rejected"]}]
-    assert import_movies.movie_names(listed.read_text(), "rejected") == {"movie_0009"}
-    assert import_movies.movie_names(summary.read_text(), "summary") == set(reports)
+    assert [Path(m).stem for m in table.movie] == ["movie_0009"]
+    assert sorted(Path(m).stem for m in pd.read_csv(summary, sep="\t").movie) == sorted(reports)
+    # a folder of reports (a chunk's, as the workflow gives them) is every *.json in it
+    folder = tmp_path / "chunk0001"
+    folder.mkdir()
+    for path in [*reports.values(), out]:
+        shutil.copy(path, folder)
+    (folder / "movie_0001.png").write_bytes(b"not a report")
+    code, stdout, err = run_cli(["import", "--reports", folder, "--out", star, *common])
+    assert code == 0 and "2 movies" in stdout and "1 rejected" in stdout, err
     # nothing rejected: the table has its header only
     code, _, err = run_cli(
         ["import", "--reports", *reports.values(), "--out", star, "--rejected", listed, *common]
     )
-    assert code == 0 and import_movies.movie_names(listed.read_text(), "rejected") == set()
+    assert code == 0 and len(pd.read_csv(listed, sep="\t")) == 0
     # every movie rejected: an error that gives the first reason
     code, _, err = run_cli(["import", "--reports", out, "--out", star, *common])
     assert_one_line_error(code, err, "every movie (1) was rejected", truncated)

@@ -31,6 +31,7 @@ from cryosnake.ops.fsc import fsc, shell_resolution
 from cryosnake.ops.postprocess import auto_mask
 from cryosnake.ops.refine3d import angular_errors
 from cryosnake.ops.rotation import euler_to_matrix
+from cryosnake.stages import _images
 
 RunCli = Callable[[Sequence[object]], tuple[int, str, str]]
 PX = 4.5
@@ -217,3 +218,25 @@ def test_gpu_run_matches_the_cpu_run(
     gpu_map, _ = read_mrc(out / "run_class001.mrc")
     curve = fsc(cpu_map, gpu_map)
     assert shell_resolution(curve, PX, 0.9) <= 1.05 * gold["cpu"]
+
+
+def test_streamed_particles_give_the_in_memory_result(
+    dataset: tuple[Path, Path, ParticleStack],
+    tmp_path: Path,
+    run_cli: RunCli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    star, reference, _ = dataset
+    for name, share in (("memory", 0.5), ("streamed", 0.0)):  # 0: stream whatever the size
+        monkeypatch.setattr(_images, "IN_MEMORY_SHARE", share)
+        code, out, err = run_cli(_args(star, reference, tmp_path / name, 1))
+        assert code == 0, err
+        assert ("particles in memory" if share else "particles streamed from") in out, out
+    # Each image's transform does not depend on its batch: the same numbers.
+    for map_name in ("run_class001.mrc", "run_half1_class001_unfil.mrc"):
+        a, _ = read_mrc(tmp_path / "memory" / map_name)
+        b, _ = read_mrc(tmp_path / "streamed" / map_name)
+        np.testing.assert_array_equal(a, b)
+    a_data = read_star(tmp_path / "memory" / "run_data.star")["particles"]
+    b_data = read_star(tmp_path / "streamed" / "run_data.star")["particles"]
+    assert a_data.equals(b_data)

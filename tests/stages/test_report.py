@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pandas as pd
 
 from cryosnake.io import save_figure, write_star
+from cryosnake.stages import report
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -65,8 +68,10 @@ def test_report_embeds_plots_and_numbers(tmp_path: Path, run_cli: RunCli) -> Non
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     # Plots are embedded, not linked: the page stands alone.
-    images = page.count("data:image/png;base64,")
-    assert images == 3  # class averages, one pick example (--examples 1), the FSC
+    assert page.count("data:image/png;base64,") == 2  # class averages, the FSC
+    # Both pick pictures (as JPEG): a run of at most --show-all (12) micrographs shows
+    # every one; --examples counts only above that.
+    assert page.count("data:image/jpeg;base64,") == 2
     payload = page.split("data:image/png;base64,")[1].split('"')[0]
     assert base64.b64decode(payload)[:8] == b"\x89PNG\r\n\x1a\n"
     assert "4.32 Å" in page and "-85 Å²" in page and "42" in page
@@ -88,3 +93,164 @@ def test_report_bad_input_is_one_line(tmp_path: Path, run_cli: RunCli) -> None:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], err
     assert not (tmp_path / "r.html").exists()
+
+
+# A session at scale: tables only, a handful of pictures.
+N_MICS = 3000
+WORST_CTF, LARGEST_DRIFT, NOT_SHOWN = "mic_01234", "mic_02222", "mic_00007"
+BAD_CTF = range(100, 160)  # 60 micrographs whose CTF fit is worse than 10 Å
+BAD_MOVIES = 5  # rejected by inspect
+
+
+def _mic(i: int) -> str:
+    return f"mic_{i:05d}"
+
+
+def _session_tables(seed: int = 0) -> dict[str, pd.DataFrame]:
+    """micrographs_ctf, micrographs_selected, particles, rejected: rows in shuffled order
+    (acquisition order is the sorted names), with known particle counts."""
+    rng = np.random.default_rng(seed)
+    du = rng.uniform(10_000, 20_000, N_MICS)
+    mics = pd.DataFrame(
+        {
+            "rlnMicrographName": [f"results/micrographs/chunk{i // 100:04d}/{_mic(i)}.mrc"
+                                  for i in range(N_MICS)],
+            "rlnDefocusU": du,
+            "rlnDefocusV": du - 300.0,
+            "rlnCtfFigureOfMerit": rng.uniform(0.2, 0.4, N_MICS),
+            "rlnCtfMaxResolution": rng.uniform(4, 9, N_MICS),
+            "rlnAccumMotionTotal": rng.uniform(5, 30, N_MICS),
+        }
+    )  # fmt: skip
+    mics.loc[list(BAD_CTF), "rlnCtfMaxResolution"] = 12.0
+    mics.loc[int(WORST_CTF[4:]), "rlnCtfMaxResolution"] = 40.0
+    mics.loc[int(LARGEST_DRIFT[4:]), "rlnAccumMotionTotal"] = 300.0
+    bad = mics.rlnCtfMaxResolution > 10
+    rejected = pd.DataFrame(
+        {
+            "micrograph": [f"movies/bad_{k}.tiff" for k in range(BAD_MOVIES)]
+            + list(mics.rlnMicrographName[bad]),
+            "reasons": [f"movies/bad_{k}.tiff: truncated <MRC>" for k in range(BAD_MOVIES)]
+            + [f"CTF fit to {r:.1f} Å > 10 Å" for r in mics.rlnCtfMaxResolution[bad]],
+            "stage": ["inspect"] * BAD_MOVIES + ["curate"] * int(bad.sum()),
+        }
+    )
+    # Particles per kept micrograph: 1 + index % 7.
+    kept = np.flatnonzero(~bad)
+    on = np.repeat(kept, 1 + kept % 7)
+    particles = pd.DataFrame(
+        {"rlnImageName": [f"{k + 1}@s.mrcs" for k in range(on.size)],
+         "rlnMicrographName": mics.rlnMicrographName.to_numpy()[on]}
+    )  # fmt: skip
+    order = rng.permutation(N_MICS)
+    return {
+        "micrographs": mics.iloc[order].reset_index(drop=True),
+        "selected": mics[~bad].reset_index(drop=True),
+        "particles": particles,
+        "rejected": rejected,
+    }
+
+
+def _session_folder(results: Path) -> None:
+    tables = _session_tables()
+    write_star(results / "micrographs_ctf.star", {"micrographs": tables["micrographs"]})
+    write_star(results / "micrographs_selected.star", {"micrographs": tables["selected"]})
+    write_star(results / "particles.star", {"particles": tables["particles"]})
+    tables["rejected"].to_csv(results / "rejected.tsv", sep="\t", index=False)
+    # The worst CTF fit's pictures in chunk folders, the largest drift's in the stage
+    # folder (the flat layout), one of a micrograph that is not shown.
+    for name in (
+        f"motioncor/chunk0012/{WORST_CTF}_motion.png",
+        f"ctf/chunk0012/{WORST_CTF}.png",
+        f"pick/{LARGEST_DRIFT}.png",
+        f"motioncor/chunk0000/{NOT_SHOWN}_motion.png",
+    ):
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        _png(results / name)
+
+
+def test_report_summarises_a_session(tmp_path: Path, run_cli: RunCli) -> None:
+    results = tmp_path / "results"
+    _session_folder(results)
+    config = tmp_path / "config.yaml"
+    config.write_text("curate:\n  max_resolution: 10\n  min_figure_of_merit: 0.1\n")
+    out = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--results", results, "--out", out, "--config", config])
+    assert code == 0, err
+    page = out.read_text()
+    # A page a browser opens at once: two session plots and the few pictures there are.
+    assert len(page.encode()) < 1_000_000
+    assert page.count("data:image/png;base64,") == 2  # time series, histograms
+    assert page.count("data:image/jpeg;base64,") == 3  # the planted pictures, found
+    assert f"{NOT_SHOWN}_motion.png" not in page and f"({WORST_CTF}.png)" in page
+    assert f"{WORST_CTF} — worst CTF fit" in page and f"{LARGEST_DRIFT} — largest drift" in page
+    assert "CTF fit to 40.0 Å" in page and "total drift 300.0 Å" in page
+    assert f"<th>micrographs with a CTF fit</th><td>{N_MICS}</td>" in page
+    assert "<th>movies rejected by inspect</th><td>5</td>" in page
+    # Rejected: counts per reason, 50 rows, the rest left in rejected.tsv.
+    n_bad = len(BAD_CTF) + 1
+    assert f"<td>curate</td><td>CTF fit to … Å &gt; … Å</td><td>{n_bad}</td>" in page
+    assert "<td>inspect</td><td>truncated &lt;MRC&gt;</td><td>5</td>" in page
+    assert f"The first 50 of {n_bad + BAD_MOVIES}; the full list is in rejected.tsv" in page
+    listed = page.split("the full list is in rejected.tsv")[1].split("</table>")[0]
+    assert listed.count("<tr>") == 51  # header and 50 rows
+    assert "Dashed lines: the curation thresholds" in page
+    drawn = re.findall(r"<h3>(mic_\d+) — drawn at random</h3>", page)
+    assert len(drawn) == 3
+    # The same draw again (no --config now: the thresholds are said not to be drawn).
+    again = tmp_path / "again.html"
+    code, _, err = run_cli(["report", "--results", results, "--out", again])
+    assert code == 0, err
+    assert re.findall(r"<h3>(mic_\d+) — drawn at random</h3>", again.read_text()) == drawn
+    assert "No --config given: the curation thresholds are not drawn." in again.read_text()
+
+
+def test_session_table_matches_the_planted_values() -> None:
+    tables = _session_tables()
+    counts = tables["particles"]["rlnMicrographName"].value_counts()
+    table = report._session(
+        tables["micrographs"], tables["selected"], counts, tables["rejected"], [{}, {}, {}]
+    )
+    assert list(table.movie) == [_mic(i) for i in range(N_MICS)]  # acquisition order
+    index = np.arange(N_MICS)
+    rejected = np.isin(index, [*BAD_CTF, int(WORST_CTF[4:])])
+    np.testing.assert_array_equal(table.rejected.to_numpy(), rejected)
+    np.testing.assert_array_equal(table.particles[~rejected], 1 + index[~rejected] % 7)
+    assert table.particles[rejected].isna().all()
+    assert table.reasons[int(WORST_CTF[4:])] == "CTF fit to 40.0 Å > 10 Å"
+    mics = tables["micrographs"].sort_values("rlnMicrographName")
+    expected = (mics.rlnDefocusU.to_numpy() - 150.0) / 1e4  # µm
+    np.testing.assert_allclose(table.defocus, expected, rtol=1e-12)
+    np.testing.assert_allclose(table.astigmatism, 300.0, rtol=1e-9)
+
+
+def test_picture_index_reads_both_layouts(tmp_path: Path) -> None:
+    folder = tmp_path / "motioncor"
+    for name in ("a_motion.png", "b_motion.png", "a.star", "chunk0001/b_motion.png",
+                 "chunk0002/c_motion.png", "chunk0002/c.mrc"):  # fmt: skip
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    index = report._picture_index(folder, "_motion.png")
+    assert index == {
+        "a": folder / "a_motion.png",
+        "b": folder / "chunk0001" / "b_motion.png",  # a chunk folder's wins
+        "c": folder / "chunk0002" / "c_motion.png",
+    }
+    assert report._picture_index(tmp_path / "nope", ".png") == {}
+
+
+def test_reason_kinds() -> None:
+    reasons = pd.Series(
+        [
+            "movies/x.tiff: truncated <MRC>",
+            "CTF fit to 14.0 Å > 10.0 Å",
+            "CTF figure of merit 0.050 < 0.1",
+            "data/m 2.mrc: measured 1.234 e/Å² per frame (off by 30 %)",
+        ]
+    )
+    assert list(report._reason_kinds(reasons)) == [
+        "truncated <MRC>",
+        "CTF fit to … Å > … Å",
+        "CTF figure of merit … < …",
+        "measured … e/Å² per frame",
+    ]

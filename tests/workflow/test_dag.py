@@ -133,8 +133,10 @@ def test_mermaid_files_show_every_rule_and_edge(
     jobs, job_edges = mermaid_graph(out / "dag.mmd")
     assert jobs == rule_names
     assert job_edges == edges
-    # One job per demo movie for the per-movie rules.
-    assert len(re.findall(r"\[inspect - movie: movie_\d+\]", (out / "dag.mmd").read_text())) == 6
+    # One job per chunk for the per-movie rules: the 6 demo movies are one chunk.
+    assert re.findall(r"\[inspect - chunk: (chunk\d+)\]", (out / "dag.mmd").read_text()) == [
+        "chunk0001"
+    ]
 
 
 def test_extra_arguments_reach_snakemake(tmp_path: Path, rule_names: set[str]) -> None:
@@ -168,13 +170,13 @@ def test_mermaid_needs_no_dot_and_configfile_passes_through(
     monkeypatch.setenv("PATH", str(bin_dir))
     assert shutil.which("dot") is None
     config = tmp_path / "two_movies.yaml"  # merged into config/config.yaml
-    config.write_text("simulate:\n  n_movies: 2\n")
+    config.write_text("simulate:\n  n_movies: 2\ninput:\n  chunk_size: 1\n")
     out = tmp_path / "out"
     code, stdout, stderr = run_dag(out, "--formats", "mermaid", "--", "--configfile", str(config))
     assert code == 0, stderr
     assert stdout.splitlines() == [str(out / "rulegraph.mmd"), str(out / "dag.mmd")]
     dag = (out / "dag.mmd").read_text()
-    assert re.findall(r"\[inspect - movie: (movie_\d+)\]", dag) == ["movie_0001", "movie_0002"]
+    assert re.findall(r"\[inspect - chunk: (chunk\d+)\]", dag) == ["chunk0001", "chunk0002"]
 
 
 def test_missing_dot_is_one_line_naming_graphviz(

@@ -7,7 +7,10 @@ option, a missing required one or a value of the wrong type. Nothing is executed
 the 3D rules' command lines are checked in seconds. A rule must also give every option
 whose default is a configuration setting (:class:`SchemaDefault`: the workflow's value
 is the configuration's, and a job needs no schema), and ``--names-relative-to`` to
-every stage that writes or reads file names in STAR files.
+every stage that writes or reads file names in STAR files. The per-movie stages run
+through ``cryosnake chunk STAGE ... -- OPTIONS``: the chunk's options are checked by
+the chunk command's parser, and the stage's by its own, with the file options the
+chunk command gives it for one movie.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pytest
 import yaml
 
 from cryosnake.cli import STAGES
+from cryosnake.stages import chunk
 from cryosnake.stages._common import NAMES_ROOT_OPTION, SchemaDefault, stage_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,8 +73,20 @@ def commands(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, list[s
     return _commands(tmp_path_factory.mktemp("rule-commands"))
 
 
+def _per_movie(name: str, argv: list[str]) -> tuple[str, list[str]]:
+    """(stage, the command line the stage gets for one movie) of ``cryosnake chunk``
+    (any other command: itself)."""
+    if name != "chunk":
+        return name, argv
+    head, stage_args = chunk.split_argv(argv)
+    args = _parser("chunk").parse_args(head)
+    chunk.check_options(args)
+    movie = args.movies[0] if args.stage in ("inspect", "motioncor") else "movie_0001"
+    return args.stage, [*chunk.movie_options(args, movie), *stage_args]
+
+
 def test_every_stage_rule_is_in_the_dry_run(commands: list[tuple[str, list[str]]]) -> None:
-    stages = {name for name, _ in commands}
+    stages = {_per_movie(name, argv)[0] for name, argv in commands}
     assert stages >= {
         "simulate", "inspect", "import", "motioncor", "ctf", "curate", "pick", "extract",
         "merge-particles", "class2d", "select2d", "initial3d", "refine3d", "postprocess",
@@ -100,7 +116,7 @@ def _missing(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
 
 
 def test_every_rule_command_parses(commands: list[tuple[str, list[str]]]) -> None:
-    for name, argv in commands:
+    for name, argv in (_per_movie(*command) for command in commands):
         parser = _parser(name)
         try:
             missing = _missing(parser, argv)

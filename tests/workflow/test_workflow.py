@@ -86,13 +86,14 @@ def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> No
     counts = job_counts(result.stdout)
     assert counts == {
         "simulate": 1,
-        "inspect": 6,
+        # the 6 demo movies make one chunk (input.chunk_size 25): one job per stage
+        "inspect": 1,
         "import_movies": 1,
-        "motioncor": 6,
-        "ctf": 6,
+        "motioncor": 1,
+        "ctf": 1,
         "curate": 1,
-        "pick": 6,
-        "extract": 6,
+        "pick": 1,
+        "extract": 1,
         "merge_particles": 1,
         "class2d": 1,
         "select2d": 1,
@@ -101,8 +102,10 @@ def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> No
         "postprocess": 1,
         "report": 1,
         "all": 1,
-        "total": 41,
+        "total": 16,
     }
+    # A dry run keeps no chunk table.
+    assert not (tmp_path / "results" / "chunks.tsv").exists()
 
 
 def test_lint_is_clean() -> None:
@@ -161,16 +164,13 @@ def test_existing_movies_are_discovered_by_glob(tmp_path: Path) -> None:
     (movies / "notes.txt").unlink()
     result = snakemake(tmp_path, "-n", config=config)
     assert result.returncode == 0, result.stderr
-    assert "a_0001.log" in result.stdout
+    assert "chunk0001.log" in result.stdout
+    per_stage = {"inspect": 1, "motioncor": 1, "ctf": 1, "pick": 1, "extract": 1}
     assert job_counts(result.stdout) == {
         "all": 1,
         "import_movies": 1,
-        "inspect": 2,
-        "motioncor": 2,
-        "ctf": 2,
+        **per_stage,
         "curate": 1,
-        "pick": 2,
-        "extract": 2,
         "merge_particles": 1,
         "class2d": 1,
         "select2d": 1,
@@ -178,8 +178,14 @@ def test_existing_movies_are_discovered_by_glob(tmp_path: Path) -> None:
         "refine3d": 1,
         "postprocess": 1,
         "report": 1,
-        "total": 20,
+        "total": 15,
     }
+    # One movie per chunk: a job of each per-movie stage per movie.
+    config["input"]["chunk_size"] = 1
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode == 0, result.stderr
+    assert "chunk0002.log" in result.stdout
+    assert {k: job_counts(result.stdout)[k] for k in per_stage} == dict.fromkeys(per_stage, 2)
 
 
 def test_no_matching_movie_is_an_error(tmp_path: Path) -> None:
@@ -203,14 +209,16 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
     assert star["optics"]["rlnMicrographOriginalPixelSize"].tolist() == [2.5]
     movies = star["movies"]["rlnMicrographMovieName"].tolist()
     assert [Path(m).name for m in movies] == ["movie_0001.tif", "movie_0002.tif"]
+    # Both movies in one chunk, kept in chunks.tsv; one log and benchmark per chunk.
+    chunks = (results / "chunks.tsv").read_text().splitlines()
+    assert chunks == ["movie\tchunk", "movie_0001\tchunk0001", "movie_0002\tchunk0001"]
+    assert (results / "benchmarks" / "inspect" / "chunk0001.tsv").is_file()
+    assert (results / "logs" / "inspect" / "chunk0001.log").is_file()
     for stem in ("movie_0001", "movie_0002"):
-        assert (results / "inspect" / f"{stem}.png").stat().st_size > 1000
-        assert (results / "benchmarks" / "inspect" / f"{stem}.tsv").is_file()
-        assert (results / "logs" / "inspect" / f"{stem}.log").is_file()
-    for stem in ("movie_0001", "movie_0002"):
-        image, px = read_mrc(results / "motioncor" / f"{stem}.mrc")
+        assert (results / "inspect" / "chunk0001" / f"{stem}.png").stat().st_size > 1000
+        image, px = read_mrc(results / "micrographs" / "chunk0001" / f"{stem}.mrc")
         assert image.shape == (256, 256) and px == pytest.approx(2.5)
-        shifts = read_star(results / "motioncor" / f"{stem}.star")["global_shift"]
+        shifts = read_star(results / "motioncor" / "chunk0001" / f"{stem}.star")["global_shift"]
         truth = read_star(tmp_path / "data" / "truth" / f"{stem}_motion.star")["global_shift"]
         error = (shifts[SHIFT].to_numpy() - truth[SHIFT].to_numpy()) ** 2
         assert np.sqrt(error.sum(axis=1).mean()) < 0.3
@@ -241,8 +249,8 @@ def test_real_run_on_tiny_data(tmp_path: Path) -> None:
     summary = (results / "movies_summary.tsv").read_text().splitlines()
     assert len(summary) == 3
     # Nothing left to do afterwards; forcing one rule reruns that rule's jobs and what
-    # reads its outputs: import_movies decides which movies curate takes, but redoes
-    # no per-movie work (motioncor takes movies.star as ancient()).
+    # reads its outputs: import_movies lists the movies curate reports as rejected, and
+    # no per-movie work depends on it (motioncor reads inspect's verdicts itself).
     again = snakemake(tmp_path, "-n", config=config)
     assert "Nothing to be done" in again.stdout + again.stderr
     forced = snakemake(tmp_path, "-n", "--forcerun", "import_movies", config=config)
@@ -273,20 +281,20 @@ def test_truncated_movie_is_rejected_and_the_others_go_on(
     config["input"] = {"movies": str(movies / "*.mrc"), "gain": str(tiny_dataset / "gain.mrc")}
     planned = snakemake(tmp_path, "-n", config=config)
     assert planned.returncode == 0, planned.stderr[-3000:]
-    # Before inspection every movie is planned (the DAG shows them all).
-    assert job_counts(planned.stdout)["motioncor"] == 3
+    # The three movies are one chunk: one motioncor job, which leaves out the movies
+    # inspect rejects.
+    assert job_counts(planned.stdout)["motioncor"] == 1
     result = snakemake(tmp_path, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results"
-    report = json.loads((results / "inspect" / "movie_0003.json").read_text())
+    report = json.loads((results / "inspect" / "chunk0001" / "movie_0003.json").read_text())
     assert "truncated" in report["rejected"] or "not a valid MRC" in report["rejected"]
-    assert (results / "inspect" / "movie_0003.png").stat().st_size > 1000
+    assert (results / "inspect" / "chunk0001" / "movie_0003.png").stat().st_size > 1000
     names = read_star(results / "movies.star")["movies"]["rlnMicrographMovieName"]
     assert [Path(n).stem for n in names] == ["movie_0001", "movie_0002"]
     assert len(read_star(results / "micrographs_ctf.star")["micrographs"]) == 2
-    assert (
-        not list(results.glob("*/movie_0003.mrc"))
-        and not (results / "ctf/movie_0003.star").exists()
+    assert not list(results.glob("**/movie_0003*.mrc")) and not list(
+        results.glob("**/movie_0003.star")
     )
     rejected = pd.read_csv(results / "rejected.tsv", sep="\t")
     row = rejected[rejected.micrograph.str.endswith("movie_0003.mrc")]

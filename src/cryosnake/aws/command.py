@@ -25,7 +25,7 @@ with a total line, then one line per job waiting RUNNABLE for more than 10 minut
 jobs. It needs ``batch:ListJobs``.
 
 ``cryosnake aws cost`` estimates the $ of the jobs that ran in that window, per stage
-and in total, per 1,000 movies of ``--project`` (its ``results/inspect/*.json``), and
+and in total, per 1,000 movies of ``--project`` (its inspect reports), and
 the S3 storage of ``s3://BUCKET/PROJECT/`` and the scratch prefix per month
 (:mod:`cryosnake.aws.cost`). A job costs its run time at the ``--pricing`` (spot or
 on-demand) hourly price of the cheapest instance type of the stack that fits it, from

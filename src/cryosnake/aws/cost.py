@@ -9,7 +9,7 @@ types the stack allows (its parameters ``GpuInstanceTypes`` and ``CpuInstanceTyp
 That is neither the bill nor the instance Batch chose: several jobs packed on one
 instance make the true cost lower, instance time without a job (start-up, idle minutes
 before Batch scales down) makes it higher, and spot prices change by the hour. The cost
-per 1,000 movies divides by the movies of the project (its ``results/inspect/*.json``);
+per 1,000 movies divides by the movies of the project (its inspect reports);
 storage is the bytes under ``s3://BUCKET/PROJECT/`` and the scratch prefix per month at
 the table's price of each storage class (current versions only).
 """
@@ -239,10 +239,11 @@ def _objects(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
 
 
 def movie_count(s3: Any, bucket: str, project: str) -> int:
-    """Movies of a project: its objects ``PROJECT/results/inspect/*.json``."""
+    """Movies of a project: its inspect reports ``PROJECT/results/inspect/CHUNK/*.json``
+    (or ``inspect/*.json``, as runs before chunks wrote them)."""
     prefix = f"{project.strip('/')}/results/inspect/"
     names = (o["Key"][len(prefix) :] for o in _objects(s3, bucket, prefix))
-    return sum(1 for n in names if n.endswith(".json") and "/" not in n)
+    return sum(1 for n in names if n.endswith(".json") and n.count("/") <= 1)
 
 
 def prefix_bytes(s3: Any, bucket: str, prefix: str) -> dict[str, int]:

@@ -3,8 +3,10 @@
 With ``default-storage-provider: s3`` every relative path of the workflow lives under
 the default storage prefix (``s3://BUCKET/PROJECT``), ``input.movies`` included. A
 local glob cannot see those files, so the workflow lists the bucket instead
-(:func:`glob_s3`), reads the results it plans with there (:func:`read_s3_text`), and
-after a failure reads the stage errors from the jobs' logs (:func:`stage_errors`).
+(:func:`glob_s3`), reads and writes there the chunk table it plans with
+(:func:`read_s3_text`, :func:`write_s3_text`), and after a failure reads the stage
+errors from the jobs' logs (:func:`stage_errors`). :mod:`cryosnake.aws.inventory` gives
+Snakemake the files in S3 from one listing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cryosnake.aws import s3
 from cryosnake.aws.s3 import parse_s3_url
 from cryosnake.errors import ConfigError, CryosnakeError
 
-__all__ = ["glob_s3", "read_s3_text", "stage_errors"]
+__all__ = ["glob_s3", "read_s3_text", "stage_errors", "write_s3_text"]
 
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -65,6 +67,12 @@ def _reason(err: BaseException) -> str:
     return s3.error_code(err) or s3.describe(err)
 
 
+def _workflow_key(storage_prefix: str, path: str) -> tuple[str, str]:
+    """(bucket, key) of the workflow file ``path`` relative to ``storage_prefix``."""
+    bucket, base = parse_s3_url(storage_prefix)
+    return bucket, posixpath.join(base, path.lstrip("/")) if base else path.lstrip("/")
+
+
 def read_s3_text(
     storage_prefix: str,
     path: str,
@@ -75,17 +83,16 @@ def read_s3_text(
 ) -> str | None:
     """The text of the workflow file ``path`` (relative to ``storage_prefix``) in S3.
 
-    For the few results the workflow itself reads while it plans the jobs (the movies
-    that inspect rejected), which the main process has no local copy of. With
-    ``missing_ok``, None when there is no such object.
+    For the few files the workflow itself reads while it plans the jobs (the chunk of
+    every movie), which the main process has no local copy of. With ``missing_ok``,
+    None when there is no such object.
 
     Raises
     ------
     CryosnakeError
         The object cannot be read (the message names its URL).
     """
-    bucket, base = parse_s3_url(storage_prefix)
-    key = posixpath.join(base, path.lstrip("/")) if base else path.lstrip("/")
+    bucket, key = _workflow_key(storage_prefix, path)
     client = client or s3.client(endpoint_url=endpoint_url, region=region)
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -94,6 +101,32 @@ def read_s3_text(
             return None
         raise CryosnakeError(f"{s3.object_url(bucket, key)}: cannot read ({_reason(err)})") from err
     return bytes(body).decode("utf-8")
+
+
+def write_s3_text(
+    storage_prefix: str,
+    path: str,
+    text: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    client: Any = None,
+) -> None:
+    """Write the workflow file ``path`` (relative to ``storage_prefix``) in S3: the state
+    the workflow keeps while it plans the jobs (the chunk of every movie).
+
+    Raises
+    ------
+    CryosnakeError
+        The object cannot be written (the message names its URL).
+    """
+    bucket, key = _workflow_key(storage_prefix, path)
+    client = client or s3.client(endpoint_url=endpoint_url, region=region)
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+    except s3.ERRORS as err:
+        raise CryosnakeError(
+            f"{s3.object_url(bucket, key)}: cannot write ({_reason(err)})"
+        ) from err
 
 
 _STAGE_ERROR = re.compile(r"^cryosnake [\w-]+: error: .*$", re.MULTILINE)

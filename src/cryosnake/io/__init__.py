@@ -1,9 +1,10 @@
 """File input and output: the only package in cryosnake that touches files.
 
 MRC/MRCS through :mod:`mrcfile`, TIFF movies through :mod:`tifffile`, STAR files in
-RELION 3.1+ layout through :mod:`starfile`, atomic writes for everything. A missing,
-truncated or corrupt file raises :class:`cryosnake.errors.FileFormatError` with a
-one-line message that names the file and the problem.
+RELION 3.1+ layout (read and written as :mod:`starfile` does, faster), atomic writes
+for everything. A missing, truncated or corrupt file raises
+:class:`cryosnake.errors.FileFormatError` with a one-line message that names the file
+and the problem.
 """
 
 from cryosnake.io._atomic import atomic_path, require_file
@@ -13,11 +14,20 @@ from cryosnake.io._model import read_atomic_model
 from cryosnake.io._mrc import read_mrc, read_mrc_header, write_mrc
 from cryosnake.io._tiff import write_tiff_movie
 from cryosnake.io.movie import MOVIE_SUFFIXES, Movie, open_movie, write_movie
-from cryosnake.io.star import optics_table, read_star, read_star_block, write_star
+from cryosnake.io.star import (
+    StarStack,
+    optics_table,
+    read_star,
+    read_star_block,
+    read_star_stack,
+    star_files,
+    write_star,
+)
 
 __all__ = [
     "MOVIE_SUFFIXES",
     "Movie",
+    "StarStack",
     "atomic_path",
     "open_movie",
     "optics_table",
@@ -27,9 +37,11 @@ __all__ = [
     "read_mrc_header",
     "read_star",
     "read_star_block",
+    "read_star_stack",
     "read_yaml",
     "require_file",
     "save_figure",
+    "star_files",
     "write_eer",
     "write_json",
     "write_movie",

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cryosnake.backend import get_array_module, take_rows, to_host
+from cryosnake.backend import take_rows, to_host
 from cryosnake.ops import fourier_slice as fs
 from cryosnake.ops import pose_search as ps
 from cryosnake.ops import refine3d as r3
@@ -110,10 +110,16 @@ def working_box(box: int, pixel_size: float, resolution: float) -> int:
     return int(min(box, max(24, w)))
 
 
-def crop_spectra(spectra: np.ndarray, w: int) -> np.ndarray:
+def crop_spectra(spectra: Any, w: int) -> Any:
     """(n, w, w//2+1): the low frequencies of (n, b, b//2+1) half-plane spectra
-    (origin at index 0), i.e. the images Fourier-cropped to ``w`` px."""
+    (origin at index 0), i.e. the images Fourier-cropped to ``w`` px. Of a lazy source
+    (one with ``map_rows``, :class:`~cryosnake.stages._images.ParticleSpectra`), a lazy
+    source of the cropped spectra."""
     b = int(spectra.shape[1])
+    if not isinstance(spectra, np.ndarray) and hasattr(spectra, "map_rows"):
+        if w >= b:
+            return spectra
+        return spectra.map_rows(lambda s: crop_spectra(s, w), (w, w // 2 + 1))
     if w >= b:
         return np.asarray(spectra)
     rows = np.r_[0 : w // 2, b - w // 2 : b]
@@ -136,15 +142,13 @@ def pad_volume(volume: np.ndarray, box: int) -> np.ndarray:
     return (vol * (box / w) ** 3).astype(np.float32)
 
 
-def _noise_spectrum(spectra: np.ndarray) -> np.ndarray:
+def _noise_spectrum(spectra: Any) -> np.ndarray:
     w = int(spectra.shape[1])
     ky = np.fft.fftfreq(w) * w
     kx = np.arange(w // 2 + 1)
     shells = np.minimum(np.rint(np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)), w // 2)
     shells = shells.astype(np.int64).ravel()
-    sub = spectra.reshape(len(spectra), -1)
-    power = (sub.real**2 + sub.imag**2).astype(np.float64).mean(axis=0)
-    mean = sub.astype(np.complex128).mean(axis=0)
+    power, mean = r3.spectra_moments(spectra, len(spectra))
     total = np.bincount(shells, weights=power - np.abs(mean) ** 2, minlength=w // 2 + 1)
     sigma2 = total / np.maximum(np.bincount(shells, minlength=w // 2 + 1), 1)
     return np.maximum(sigma2, 1e-6 * float(sigma2.max()))
@@ -159,9 +163,10 @@ def _reconstruct(
     pixel_size: float,
     snr: float,
     symmetry: str,
+    xp: Any,
 ) -> np.ndarray:
     w = int(spectra.shape[1])
-    bp = fs.BackProjector.zeros(w, xp=get_array_module(spectra))
+    bp = fs.BackProjector.zeros(w, xp=xp)
     r3.insert_particles(bp, spectra, ctf, matrices, shifts, sigma2, pixel_size, None, symmetry)
     return r3.wiener_map(bp, np.full(w // 2 + 1, snr), 1.0)
 
@@ -199,14 +204,14 @@ CHECKPOINT_EVERY = 10
 
 def _start(
     data: Any, ctf: np.ndarray, px: float, sigma2: np.ndarray, mask: Any,
-    settings: AbInitioSettings, rng: np.random.Generator,
+    settings: AbInitioSettings, rng: np.random.Generator, xp: Any,
 ) -> Any:  # fmt: skip
     """Step 2: the particles of a random subset inserted at random orientations."""
     n = int(data.shape[0])
     sub = rng.choice(n, size=min(n, 2000), replace=False)
     start = _reconstruct(
         take_rows(data, sub), ctf[sub], random_rotations(len(sub), rng), np.zeros((len(sub), 2)),
-        sigma2, px, 1.0, settings.symmetry,
+        sigma2, px, 1.0, settings.symmetry, xp,
     )  # fmt: skip
     return r3.lowpass_volume(np.maximum(start * mask, 0.0), px, settings.start_resolution)
 
@@ -223,10 +228,10 @@ def _descend(
     state: AbInitioState,
     progress: Callable[[str], None] | None,
     save: Callable[[AbInitioState], None] | None,
+    xp: Any,
 ) -> Any:
     """Step 3 of attempt ``state.attempt`` from mini-batch ``state.t + 1``: its map."""
     n, w = int(data.shape[0]), int(data.shape[1])
-    xp = get_array_module(data)
     volume = to_host(state.volume)  # the map stays on the host between mini-batches
     batch = min(settings.batch, n)
     for t in range(state.t + 1, settings.iterations + 1):
@@ -234,11 +239,11 @@ def _descend(
         res = settings.start_resolution + frac * (settings.resolution - settings.start_resolution)
         r_max = max(3, int(math.ceil(w * px / res)))
         pick = rng.choice(n, size=batch, replace=False)
-        batch_data = take_rows(data, pick)
+        batch_data = xp.asarray(take_rows(data, pick)[:])  # read once if streamed
         m, s, _ = ps.global_search(
             batch_data, ctf[pick], _projector(volume, r_max, xp), w, px, sigma2, r_max, search
         )
-        recon = _reconstruct(batch_data, ctf[pick], m, s, sigma2, px, 1.0, settings.symmetry)
+        recon = _reconstruct(batch_data, ctf[pick], m, s, sigma2, px, 1.0, settings.symmetry, xp)
         eta = max(0.1, 0.5 / math.sqrt(t))
         volume = (1.0 - eta) * volume + eta * recon
         volume = r3.lowpass_volume(np.maximum(volume * mask, 0.0), px, res)
@@ -254,7 +259,7 @@ def _descend(
 
 
 def ab_initio(
-    spectra: np.ndarray,
+    spectra: Any,
     ctf: np.ndarray,
     pixel_size: float,
     settings: AbInitioSettings,
@@ -268,7 +273,9 @@ def ab_initio(
 
     Parameters
     ----------
-    spectra : (n, b, b//2+1) complex, :func:`cryosnake.ops.refine3d.particle_spectra`
+    spectra : (n, b, b//2+1) complex, :func:`cryosnake.ops.refine3d.particle_spectra`:
+        an array, or a lazy source of them (streamed particles, read batch by batch:
+        :mod:`cryosnake.ops.refine3d`, "Devices and memory")
     ctf : (n, 7) CTF parameters (:data:`cryosnake.ops.ctf.CTF_COLUMNS`)
     pixel_size : Å per pixel of the particles
     progress : called with a line of progress now and then
@@ -288,7 +295,8 @@ def ab_initio(
     px = pixel_size * b / w
     cropped = crop_spectra(spectra, w)
     sigma2 = _noise_spectrum(cropped)
-    data = xp.asarray(cropped)
+    # A lazy source (streamed particles) stays one: its batches move to xp when read.
+    data = xp.asarray(cropped) if isinstance(cropped, np.ndarray) else cropped
     rng = np.random.default_rng(settings.seed)
     mask = r3.soft_sphere(w, settings.diameter / px, edge=3.0)
     diameter_px = settings.diameter / px
@@ -307,8 +315,10 @@ def ab_initio(
         rng.bit_generator.state = state.rng
     while state.attempt < settings.attempts:
         if state.t == 0:
-            state.volume = to_host(_start(data, ctf, px, sigma2, mask, settings, rng))
-        volume = _descend(data, ctf, px, sigma2, mask, settings, search, rng, state, progress, save)
+            state.volume = to_host(_start(data, ctf, px, sigma2, mask, settings, rng, xp))
+        volume = _descend(
+            data, ctf, px, sigma2, mask, settings, search, rng, state, progress, save, xp
+        )
         # The attempt whose map the particles fit best (mean normalised correlation).
         judge = state.judge
         _, _, score = ps.global_search(
@@ -333,7 +343,7 @@ def ab_initio(
         m, s, _ = ps.global_search(
             data, ctf, _projector(xp.asarray(volume), r_max, xp), w, px, sigma2, r_max, search
         )
-        final = _reconstruct(data, ctf, m, s, sigma2, px, 1.0, settings.symmetry)
+        final = _reconstruct(data, ctf, m, s, sigma2, px, 1.0, settings.symmetry, xp)
         volume = r3.lowpass_volume(np.maximum(final * mask, 0.0), px, settings.resolution)
         state.passes, state.volume = k + 1, to_host(volume)
         state.matrices, state.shifts = to_host(m), to_host(s)

@@ -62,10 +62,17 @@ reference's padded transform unfolded into a cube limited to the searched shells
 (NumPy, or CuPy on a GPU): the projector, the back-projectors and the batches live
 there; the state (poses, maps, noise) stays on the host. The particle spectra may live
 on the host and then move to the device one batch at a time (a stack of 10^5 particles
-of 256 px, 27 GB, fits no GPU). :func:`plan_memory` checks before the first iteration
-that the grids of a box fit the device's free memory; each search and insertion then
-sizes its batches from the memory free at that moment (:func:`work_budget`), so a
-smaller GPU runs more, smaller batches rather than running out of memory.
+of 256 px, 27 GB, fits no GPU), or not be in memory at all: every function here only
+slices them (``spectra[a:b]``, :func:`~cryosnake.backend.take_rows`,
+``reshape(n, -1)``), so ``spectra`` may be a lazy source that reads and transforms the
+images of each batch from their stacks when asked (the ``refine3d`` stage's
+:class:`~cryosnake.stages._images.ParticleSpectra` when the stack exceeds half of the
+memory budget); only the grids, the batches and per-particle metadata (poses, CTF
+parameters) are then held, whatever the particle count. :func:`plan_memory` checks
+before the first iteration that the grids of a box fit the device's free memory; each
+search and insertion then sizes its batches from the memory free at that moment
+(:func:`work_budget`), so a smaller GPU runs more, smaller batches rather than running
+out of memory.
 
 Resolution: FSC = 0.143 between the masked half maps (interpolated). Convergence: the
 angular step has reached the needed sampling and the resolution has not improved by
@@ -112,6 +119,7 @@ __all__ = [
     "reconstruct_halves",
     "refine_iteration",
     "soft_sphere",
+    "spectra_moments",
 ]
 
 FSC_THRESHOLD = 0.143
@@ -214,6 +222,21 @@ def particle_spectra(images: Any) -> Any:
     xp = get_array_module(images)
     shifted = xp.fft.ifftshift(xp.asarray(images, dtype=xp.float32), axes=(-2, -1))
     return xp.fft.rfft2(shifted, axes=(-2, -1)).astype(xp.complex64)
+
+
+def spectra_moments(spectra: Any, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean power, mean) over the first ``m`` particles of each frequency of
+    (n, b, b') spectra (NumPy float64 and complex128 of size b b'), read 64 MiB of
+    spectra at a time (the stack may be streamed)."""
+    size = int(np.prod(spectra.shape[1:]))
+    chunk = max(1, (64 << 20) // (8 * size))
+    power = np.zeros(size)
+    total = np.zeros(size, dtype=np.complex128)
+    for start in range(0, m, chunk):
+        sub = to_host(spectra[start : min(start + chunk, m)]).reshape(-1, size)
+        power += (sub.real**2 + sub.imag**2).astype(np.float64).sum(axis=0)
+        total += sub.astype(np.complex128).sum(axis=0)
+    return power / max(m, 1), total / max(m, 1)
 
 
 # ------------------------------------------------------------------- reconstruction
@@ -393,10 +416,7 @@ def initial_refine_state(
         box, settings.mask_diameter
     )
     shells = np.minimum(fs.plane_shells(box), box // 2).ravel()
-    m = min(n, 5000)
-    sub = to_host(spectra[:m]).reshape(m, -1)
-    power = (sub.real**2 + sub.imag**2).astype(np.float64).mean(axis=0)
-    mean = sub.astype(np.complex128).mean(axis=0)
+    power, mean = spectra_moments(spectra, min(n, 5000))
     noise = power - (mean.real**2 + mean.imag**2)
     total = np.bincount(shells, weights=noise, minlength=box // 2 + 1)
     sigma2 = total / np.maximum(np.bincount(shells, minlength=box // 2 + 1), 1)

@@ -4,8 +4,8 @@
 labels in the particle rows) and returns the per-particle optics values;
 ``image_groups`` resolves ``rlnImageName`` (``000001@stack.mrcs``, relative to the
 ``--names-relative-to`` folder, default the working directory, or else to the STAR
-file's folder) and groups the particles by stack;
-``read_images`` reads them in STAR order; ``ctf_table`` gives the CTF parameters per
+file's folder) and groups the particles by stack (read by
+:mod:`cryosnake.stages._images`, in memory or streamed); ``ctf_table`` gives the CTF parameters per
 particle in the order of :data:`cryosnake.ops.ctf.CTF_COLUMNS`.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import atomic_path, read_mrc, read_mrc_header, read_star
+from cryosnake.io import atomic_path, read_mrc_header, read_star
 from cryosnake.stages._common import (
     SchemaDefault,
     add_names_root_arg,
@@ -42,9 +42,7 @@ __all__ = [
     "load_checkpoint",
     "open_particles",
     "open_run",
-    "open_stack",
     "particle_diameter",
-    "read_images",
     "read_particles",
     "save_checkpoint",
 ]
@@ -180,37 +178,6 @@ def image_groups(
         if not path.is_file():
             raise FileFormatError(f"{path}: no such file (named in {star})")
     return groups
-
-
-def read_images(groups: dict[Path, list[tuple[int, int]]], n: int, box: int) -> np.ndarray:
-    """The (n, box, box) float32 images of ``groups`` (:func:`image_groups`), in STAR
-    order; every stack is checked for its image size and count."""
-    out = np.empty((n, box, box), dtype=np.float32)
-    for path, items in groups.items():
-        stack, rows, index = open_stack(path, items, box)
-        out[rows] = np.asarray(stack[index], dtype=np.float32)
-        del stack
-    return out
-
-
-def open_stack(
-    path: Path, items: list[tuple[int, int]], box: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(stack, rows, index) of one group of :func:`image_groups`: the memory-mapped
-    (m, box, box) stack, checked for its image size and for the images ``items`` asks
-    for, the STAR rows and the zero-based image indices in the stack."""
-    stack, _ = read_mrc(path, mmap=True)
-    if stack.ndim == 2:
-        stack = stack[None]
-    if stack.shape[-1] != box or stack.shape[-2] != box:
-        raise FileFormatError(f"{path}: images of {stack.shape[-2:]} px, expected {box}")
-    rows = np.array([r for r, _ in items])
-    index = np.array([i for _, i in items]) - 1
-    if index.min() < 0 or index.max() >= stack.shape[0]:
-        raise FileFormatError(
-            f"{path}: image {index.max() + 1} requested, the stack has {stack.shape[0]}"
-        )
-    return stack, rows, index
 
 
 def add_particle_io_args(parser: argparse.ArgumentParser, *, out_help: str) -> None:

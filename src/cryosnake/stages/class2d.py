@@ -29,6 +29,16 @@ Outputs in ``--out-dir``:
   spectra (``model_class_N``) and the noise spectrum (``model_noise``);
 - ``run_classes.png``: a gallery of the classes with their sizes, scores, resolutions.
 
+Memory: the particles' working-box spectra (8 n b (b/2+1) bytes for n particles and a
+working box of b px) are computed once and kept in memory (on the device) when they
+take less than half of the memory budget (the host's available memory and, on a GPU,
+the device's free memory, capped by ``CRYOSNAKE_MEMORY``, e.g. ``8G``); otherwise they
+are streamed: every pass over the particles (E-step, subset averages) reads the images
+of each batch from their stacks and masks and crops them again
+(:mod:`cryosnake.stages._images`), so that the memory used does not grow with the
+particle count (only the poses, classes of each particle and CTF parameters do). The
+log says which.
+
 A checkpoint (``run_checkpoint.npz``) is written atomically after every iteration; a
 run started again with the same arguments (and the same particles) continues from the
 last finished iteration, and ends where an uninterrupted run would. ``--no-resume``
@@ -55,18 +65,18 @@ import numpy as np
 import pandas as pd
 
 from cryosnake.aws.checkpoints import CheckpointMirror
-from cryosnake.backend import get_array_module, resolve_device, to_device, to_host
+from cryosnake.backend import array_module, resolve_device, to_device, to_host
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import class2d as c2
 from cryosnake.stages._common import file_name, positive, positive_int, stage_main
+from cryosnake.stages._images import open_spectra
 from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
     ctf_table,
     load_checkpoint,
     open_run,
-    open_stack,
     particle_diameter,
     save_checkpoint,
 )
@@ -146,24 +156,17 @@ def _load_spectra(
     pixel_size: float,
     box: int,
     big: int,
-    device: Any,
-) -> Any:
-    """Read every particle image, mask it by the box and crop it to ``box``: the
-    (n, box, box//2+1) spectra on ``device``."""
+    xp: Any,
+) -> tuple[Any, str]:
+    """The particle images masked by the box and cropped to ``box``: the (n, box,
+    box//2+1) spectra on ``xp``'s device, or streamed when they do not fit the memory
+    budget (:func:`~cryosnake.stages._images.open_spectra`); and the log's note."""
     mask = (big - 2 * c2.MASK_EDGE) * pixel_size
-    spectra = None
-    for path, items in groups.items():
-        stack, rows, index = open_stack(path, items, big)
-        for start in range(0, len(rows), 1024):
-            chunk = np.asarray(stack[index[start : start + 1024]], dtype=np.float32)
-            spec = c2.prepare_spectra(to_device(chunk, device), pixel_size, box, mask)
-            xp = get_array_module(spec)
-            if spectra is None:
-                spectra = xp.empty((n, box, box // 2 + 1), dtype=xp.complex64)
-            spectra[xp.asarray(rows[start : start + 1024])] = spec
-        del stack
-    assert spectra is not None
-    return spectra
+
+    def prepare(images: Any) -> Any:
+        return c2.prepare_spectra(images, pixel_size, box, mask)
+
+    return open_spectra(groups, n, big, prepare, (box, box // 2 + 1), xp, device_transform=prepare)
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -418,8 +421,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{len(settings.translations)} translations, on {device}",
         flush=True,
     )
-    spectra = _load_spectra(groups, n, pixel_size, box, big, device)
-    data = c2.ParticleData(spectra=spectra, ctf=ctf_table(particles, values), pixel_size=work_pixel)
+    xp = array_module(device)
+    spectra, note = _load_spectra(groups, n, pixel_size, box, big, xp)
+    print(f"class2d: {note}", flush=True)
+    data = c2.ParticleData(
+        spectra=spectra, ctf=ctf_table(particles, values), pixel_size=work_pixel, device=xp
+    )
     checkpoint = out / CHECKPOINT
     mirror = CheckpointMirror(args.checkpoint_url, checkpoint, "class2d")
     if not args.no_resume:

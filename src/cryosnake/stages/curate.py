@@ -1,18 +1,21 @@
 """Curate micrographs: gather motion and CTF results, apply thresholds, keep the good.
 
 Reads the per-movie motion STAR (``cryosnake motioncor``) and CTF STAR
-(``cryosnake ctf``) files, writes ``micrographs_ctf.star`` with every micrograph
-(RELION 3.1+ layout: ``optics`` + ``micrographs``, with ``rlnAccumMotionTotal/Early/Late``
-in Å as RELION's motion correction writes them), ``micrographs_selected.star`` with
-those that pass every threshold, and ``rejected.tsv`` with one line per rejected
-micrograph and every reason (columns ``micrograph``, ``reasons``, ``stage``), after the
-movies that inspect rejected when ``--rejected-movies`` lists them (stage ``inspect``,
-the movie's file in ``micrograph``). A threshold given as 0 is not applied; one not
+(``cryosnake ctf``) files (``--ctf`` and ``--motion`` take files and folders: a folder
+stands for every ``*.star`` file directly inside it, sorted by name), writes
+``micrographs_ctf.star`` with every micrograph (RELION 3.1+ layout: ``optics`` +
+``micrographs``, with ``rlnAccumMotionTotal/Early/Late`` in Å as RELION's motion
+correction writes them), ``micrographs_selected.star`` with those that pass every
+threshold, and ``rejected.tsv`` with one line per rejected micrograph and every reason
+(columns ``micrograph``, ``reasons``, ``stage``), after the movies that inspect rejected
+when ``--rejected-movies`` lists them (stage ``inspect``, the movie's file in
+``micrograph``). A threshold given as 0 is not applied; one not
 given takes the default of the configuration schema (config/schemas, curate section).
 
 Example::
 
-    cryosnake curate --ctf results/ctf/*.star --motion results/motioncor/*.star \\
+    cryosnake curate --ctf results/ctf/chunk0001 results/ctf/chunk0002 \\
+        --motion results/motioncor/chunk0001 results/motioncor/chunk0002 \\
         --pixel-size 1.5 --voltage 300 --cs 2.7 --amplitude-contrast 0.07 \\
         --max-resolution 8 --min-figure-of-merit 0.1 --out-dir results
 """
@@ -20,13 +23,15 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cryosnake.errors import CryosnakeError
-from cryosnake.io import atomic_path, optics_table, read_star_block, write_star
+from cryosnake.errors import CryosnakeError, FileFormatError
+from cryosnake.io import atomic_path, optics_table, read_star_stack, star_files, write_star
 from cryosnake.stages._common import (
     SchemaDefault,
     add_acquisition_args,
@@ -51,9 +56,17 @@ THRESHOLDS = {
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ctf", nargs="+", required=True, help="per-micrograph CTF STAR files")
     parser.add_argument(
-        "--motion", nargs="+", required=True, help="per-movie motion STAR files (same stems)"
+        "--ctf",
+        nargs="+",
+        required=True,
+        help="per-micrograph CTF STAR files, or folders of them (every *.star inside)",
+    )
+    parser.add_argument(
+        "--motion",
+        nargs="+",
+        required=True,
+        help="per-movie motion STAR files (same stems), or folders of them",
     )
     parser.add_argument("--out-dir", required=True, help="folder for the STAR and TSV files")
     parser.add_argument(
@@ -84,75 +97,139 @@ def _rejected_movies(path: str) -> pd.DataFrame:
     )
 
 
-def _motion(path: str, pixel_size: float) -> dict[str, float]:
-    shifts = read_star_block(
-        path, "global_shift", required=("rlnMicrographShiftX", "rlnMicrographShiftY")
-    )
-    xy = shifts[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(dtype=float)
+CTF_LABELS = (
+    "rlnMicrographName",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnCtfFigureOfMerit",
+    "rlnCtfMaxResolution",
+    "rlnMicrographPixelSize",
+)
+SHIFT_LABELS = ("rlnMicrographShiftX", "rlnMicrographShiftY")
+
+
+def _require(
+    paths: Sequence[Path], labels: Sequence[tuple[str, ...]], block: str, required: tuple[str, ...]
+) -> None:
+    """An error naming the first file whose ``block`` lacks a ``required`` label."""
+    checked: set[tuple[str, ...]] = set()
+    for path, have in zip(paths, labels, strict=True):
+        if have in checked:
+            continue
+        missing = [label for label in required if label not in have]
+        if missing:
+            raise FileFormatError(f"{path}: data_{block} lacks label(s) {', '.join(missing)}")
+        checked.add(have)
+
+
+def _ctf_rows(paths: list[Path]) -> pd.DataFrame:
+    """The first row of each CTF STAR's ``micrograph`` block, in file order."""
+    stack = read_star_stack(paths, ["micrograph"])["micrograph"]
+    _require(paths, stack.labels, "micrograph", CTF_LABELS)
+    empty = np.flatnonzero(stack.counts == 0)
+    if len(empty):
+        raise FileFormatError(f"{paths[empty[0]]}: data_micrograph has no row")
+    return stack.table.iloc[stack.starts].reset_index(drop=True)
+
+
+def _motion(paths: list[Path], pixel_size: float) -> dict[str, np.ndarray]:
+    """Accumulated motion (Å) of each movie: whole, first frames and the rest, from the
+    ``global_shift`` blocks of its motion STAR."""
+    stack = read_star_stack(paths, ["global_shift"])["global_shift"]
+    _require(paths, stack.labels, "global_shift", SHIFT_LABELS)
+    xy = stack.table[list(SHIFT_LABELS)].to_numpy(dtype=float).reshape(-1, 2)
+    owner = stack.file_index
     steps = np.linalg.norm(np.diff(xy, axis=0), axis=1) * pixel_size
+    within = owner[1:] == owner[:-1]  # steps between frames of one movie
+    step_number = np.arange(len(steps)) - stack.starts[owner[:-1]] if len(steps) else owner[:0]
+    early = within & (step_number < EARLY_FRAMES - 1)
+    late = within & (step_number >= EARLY_FRAMES - 1)
+    n = len(paths)
+
+    def total(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(owner[:-1][mask], weights=steps[mask], minlength=n)
+
     return {
-        "rlnAccumMotionTotal": float(steps.sum()),
-        "rlnAccumMotionEarly": float(steps[: EARLY_FRAMES - 1].sum()),
-        "rlnAccumMotionLate": float(steps[EARLY_FRAMES - 1 :].sum()),
+        "rlnAccumMotionTotal": total(within),
+        "rlnAccumMotionEarly": total(early),
+        "rlnAccumMotionLate": total(late),
     }
 
 
-def _reasons(row: pd.Series, args: argparse.Namespace) -> list[str]:
+def _names(paths: Sequence[str], root: str | None) -> list[str]:
+    """:func:`file_name` of each path, the folder's relative name worked out once."""
+    if root is None:
+        return list(paths)
+    folders: dict[str, str | None] = {}
     out = []
-    mean = 0.5 * (row.rlnDefocusU + row.rlnDefocusV)
-    checks = [
-        (args.max_resolution, row.rlnCtfMaxResolution > args.max_resolution,
-         f"CTF fit to {row.rlnCtfMaxResolution:.1f} Å > {args.max_resolution} Å"),
-        (args.min_figure_of_merit, row.rlnCtfFigureOfMerit < args.min_figure_of_merit,
-         f"CTF figure of merit {row.rlnCtfFigureOfMerit:.3f} < {args.min_figure_of_merit}"),
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            relative = file_name(folder or os.curdir, root)
+            folders[folder] = None if relative == (folder or os.curdir) else relative
+        inside = folders[folder]
+        if inside is None:  # outside the root: as given
+            out.append(path)
+        else:
+            out.append(name if inside == os.curdir else os.path.join(inside, name))
+    return out
+
+
+def _reasons(table: pd.DataFrame, args: argparse.Namespace) -> list[list[str]]:
+    """Per micrograph, the thresholds it fails, in words."""
+    u, v = table["rlnDefocusU"].to_numpy(float), table["rlnDefocusV"].to_numpy(float)
+    res, fom = (
+        table["rlnCtfMaxResolution"].to_numpy(float),
+        table["rlnCtfFigureOfMerit"].to_numpy(float),
+    )
+    total = table["rlnAccumMotionTotal"].to_numpy(float)
+    early = table["rlnAccumMotionEarly"].to_numpy(float)
+    mean, astig = 0.5 * (u + v), u - v
+    checks: list[tuple[float, np.ndarray, Callable[[int], str]]] = [
+        (args.max_resolution, res > args.max_resolution,
+         lambda i: f"CTF fit to {res[i]:.1f} Å > {args.max_resolution} Å"),
+        (args.min_figure_of_merit, fom < args.min_figure_of_merit,
+         lambda i: f"CTF figure of merit {fom[i]:.3f} < {args.min_figure_of_merit}"),
         (args.min_defocus, mean < args.min_defocus,
-         f"defocus {mean:.0f} Å < {args.min_defocus} Å"),
+         lambda i: f"defocus {mean[i]:.0f} Å < {args.min_defocus} Å"),
         (args.max_defocus, mean > args.max_defocus,
-         f"defocus {mean:.0f} Å > {args.max_defocus} Å"),
-        (args.max_astigmatism, row.rlnDefocusU - row.rlnDefocusV > args.max_astigmatism,
-         f"astigmatism {row.rlnDefocusU - row.rlnDefocusV:.0f} Å > {args.max_astigmatism} Å"),
-        (args.max_total_motion, row.rlnAccumMotionTotal > args.max_total_motion,
-         f"total motion {row.rlnAccumMotionTotal:.1f} Å > {args.max_total_motion} Å"),
-        (args.max_early_motion, row.rlnAccumMotionEarly > args.max_early_motion,
-         f"early motion {row.rlnAccumMotionEarly:.1f} Å > {args.max_early_motion} Å"),
+         lambda i: f"defocus {mean[i]:.0f} Å > {args.max_defocus} Å"),
+        (args.max_astigmatism, astig > args.max_astigmatism,
+         lambda i: f"astigmatism {astig[i]:.0f} Å > {args.max_astigmatism} Å"),
+        (args.max_total_motion, total > args.max_total_motion,
+         lambda i: f"total motion {total[i]:.1f} Å > {args.max_total_motion} Å"),
+        (args.max_early_motion, early > args.max_early_motion,
+         lambda i: f"early motion {early[i]:.1f} Å > {args.max_early_motion} Å"),
     ]  # fmt: skip
+    out: list[list[str]] = [[] for _ in range(len(table))]
     for limit, failed, text in checks:
-        if limit > 0 and failed:
-            out.append(text)
+        if limit > 0:
+            for i in np.flatnonzero(failed):
+                out[i].append(text(int(i)))
     return out
 
 
 def _run(args: argparse.Namespace) -> int:
-    motions = {Path(p).stem: p for p in args.motion}
-    if len(motions) != len(args.motion):
+    ctf_paths = star_files(args.ctf, "--ctf")
+    motion_paths = star_files(args.motion, "--motion")
+    motions = {p.stem: p for p in motion_paths}
+    if len(motions) != len(motion_paths):
         raise CryosnakeError("--motion: two motion STAR files share a name")
-    rows = []
-    for path in args.ctf:
-        ctf = read_star_block(
-            path,
-            "micrograph",
-            required=(
-                "rlnMicrographName",
-                "rlnDefocusU",
-                "rlnDefocusV",
-                "rlnDefocusAngle",
-                "rlnCtfFigureOfMerit",
-                "rlnCtfMaxResolution",
-                "rlnMicrographPixelSize",
-            ),
-        ).iloc[0]
-        stem = Path(path).stem
-        if stem not in motions:
-            raise CryosnakeError(f"{path}: no motion STAR named {stem}.star among --motion")
-        row = ctf.to_dict()
-        # The dose-weighted sum is the micrograph later stages use.
-        micrograph = Path(motions[stem]).with_suffix(".mrc")
-        row["rlnMicrographName"] = file_name(micrograph, args.names_root)
-        row["rlnMicrographMetadata"] = file_name(motions[stem], args.names_root)
-        row.update(_motion(motions[stem], args.pixel_size))
-        row["rlnOpticsGroup"] = 1
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    matched = []
+    for path in ctf_paths:
+        if path.stem not in motions:
+            raise CryosnakeError(f"{path}: no motion STAR named {path.stem}.star among --motion")
+        matched.append(motions[path.stem])
+    table = _ctf_rows(ctf_paths)
+    # The dose-weighted sum is the micrograph later stages use.
+    metadata = [str(p) for p in matched]
+    micrographs = [os.path.splitext(p)[0] + ".mrc" for p in metadata]
+    table["rlnMicrographName"] = _names(micrographs, args.names_root)
+    table["rlnMicrographMetadata"] = _names(metadata, args.names_root)
+    for label, values in _motion(matched, args.pixel_size).items():
+        table[label] = values
+    table["rlnOpticsGroup"] = 1
     sizes = table["rlnMicrographPixelSize"].astype(float).unique()
     if len(sizes) != 1:
         raise CryosnakeError(f"--ctf: micrographs of different pixel sizes {sorted(sizes)}")
@@ -166,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         ],
         errors="ignore",
     )
-    reasons = [_reasons(row, args) for _, row in table.iterrows()]
+    reasons = _reasons(table, args)
     keep = np.array([not r for r in reasons], dtype=bool)
     optics = optics_table(
         pixel_size=args.pixel_size,

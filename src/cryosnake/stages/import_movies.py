@@ -12,7 +12,7 @@ movie is rejected is an error that gives the first reason.
 
 Example::
 
-    cryosnake import --reports results/inspect/*.json --out results/movies.star \\
+    cryosnake import --reports results/inspect/chunk0001 --out results/movies.star \\
         --summary results/movies_summary.tsv --rejected results/movies_rejected.tsv \\
         --pixel-size 1.5 --voltage 300 --cs 2.7 --amplitude-contrast 0.07
 """
@@ -20,9 +20,7 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-from pathlib import PurePath
+from pathlib import Path
 
 import pandas as pd
 
@@ -30,7 +28,7 @@ from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path, optics_table, read_json, write_star
 from cryosnake.stages._common import add_acquisition_args, stage_main
 
-__all__ = ["add_args", "main", "movie_names"]
+__all__ = ["add_args", "main", "report_files"]
 
 _SUMMARY_COLUMNS = [
     "movie",
@@ -43,18 +41,12 @@ _SUMMARY_COLUMNS = [
 ]
 
 
-def movie_names(text: str, what: str) -> set[str]:
-    """Movie names (file names without suffix) in the text of a ``--summary`` or
-    ``--rejected`` TSV (``what`` names it in the error)."""
-    rows = csv.DictReader(io.StringIO(text), delimiter="\t")
-    if rows.fieldnames is None or "movie" not in rows.fieldnames:
-        raise CryosnakeError(f"{what}: the table has no column 'movie'")
-    return {PurePath(row["movie"]).stem for row in rows}
-
-
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--reports", nargs="+", required=True, help="JSON reports written by cryosnake inspect"
+        "--reports",
+        nargs="+",
+        required=True,
+        help="JSON reports written by cryosnake inspect, or folders of them (every *.json)",
     )
     parser.add_argument("--out", required=True, help="movies.star to write")
     parser.add_argument("--summary", help="TSV summary to write")
@@ -64,9 +56,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_acquisition_args(parser, pixel_help="Å per pixel")
 
 
+def report_files(paths: list[str]) -> list[Path]:
+    """``paths``, with every folder among them replaced by its ``*.json`` files (sorted)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files.extend(sorted(path.glob("*.json")) if path.is_dir() else [path])
+    return files
+
+
 def _run(args: argparse.Namespace) -> int:
     rows, rejected = [], []
-    for path in args.reports:
+    for path in report_files(args.reports):
         report = read_json(path)
         if "rejected" in report:
             rejected.append({"movie": report.get("movie", path), "reason": report["rejected"]})

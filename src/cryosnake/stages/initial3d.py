@@ -13,6 +13,15 @@ The map's handedness is that of the data or its mirror image (projections cannot
 them apart); check it against a known structure. ``--symmetry`` imposes a point group
 (C<n>, D<n>, T, O, I; axes as RELION's defaults) on every reconstruction.
 
+Memory: the particles' spectra (8 n b (b/2+1) bytes for n particles of b px) are
+computed once and kept in memory (the Fourier-cropped ones on the device) when they
+take less than half of the memory budget (the host's available memory and, on a GPU,
+the device's free memory, capped by ``CRYOSNAKE_MEMORY``, e.g. ``8G``); otherwise they
+are streamed: each mini-batch, the judging of an attempt and each final pass read their
+particles' images from the stacks and crop them again
+(:mod:`cryosnake.stages._images`), so that the memory used does not grow with the
+particle count (only the poses and CTF parameters do). The log says which.
+
 Outputs in ``--out-dir``: ``initial_model.mrc``, ``initial_model.png`` (central
 slices and projections) and ``initial_model_data.star`` (the particles with the
 poses of the final pass, RELION labels).
@@ -49,6 +58,7 @@ from cryosnake.ops import initial3d as ai
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import matrix_to_euler
 from cryosnake.stages._common import SchemaDefault, positive, positive_int, stage_main
+from cryosnake.stages._images import open_spectra
 from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
@@ -57,7 +67,6 @@ from cryosnake.stages._particles import (
     load_checkpoint,
     open_run,
     particle_diameter,
-    read_images,
     save_checkpoint,
 )
 
@@ -189,7 +198,9 @@ def _run(args: argparse.Namespace) -> int:
         f"{settings.batch}, on the {device}",
         flush=True,
     )
-    spectra = r3.particle_spectra(read_images(groups, n, box))
+    xp = array_module(device)
+    spectra, note = open_spectra(groups, n, box, r3.particle_spectra, (box, box // 2 + 1), xp)
+    print(f"initial3d: {note}", flush=True)
     ctf = ctf_table(particles, values)
 
     def progress(message: str) -> None:
@@ -213,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         mirror.store()
 
     volume, _, poses = ai.ab_initio(
-        spectra, ctf, pixel_size, settings, progress, xp=array_module(device),
+        spectra, ctf, pixel_size, settings, progress, xp=xp,
         resume=state, save=save,
     )  # fmt: skip
     full = ai.pad_volume(volume, box) if box > volume.shape[0] else volume

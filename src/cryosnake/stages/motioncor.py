@@ -9,7 +9,8 @@ differences are fitted with a smooth deformation model. It writes the
 motion-corrected sum with and without dose weighting (Grant & Grigorieff 2015), made
 from the full-resolution frames in tiles that each follow their local motion.
 
-Outputs in ``--out-dir``:
+Outputs in ``--out-dir`` (the two sums in ``--micrograph-dir`` when given, as the
+workflow keeps them: results/micrographs/CHUNK/):
 
 * ``<stem>.mrc``      dose-weighted sum (pixel size = movie pixel size x --bin)
 * ``<stem>_noDW.mrc`` unweighted sum
@@ -70,6 +71,11 @@ def patch_grid(text: str) -> tuple[int, int]:
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--movie", required=True, help="movie file (.mrc, .mrcs, .tif, .tiff)")
     parser.add_argument("--out-dir", required=True, help="folder for <stem>.mrc, .star, .png")
+    parser.add_argument(
+        "--micrograph-dir",
+        default=None,
+        help="folder for the micrographs <stem>.mrc and <stem>_noDW.mrc (default --out-dir)",
+    )
     parser.add_argument("--pixel-size", type=positive, required=True, help="Å per movie pixel")
     parser.add_argument("--dose-per-frame", type=positive, required=True, help="e/Å² per frame")
     parser.add_argument(
@@ -270,8 +276,9 @@ def _run(args: argparse.Namespace) -> int:
                 )
             )
         blocks["local_shift"] = pd.concat(rows, ignore_index=True)
-    write_mrc(out_dir / f"{stem}.mrc", dose_weighted, px)
-    write_mrc(out_dir / f"{stem}_noDW.mrc", plain, px)
+    micrographs = Path(args.micrograph_dir) if args.micrograph_dir else out_dir
+    write_mrc(micrographs / f"{stem}.mrc", dose_weighted, px)
+    write_mrc(micrographs / f"{stem}_noDW.mrc", plain, px)
     write_star(out_dir / f"{stem}.star", blocks)
     if not args.no_plot:
         drift = float(np.linalg.norm(unbinned[-1] - unbinned[0]))

@@ -27,9 +27,17 @@ Outputs in ``--out-dir`` (RELION's names):
 reconstructions on the GPU. Memory is planned from the box size and the device's free
 memory: the Fourier grids (two back-projectors on a 2x padded grid, about 1.1 GiB at
 128 px, 9 GiB at 256 px, 24 GiB at 360 px) must fit, or the run stops at once with the
-figures; the particle stack moves to the GPU when it takes less than half of what is
-left, else it is streamed batch by batch; every batch size follows from what is free
-(``CRYOSNAKE_MEMORY``, e.g. ``16G``, caps it on a shared node).
+figures; every batch size follows from what is free (``CRYOSNAKE_MEMORY``, e.g.
+``16G``, caps it on a shared node). The particles' spectra (8 n b (b/2+1) bytes: 27
+GB for 10^5 particles of 256 px) are held in memory when they take less than half of
+the memory budget left by the grids (the host's available memory and, on a GPU, the
+device's free memory, both capped by ``CRYOSNAKE_MEMORY``), and moved to the GPU when
+they take less than half of what the grids leave there; otherwise they are streamed:
+every pass of an iteration (pose search, insertion, noise) reads the images of each
+batch from their stacks and transforms them again (:mod:`cryosnake.stages._images`),
+so that the memory used does not grow with the particle count (only the poses and CTF
+parameters do), at the cost of reading the stacks three times per iteration. The log
+says which.
 
 A checkpoint (``run_checkpoint.npz``) is written atomically after every iteration; a
 restarted run with the same inputs resumes after the last finished iteration
@@ -65,6 +73,7 @@ from cryosnake.ops import refine3d as r3
 from cryosnake.ops.fsc import shell_resolution
 from cryosnake.ops.rotation import matrix_to_euler
 from cryosnake.stages._common import SchemaDefault, positive, stage_main
+from cryosnake.stages._images import open_spectra
 from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
@@ -73,7 +82,6 @@ from cryosnake.stages._particles import (
     load_checkpoint,
     open_run,
     particle_diameter,
-    read_images,
     save_checkpoint,
 )
 
@@ -252,16 +260,18 @@ def _run(args: argparse.Namespace) -> int:
         f"({int((halves == 0).sum())} + {int((halves == 1).sum())} in the half sets), "
         f"mask {diameter:g} Å, reference {args.reference} low-passed to "
         f"{args.initial_lowpass:g} Å, on the {device} ({plan.available / 2**30:.1f} GiB free: "
-        f"grids {plan.grids / 2**30:.2f} GiB, particles {plan.stack / 2**30:.2f} GiB "
-        + ("moved to the device once)" if plan.stack_on_device else
-           "kept on the host)" if device == "gpu" else "in memory)"),
+        f"grids {plan.grids / 2**30:.2f} GiB)",
         flush=True,
-    )  # fmt: skip
-    images = read_images(groups, n, box)
-    spectra = r3.particle_spectra(images)
-    del images
-    if plan.stack_on_device:
+    )
+    spectra, note = open_spectra(
+        groups, n, box, r3.particle_spectra, (box, box // 2 + 1), xp, reserved=plan.grids
+    )
+    if plan.stack_on_device and isinstance(spectra, np.ndarray):
         spectra = xp.asarray(spectra)
+        note += ", moved to the device once"
+    elif device == "gpu":
+        note += ", moved to the device batch by batch"
+    print(f"refine3d: {note}", flush=True)
     ctf = ctf_table(particles, values)
     fingerprint = _fingerprint(
         args,

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from cryosnake.backend import get_array_module
+
 __all__ = [
     "Class2DSettings",
     "ParticleData",
@@ -77,14 +79,25 @@ class ParticleData:
     """Particles prepared for classification.
 
     spectra : (n, b, b//2+1) complex64, ``rfft2`` of the masked images resampled to the
-        working box ``b``, origin at the box centre (``b // 2``); NumPy or CuPy
+        working box ``b``, origin at the box centre (``b // 2``); NumPy or CuPy, or a lazy
+        source of them that gives NumPy arrays when sliced (streamed particles:
+        :class:`cryosnake.stages._images.ParticleSpectra`; the E-step reads them batch by
+        batch and moves each batch to the device)
     ctf : (n, 7) float64 NumPy, per-particle columns :data:`cryosnake.ops.ctf.CTF_COLUMNS`
     pixel_size : Å per working-box pixel
+    device : the array module to compute with (:mod:`numpy` or :mod:`cupy`); None: that
+        of ``spectra``
     """
 
     spectra: Any
     ctf: np.ndarray
     pixel_size: float
+    device: Any = None
+
+    @property
+    def xp(self) -> Any:
+        """The array module of the computation."""
+        return self.device if self.device is not None else get_array_module(self.spectra)
 
     @property
     def n(self) -> int:

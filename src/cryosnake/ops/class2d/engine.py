@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from cryosnake.backend import fft_kwargs, fft_module, get_array_module
+from cryosnake.backend import fft_kwargs, fft_module, get_array_module, take_rows
 from cryosnake.ops.class2d.common import (
     _host,
     _resolution,
@@ -129,7 +129,7 @@ def _maximise(
     inv_tau2: Any,
 ) -> tuple[Any, Any, Any]:
     """Class images (masked, unmasked) and the padded-grid weights from the sums."""
-    xp = get_array_module(data.spectra)
+    xp = data.xp
     k_cls, n_rot = settings.n_classes, settings.n_rotations
     n_f = int(geom.flat.shape[0])
     box = data.box
@@ -183,12 +183,12 @@ def initial_state(
     mean; the classes are the CTF-corrected averages of random subsets with random
     rotations, low-passed to ``initial_resolution``.
     """
-    xp = get_array_module(data.spectra)
+    xp = data.xp
     box, n, k_cls = data.box, data.n, settings.n_classes
     n_shells = box // 2 + 1
     shells = xp.asarray(_shell_index(box).ravel())
     pick = rng.choice(n, size=min(n, 5000), replace=False)
-    sub = data.spectra[xp.asarray(np.sort(pick))].reshape(len(pick), -1)
+    sub = xp.asarray(take_rows(data.spectra, np.sort(pick))[:]).reshape(len(pick), -1)
     power = (sub.real**2 + sub.imag**2).astype(xp.float64).mean(axis=0)
     mean = sub.astype(xp.complex128).mean(axis=0)
     noise = power - (mean.real**2 + mean.imag**2)
@@ -239,7 +239,7 @@ def em_iteration(
     spectrum (30 % in amplitude), so that the next E-step divides its particles. This
     uses ``rng`` (a fresh seeded generator when None).
     """
-    xp = get_array_module(data.spectra)
+    xp = data.xp
     box, n = data.box, data.n
     k_cls, n_rot = settings.n_classes, settings.n_rotations
     geom = _geometry(box, state.r_max, settings, data.pixel_size, xp)
@@ -342,7 +342,7 @@ def subset_averages(
     subsets is independent, so ``sum(a_i * a_j)`` over a region estimates the signal
     energy there without the noise bias of ``sum(a * a)``; empty subsets are zeros.
     """
-    xp = get_array_module(data.spectra)
+    xp = data.xp
     box, n, k_cls = data.box, data.n, settings.n_classes
     if n == 0 or (state.assignment < 0).any():
         raise ValueError("half_averages needs the poses of an E-step for every particle")

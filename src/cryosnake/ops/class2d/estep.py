@@ -58,7 +58,7 @@ def _pass(
 
     refs : (K, R, F) complex rotated references; log_prior : (T, K*R).
     """
-    xp = get_array_module(data.spectra)
+    xp = data.xp
     k_cls = settings.n_classes
     n_rot = settings.n_rotations
     kr = k_cls * n_rot
@@ -93,7 +93,11 @@ def _pass(
     for start in range(0, n, settings.batch):
         stop = min(start + settings.batch, n)
         nb = stop - start
-        x = spectra[start:stop][:, geom.flat]  # (nb, F) complex64
+        block = spectra[start:stop]
+        if get_array_module(block) is not xp:  # streamed: gather on the host, then move
+            x = xp.asarray(np.ascontiguousarray(block[:, _host(geom.flat)]))
+        else:
+            x = block[:, geom.flat]  # (nb, F) complex64
         c = model_ctf(data.ctf[start:stop], geom.kx, geom.ky)  # (nb, F)
         # y = w C conj(X) / sigma2; rows of yr: [Re, -Im] of y x ramp_t, i.e. the
         # weight times [Re, Im] of C X conj(ramp_t) / sigma2 (used by the M-step too).
