@@ -246,7 +246,7 @@ def prime_storage_inventory():
 
 
 def all_targets(wildcards):
-    """Input function of the target all: FINAL_TARGETS and FINAL_PER_CHUNK of every
+    """Input function of the target all: final_targets() and FINAL_PER_CHUNK of every
     chunk (and the storage inventory first)."""
     prime_storage_inventory()
     keep_chunk_table()
