@@ -67,9 +67,6 @@ class ChunkTable:
         self.text = text
         self.new = new
 
-    def __len__(self) -> int:
-        return len(self.chunks)
-
     def movies(self, chunk: str) -> list[str]:
         """The movies of ``chunk``."""
         return self.chunks[chunk]
