@@ -84,16 +84,29 @@ def open_spectra(
     :func:`memory_budget` less ``reserved`` bytes (the stage's Fourier grids) they are
     computed once into a NumPy array (with ``device_transform`` on ``xp``'s device into
     an ``xp`` array, when given); otherwise the result is a :class:`ParticleSpectra`
-    that reads them when indexed.
+    that reads them when indexed (through ``device_transform`` on a GPU, when given).
     """
     source = ParticleSpectra(StackReader(groups, n, box), transform, tail)
     budget = max(0, memory_budget(xp) - reserved)
     size = f"{source.nbytes / 2**30:.2f} GiB of spectra, memory budget {budget / 2**30:.2f} GiB"
     if stream_particles(source.nbytes, budget):
+        if device_transform is not None and xp is not np:
+            # The batches go through the same device transform as the in-memory path,
+            # so that streaming does not change the numbers on a GPU either.
+            source.transform = _on_device(xp, device_transform)
         return source, f"particles streamed from their stacks batch by batch ({size})"
     if device_transform is not None:
         return source.to_array(xp, device_transform), f"particles in memory ({size})"
     return source[:], f"particles in memory ({size})"
+
+
+def _on_device(xp: Any, transform: Callable[[Any], Any]) -> Transform:
+    """``transform`` run on ``xp``'s device, from NumPy images to NumPy spectra."""
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return np.asarray(xp.asnumpy(transform(xp.asarray(images))))
+
+    return run
 
 
 @dataclass(frozen=True)
