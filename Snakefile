@@ -47,6 +47,28 @@ rule all:
         all_targets,
 
 
+# What `cryosnake live` asks for (cryosnake.live.session): as movies arrive, the
+# per-movie stages of every chunk; then curation and the particles of the selected
+# micrographs; every so many new particles, 2D classification and selection.
+rule live_chunks:
+    input:
+        live_chunk_targets,
+
+
+rule live_curate:
+    input:
+        live_chunk_targets,
+        f"{RESULTS}/movies.star",
+        f"{RESULTS}/micrographs_selected.star",
+        f"{RESULTS}/particles.star",
+
+
+rule live_2d:
+    input:
+        f"{RESULTS}/class2d/run_classes.png",
+        f"{RESULTS}/particles_selected.star",
+
+
 onstart:
     refuse_s3_keys()
 

@@ -253,6 +253,14 @@ def all_targets(wildcards):
     return [*final_targets(), *per_chunk(*FINAL_PER_CHUNK)]
 
 
+def live_chunk_targets(wildcards):
+    """Input function of the targets of `cryosnake live`: every chunk's per-movie
+    results (and the storage inventory and chunk table first)."""
+    prime_storage_inventory()
+    keep_chunk_table()
+    return per_chunk(*FINAL_PER_CHUNK, f"{RESULTS}/extract/{{chunk}}")
+
+
 def per_chunk(*patterns):
     """``patterns`` (with {chunk}) for every chunk."""
     return expand(list(patterns), chunk=list(CHUNKS.chunks))

@@ -39,6 +39,7 @@ STAGES: dict[str, str] = {
     "initial3d": "stages.initial3d",
     "postprocess": "stages.postprocess",
     "report": "stages.report",
+    "live": "live.command",
     "upload": "aws.upload",
     "download": "aws.download",
     "aws": "aws.command",

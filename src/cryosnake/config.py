@@ -210,13 +210,20 @@ def _simulated_movies(config: Mapping[str, Any]) -> dict[str, str]:
 def _check_consistency(config: Mapping[str, Any], suffix: str) -> None:
     """Relations between keys that a schema cannot express."""
     inp = config["input"]
-    if inp["movies"].startswith("s3://"):
-        raise ConfigError(
-            f"input.movies: S3 input is read through the AWS profile's default storage; "
-            f"give the pattern relative to the storage prefix, not {inp['movies']!r}{suffix}"
-        )
+    given = inp["movies"] if isinstance(inp["movies"], list) else [inp["movies"]]
+    for movies_path in given:
+        if movies_path.startswith("s3://"):
+            raise ConfigError(
+                "input.movies: S3 input is read through the AWS profile's default storage; "
+                f"give the paths relative to the storage prefix, not {movies_path!r}{suffix}"
+            )
     if not config["simulate"]["enabled"]:
         return
+    if isinstance(inp["movies"], list):
+        raise ConfigError(
+            f"input.movies: a list of movies cannot be simulated (simulate.enabled is true); "
+            f"give the pattern of the simulated movies{suffix}"
+        )
     movies = _simulated_movies(config)
     pattern = _norm(inp["movies"])
     odd = [p for p in movies.values() if not fnmatch.fnmatchcase(_norm(p), pattern)]
@@ -241,7 +248,7 @@ def movie_table(
     With ``simulate.enabled`` the movies are those the simulator will write (they
     need not exist yet); otherwise the files matching ``input.movies``, found with
     ``list_files(pattern)`` (default: a local glob; the workflow lists S3 when its
-    default storage is S3).
+    default storage is S3), or the files ``input.movies`` lists (as they are).
 
     Raises
     ------
@@ -251,7 +258,9 @@ def movie_table(
     if config["simulate"]["enabled"]:
         return _simulated_movies(config)
     pattern = config["input"]["movies"]
-    if list_files is None:
+    if isinstance(pattern, list):
+        paths = sorted(pattern)
+    elif list_files is None:
         paths = sorted(p for p in glob.glob(pattern) if not Path(p).is_dir())
     else:
         paths = sorted(list_files(pattern))

@@ -40,7 +40,18 @@ from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path
 from cryosnake.stages._common import run_stage
 
-__all__ = ["FORMATS", "add_args", "extract_dot", "extract_mermaid", "main", "write_dag_pictures"]
+__all__ = [
+    "FORMATS",
+    "add_args",
+    "add_workflow_args",
+    "extract_dot",
+    "extract_mermaid",
+    "find_snakefile",
+    "main",
+    "snakemake_command",
+    "snakemake_failure",
+    "write_dag_pictures",
+]
 
 FORMATS = ("svg", "mermaid")
 SNAKEFILES = ("Snakefile", "snakefile", "workflow/Snakefile", "workflow/snakefile")
@@ -75,6 +86,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=list(FORMATS),
         help="svg (needs graphviz dot) and/or mermaid (default: both)",
     )
+    add_workflow_args(parser, "-- --config key=value --omit-from curate")
+
+
+def add_workflow_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--snakefile`` and ``-- SNAKEMAKE_ARGS`` (``example``: what the help shows) of
+    the commands that run snakemake."""
     parser.add_argument(
         "--snakefile", help="the workflow's Snakefile (default: the one in the current folder)"
     )
@@ -82,11 +99,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "snakemake_args",
         nargs="*",
         metavar="-- SNAKEMAKE_ARGS",
-        help="passed to snakemake, e.g. -- --config key=value --omit-from curate",
+        help=f"passed to snakemake, e.g. {example}",
     )
 
 
-def _snakemake_command() -> list[str]:
+def snakemake_command() -> list[str]:
     """The snakemake of this Python (next to sys.executable), else ``python -m snakemake``."""
     exe = Path(sys.executable).parent / "snakemake"
     if exe.is_file() and os.access(exe, os.X_OK):
@@ -94,7 +111,7 @@ def _snakemake_command() -> list[str]:
     return [sys.executable, "-m", "snakemake"]
 
 
-def _find_snakefile(workdir: Path, snakefile: str | os.PathLike[str] | None) -> Path | None:
+def find_snakefile(workdir: Path, snakefile: str | os.PathLike[str] | None) -> Path | None:
     """The Snakefile to pass explicitly (None: snakemake finds it in ``workdir``)."""
     if snakefile is not None:
         path = Path(snakefile)
@@ -111,7 +128,7 @@ def _find_snakefile(workdir: Path, snakefile: str | os.PathLike[str] | None) -> 
     return None
 
 
-def _failure(stderr: str, returncode: int) -> str:
+def snakemake_failure(stderr: str, returncode: int) -> str:
     """The last meaningful line of snakemake's stderr."""
     # Exception groups prefix their lines with "|" and "+" frames.
     lines = [_ANSI.sub("", line).strip().lstrip("|+ ").strip() for line in stderr.splitlines()]
@@ -178,7 +195,7 @@ def _snakemake_graph(
     except OSError as err:
         raise CryosnakeError(f"cannot run snakemake ({cmd[0]}): {err.strerror}") from err
     if proc.returncode != 0:
-        raise CryosnakeError(_failure(proc.stderr, proc.returncode))
+        raise CryosnakeError(snakemake_failure(proc.stderr, proc.returncode))
     return proc.stdout
 
 
@@ -238,8 +255,8 @@ def write_dag_pictures(
             "(apt-get install graphviz, or --formats mermaid)"
         )
     work = Path(workdir)
-    explicit = _find_snakefile(work, snakefile)
-    program = _snakemake_command()
+    explicit = find_snakefile(work, snakefile)
+    program = snakemake_command()
     args = [] if explicit is None else ["--snakefile", str(explicit)]
     if profile:
         args += ["--profile", str(profile)]

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from snakemake_output import job_counts
 from test_infra import MOTO_SKIPS_BUCKET_POLICY, TEMPLATE, create_stack
 
 from cryosnake import cli
+from cryosnake.live.ledger import read_events
 
 pytestmark = [pytest.mark.workflow, MOTO_SKIPS_BUCKET_POLICY]
 
@@ -502,3 +504,78 @@ def test_reclaimed_class2d_resumes_from_its_s3_checkpoint(account: Account, tmp_
         with mrcfile.open(path) as mrc:
             classes.append(np.array(mrc.data))
     np.testing.assert_allclose(classes[1], classes[0], atol=1e-5)
+
+
+def _per_movie_jobs(launches: list[Launch]) -> list[tuple[str, str]]:
+    """(chunk, job name) of the per-movie jobs among ``launches`` (inspect, and the
+    group job of motioncor, ctf, pick and extract), in launch order."""
+    jobs = []
+    for launch in launches:
+        if "inspect" in launch.name or "preprocess" in launch.name:
+            chunks = set(re.findall(r"chunk\d{4}", " ".join(launch.command)))
+            assert len(chunks) == 1, (launch.name, chunks)
+            jobs.append((chunks.pop(), launch.name))
+    return jobs
+
+
+def test_live_session_on_batch(account: Account, tmp_path: Path) -> None:
+    """`cryosnake live --profile aws` in the user's checkout, on a folder the movies
+    arrive in one after another: each is uploaded (checked) into the project's staging
+    folder, processed by Batch jobs, and the session ends with the whole workflow; the
+    ledger is kept in S3 beside the results. Started again when one more movie has come,
+    it processes that movie only."""
+    project = "live"
+    url = f"s3://{account.bucket}/{project}"
+    assert cli.main(["upload", str(account.dataset / "gain.mrc"), url, "--quiet"]) == 0
+    watch = tmp_path / "scope"
+    watch.mkdir()
+    movies = sorted((account.dataset / "movies").glob("*.mrc"))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    command = [
+        str(BIN / "cryosnake"), "live", "--watch", str(watch), "--profile", "aws",
+        "--settle", "1", "--chunk-period", "2", "--class2d-every", "1",
+        "--stop-after-idle", "0.1", "--poll", "0.5", "--",
+        "--storage-s3-endpoint-url", account.endpoint, "--default-storage-prefix", url,
+    ]  # fmt: skip
+
+    def session(arrivals: list[Path]) -> list[Launch]:
+        before = len(account.docker.launches)
+        proc = subprocess.Popen(
+            command, cwd=account.workflow, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for movie in arrivals:  # the microscope writes them a few seconds apart
+            time.sleep(3)
+            shutil.copy(movie, watch / movie.name)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-5000:]
+        return launches_since(account, before)
+
+    first = session(movies)
+    results = account.objects(f"{project}/results/")
+    for movie in movies:
+        key = f"{project}/results/live/movies/{movie.name}"
+        assert account.read(key) == movie.read_bytes()
+        assert account.s3.head_object(Bucket=account.bucket, Key=key)["Metadata"]["sha256"]
+    for name in ("micrographs_selected.star", "particles.star", "report.html"):
+        assert f"{project}/results/{name}" in results, name
+    assert all(launch.returncode == 0 for launch in first)
+    assert [chunk for chunk, _ in _per_movie_jobs(first)] == ["chunk0001", "chunk0001"]
+    # Restarted on a new machine (no local ledger), with one more movie.
+    shutil.rmtree(account.workflow / "results")
+    late = tmp_path / "late" / "movie_0009.mrc"
+    late.parent.mkdir()
+    shutil.copy(movies[0], late)
+    second = session([late])
+    assert [chunk for chunk, _ in _per_movie_jobs(second)] == ["chunk0002", "chunk0002"]
+    ledger = tmp_path / "events.tsv"
+    ledger.write_bytes(account.read(f"{project}/results/live/events.tsv"))
+    events = read_events(ledger)
+    every = sorted(m.stem for m in [*movies, late])
+    assert sorted(events.query("event == 'processed'")["movie"]) == every
+    assert (events.query("event != 'cycle'").groupby(["event", "movie"]).size() == 1).all()
+    kinds = [d.split()[0] for d in events.query("event == 'cycle'")["detail"]]
+    assert kinds.count("final") == 2 and kinds[-1] == "final" and "chunks" in kinds
+    results = account.objects(f"{project}/results/")
+    for stem in every:
+        assert any(k.endswith(f"/{stem}.star") and "/ctf/chunk" in k for k in results), stem

@@ -320,3 +320,21 @@ def test_stage_modules_follow_the_convention() -> None:
     for module in (inspect_movie, import_movies):
         assert module.__doc__ and "Example::" in module.__doc__
         assert callable(module.add_args) and callable(module.main)
+
+
+def test_report_folders_are_read_in_movie_name_order(tmp_path: Path) -> None:
+    """Chunks of a live session hold movies in arrival order; movies.star does not."""
+    report_files = import_movies.report_files
+    first, second = tmp_path / "chunk0001", tmp_path / "chunk0002"
+    for folder, names in ((first, ["m3.json", "m1.json"]), (second, ["m2.json"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("{}")
+    assert report_files([str(first), str(second)]) == [
+        first / "m1.json",
+        second / "m2.json",
+        first / "m3.json",
+    ]
+    lone = tmp_path / "z.json"
+    lone.write_text("{}")
+    assert report_files([str(lone), str(first / "m1.json")]) == [lone, first / "m1.json"]

@@ -254,3 +254,116 @@ def test_reason_kinds() -> None:
         "CTF figure of merit … < …",
         "measured … e/Å² per frame",
     ]
+
+
+def _ledger(results: Path, lines: Sequence[tuple[float, str, str, str]]) -> None:
+    """A ledger written by hand, with the times given."""
+    from cryosnake.live.ledger import HEADER
+
+    path = results / "live" / "events.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{t:.3f}\t{e}\t{m}\t{d}\n" for t, e, m, d in lines)
+    path.write_text(f"{HEADER}\n{rows}")
+
+
+def _live(page: str) -> str:
+    return page.split("<h2>Live session</h2>")[1].split("<h2>")[0]
+
+
+T0 = 1_796_400_000.0  # 2026-12-04T16:00:00 UTC
+
+
+def test_a_live_session_is_shown_over_time(tmp_path: Path, run_cli: RunCli) -> None:
+    results = tmp_path / "results"
+    _session_folder(results)
+    first, second, bad = _mic(1), _mic(2), _mic(100)  # bad: rejected by curation
+    _ledger(
+        results,
+        [
+            (T0, "arrived", first, "/epu/a.tiff"),
+            (T0 + 1, "staged", first, "results/live/movies/a.tiff"),
+            (T0 + 20, "arrived", second, "/epu/b.tiff"),
+            (T0 + 40, "arrived", bad, "/epu/c.tiff"),
+            (T0 + 41, "arrived", _mic(3), "/epu/d.tiff"),
+            (T0 + 120, "processed", first, "chunk0001"),
+            (T0 + 120, "processed", second, "chunk0001"),
+            (T0 + 120, "cycle", "", "chunks ok 70.0 s particles=0 kept=0"),
+            (T0 + 130, "cycle", "", "curate failed 10.0 s particles=12 kept=0"),
+            (T0 + 200, "processed", bad, "chunk0002"),
+            (T0 + 300, "cycle", "", "2d ok 150.5 s particles=40 kept=20"),
+        ],
+    )
+    out = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--results", results, "--out", out])
+    assert code == 0, err
+    page = out.read_text()
+    live = _live(page)
+    assert "<th>session started</th><td>2026-12-04T16:00:00+00:00</td>" in live
+    assert "<th>last movie arrived</th><td>2026-12-04T16:00:41+00:00</td>" in live
+    assert "<th>movies arrived</th><td>4</td>" in live
+    assert "<th>movies processed</th><td>3</td>" in live
+    assert "<th>movies waiting</th><td>1</td>" in live
+    # Every row of the report's rejected list (not only the ledger's movies).
+    n_bad = len(BAD_CTF) + 1
+    assert (
+        f"<th>movies and micrographs rejected</th><td>{n_bad + BAD_MOVIES} "
+        f"({n_bad} by curate, {BAD_MOVIES} by inspect)</td>"
+    ) in live
+    # Delays 120, 100 and 160 s.
+    assert "<th>arrival to processed (median, max)</th><td>2.0 min, 2.7 min</td>" in live
+    assert (
+        "<th>workflow runs</th><td>1 chunks (70 s), 1 curate (10 s), 1 2d (2.5 min); "
+        "1 failed; 3.8 min in all</td>"
+    ) in live
+    assert live.count("data:image/png;base64,") == 1
+    payload = live.split("data:image/png;base64,")[1].split('"')[0]
+    assert base64.b64decode(payload)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(live/events.tsv)" in live
+    # After the summary, before the session.
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>Live session</h2>")
+    assert page.index("<h2>Live session</h2>") < page.index("<h2>Session</h2>")
+
+
+def test_a_batch_run_has_no_live_section(tmp_path: Path, run_cli: RunCli) -> None:
+    results = tmp_path / "results"
+    _session_folder(results)
+    out = tmp_path / "report.html"
+    assert run_cli(["report", "--results", results, "--out", out])[0] == 0
+    assert "Live session" not in out.read_text()
+
+
+def test_a_live_session_just_started_is_shown(tmp_path: Path, run_cli: RunCli) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    out = tmp_path / "report.html"
+    # The header only: no event, no figure.
+    _ledger(results, [])
+    code, _, err = run_cli(["report", "--results", results, "--out", out])
+    assert code == 0, err
+    live = _live(out.read_text())
+    assert "<th>movies arrived</th><td>0</td>" in live
+    assert "<th>session started</th><td>none yet</td>" in live
+    assert "<th>workflow runs</th><td>none yet</td>" in live
+    assert "No movie has arrived yet." in live and "base64" not in live
+    # Arrivals only: nothing processed, no micrograph, no rejected list; a figure.
+    _ledger(
+        results,
+        [(T0, "arrived", "m1", "/epu/m1.tiff"), (T0 + 5, "arrived", "m2", "/epu/m2.tiff")],
+    )
+    code, _, err = run_cli(["report", "--results", results, "--out", out])
+    assert code == 0, err
+    live = _live(out.read_text())
+    assert "<th>movies waiting</th><td>2</td>" in live
+    assert "<th>arrival to processed (median, max)</th><td>none yet</td>" in live
+    assert "<th>movies and micrographs rejected</th><td>none yet</td>" in live
+    assert live.count("data:image/png;base64,") == 1
+
+
+def test_a_live_ledger_that_is_not_one_is_said(tmp_path: Path, run_cli: RunCli) -> None:
+    results = tmp_path / "results"
+    (results / "live").mkdir(parents=True)
+    (results / "live" / "events.tsv").write_text("not a ledger\n")
+    out = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--results", results, "--out", out])
+    assert code == 0, err
+    assert "live/events.tsv: not readable" in _live(out.read_text())

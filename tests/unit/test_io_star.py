@@ -424,8 +424,15 @@ def test_star_files_takes_folders_and_files(tmp_path: Path) -> None:
     (chunk / "sub.star").mkdir()  # a folder is not a file
     single = tmp_path / "z.star"
     single.write_text("")
+    assert star_files([single], "--ctf") == [single]
     got = star_files([single, str(chunk)], "--ctf")
-    assert got == [single, chunk / "a.star", chunk / "b.star"]
+    assert got == [chunk / "a.star", chunk / "b.star", single]
+    # With folders, name order whatever the folder: chunks do not change the order.
+    later = tmp_path / "chunk0002"
+    later.mkdir()
+    (later / "a0.star").write_text("")
+    got = star_files([str(chunk), str(later)], "--ctf")
+    assert got == [chunk / "a.star", later / "a0.star", chunk / "b.star"]
     empty = tmp_path / "empty"
     empty.mkdir()
     for given, text in ((empty, "holds no .star file"), (tmp_path / "none", "no such file")):

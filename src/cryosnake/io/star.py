@@ -90,9 +90,14 @@ def read_star_block(path: PathLike, block: str, *, required: tuple[str, ...] = (
 
 def star_files(given: Sequence[PathLike], option: str) -> list[Path]:
     """The STAR files that ``given`` names: files as given, and for a folder every
-    ``*.star`` file directly inside it, sorted by name (an error names ``option`` and a
-    path that is neither, or a folder without STAR file)."""
+    ``*.star`` file directly inside it (an error names ``option`` and a path that is
+    neither, or a folder without STAR file).
+
+    When a folder is given, the files come in the order of their names, whatever
+    folder they are in, so that how a set is split into folders (chunks of movies) does
+    not change the order of the rows read from them; otherwise in the order given."""
     out: list[Path] = []
+    folders = False
     for item in given:
         p = Path(item)
         if p.is_dir():
@@ -107,11 +112,12 @@ def star_files(given: Sequence[PathLike], option: str) -> list[Path]:
             if not found:
                 raise FileFormatError(f"{option}: folder {p} holds no .star file")
             out += found
+            folders = True
         elif p.is_file():
             out.append(p)
         else:
             raise FileFormatError(f"{option}: {p}: no such file or folder")
-    return out
+    return sorted(out, key=lambda path: path.name) if folders else out
 
 
 @dataclass

@@ -57,10 +57,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def report_files(paths: list[str]) -> list[Path]:
-    """``paths``, with every folder among them replaced by its ``*.json`` files (sorted)."""
+    """``paths``, with every folder among them replaced by its ``*.json`` files; with a
+    folder among them, in the order of the file names whatever their folder (so that
+    the chunks a session is split into do not change the order of movies.star)."""
     files: list[Path] = []
     for path in map(Path, paths):
         files.extend(sorted(path.glob("*.json")) if path.is_dir() else [path])
+    if any(Path(p).is_dir() for p in paths):
+        files.sort(key=lambda f: f.name)
     return files
 
 

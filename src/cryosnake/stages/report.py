@@ -9,7 +9,8 @@ micrograph's CTF and motion values), ``micrographs_selected.star``,
 the 2D and 3D results; never one file per movie but the pictures it shows.
 
 Sections: summary (movies accepted and rejected, micrographs kept, particles picked and
-kept, classes kept, final resolution and B-factor); the session: total drift, mean
+kept, classes kept, final resolution and B-factor); for a session of ``cryosnake live``,
+the session over time (:mod:`._report_live`); the session: total drift, mean
 defocus, astigmatism, CTF fit resolution, CTF figure of merit and particles per
 micrograph against acquisition order (the sorted movie names) and as histograms, with
 the curation thresholds of ``--config`` drawn and the rejected micrographs marked;
@@ -57,6 +58,7 @@ from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path, read_star, read_yaml
 from cryosnake.stages import _report_plots as plots
 from cryosnake.stages._common import positive_int, stage_main
+from cryosnake.stages._report_live import live_section
 from cryosnake.stages.curate import THRESHOLDS
 
 __all__ = ["add_args", "main"]
@@ -501,8 +503,10 @@ def _run(args: argparse.Namespace) -> int:
             f"CTF fits, the {args.examples} largest drifts and {args.examples} drawn at random."
             "</p>"
         ) + "".join(_card(session.iloc[i], why, pictures) for i, why in chosen)
+    live = live_section(results, session, rejected, _table, _embed, _missing, _movie_names)
     sections = [
         ("Summary", summary),
+        *([("Live session", live)] if live is not None else []),
         ("Session", _session_section(session, thresholds, note)),
         ("Rejected movies and micrographs", _rejected_section(rejected, source)),
         ("Micrographs", shown),
