@@ -518,6 +518,7 @@ def _per_movie_jobs(launches: list[Launch]) -> list[tuple[str, str]]:
     return jobs
 
 
+@pytest.mark.slow  # two sessions on the fake Batch: 4 min; make test-slow
 def test_live_session_on_batch(account: Account, tmp_path: Path) -> None:
     """`cryosnake live --profile aws` in the user's checkout, on a folder the movies
     arrive in one after another: each is uploaded (checked) into the project's staging

@@ -77,7 +77,9 @@ def dry_run_jobs(tmp: Path, cores: int) -> dict[str, dict[str, str]]:
         timeout=300,
         cwd=tmp,
     ).stdout.split()
-    assert set(listed) - {"all"} <= set(jobs), "a rule is missing from the dry run"
+    # all and cryosnake live's live_* are targets only, not jobs
+    targets = {rule for rule in listed if rule == "all" or rule.startswith("live_")}
+    assert set(listed) - targets <= set(jobs), "a rule is missing from the dry run"
     return jobs
 
 

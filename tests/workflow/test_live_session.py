@@ -99,6 +99,7 @@ def _picks(results: Path) -> pd.DataFrame:
     })  # fmt: skip
 
 
+@pytest.mark.slow  # a session and a batch run: 2 min; make test-slow, bench_live.py
 def test_live_keeps_pace_and_gives_the_batch_results(movies: Path, tmp_path: Path) -> None:
     watch = tmp_path / "microscope" / "epu"
     config = _config(tmp_path, movies)
