@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +38,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tests"))
 
-
-def _finished_jobs(logs: list[Path]) -> Counter[tuple[str, str]]:
-    """(rule, chunk) of every job that finished, over snakemake's logs of the cycles."""
-    done: Counter[tuple[str, str]] = Counter()
-    for log in logs:
-        jobs: dict[str, list[str]] = {}
-        rule = ""
-        for line in log.read_text().splitlines():
-            if m := re.match(r"^(?:local)?rule (\w+):", line):
-                rule = m[1]
-            elif m := re.match(r"^\s+jobid: (\d+)", line):
-                jobs[m[1]] = [rule, ""]
-            elif (m := re.match(r"^\s+wildcards: chunk=(chunk\d+)", line)) and jobs:
-                jobs[list(jobs)[-1]][1] = m[1]
-            elif m := re.match(r"^Finished jobid: (\d+)", line):
-                rule_chunk = jobs.get(m[1], ["?", ""])
-                done[(rule_chunk[0], rule_chunk[1])] += 1
-    return done
+from snakemake_output import finished_jobs  # noqa: E402
 
 
 def _stems(path: Path, block: str, label: str) -> list[str]:
@@ -135,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         {"kind": d.split()[0], "ok": d.split()[1] == "ok", "seconds": float(d.split()[2])}
         for d in events.query("event == 'cycle'")["detail"]
     ]
-    done = _finished_jobs(sorted((results / "live" / "logs").glob("cycle-*.log")))
+    done = finished_jobs(sorted((results / "live" / "logs").glob("cycle-*.log")))
     twice = {f"{r}/{c}": n for (r, c), n in done.items() if c and n > 1}
 
     batch_config = dict(config, results=str(work / "batch"))

@@ -7,18 +7,17 @@ being killed.
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from snakemake_output import finished_jobs
 from test_workflow import snakemake, tiny_config
 
 from cryosnake.io import read_mrc, read_star
@@ -68,25 +67,6 @@ def _live(root: Path, config: Path, watch: Path, idle_minutes: float) -> list[st
         "--chunk-period", str(CHUNK_PERIOD), "--class2d-every", "1000",
         "--stop-after-idle", str(idle_minutes), "--poll", "0.5", "--cores", "2",
     ]  # fmt: skip
-
-
-def _finished_jobs(logs: list[Path]) -> Counter[tuple[str, str]]:
-    """(rule, chunk) of every job that finished, over snakemake's logs of the cycles."""
-    done: Counter[tuple[str, str]] = Counter()
-    for log in logs:
-        jobs: dict[str, tuple[str, str]] = {}
-        rule = ""
-        for line in log.read_text().splitlines():
-            if m := re.match(r"^(?:local)?rule (\w+):", line):
-                rule = m[1]
-            elif m := re.match(r"^\s+jobid: (\d+)", line):
-                jobs[m[1]] = (rule, "")
-            elif m := re.match(r"^\s+wildcards: chunk=(chunk\d+)", line):
-                last = list(jobs)[-1]
-                jobs[last] = (jobs[last][0], m[1])
-            elif m := re.match(r"^Finished jobid: (\d+)", line):
-                done[jobs[m[1]]] += 1
-    return done
 
 
 def _picks(results: Path) -> pd.DataFrame:
@@ -182,7 +162,7 @@ def test_a_killed_session_restarts_losing_nothing_and_doing_nothing_twice(
         assert len(events.query("event == @kind")) == 5, kind
     cycle_logs = sorted(logs.glob("cycle-*.log"))
     assert cycle_logs[0].name == "cycle-0001-chunks.log"  # the killed run's log is kept
-    done = _finished_jobs(cycle_logs)
+    done = finished_jobs(cycle_logs)
     per_chunk = {(rule, chunk): n for (rule, chunk), n in done.items() if chunk}
     assert per_chunk and max(per_chunk.values()) == 1, per_chunk
     chunks = set(pd.read_csv(tmp_path / "results" / "chunks.tsv", sep="\t")["chunk"])
