@@ -9,6 +9,7 @@ from cryosnake.config import check_workflow_version, movie_table, simulated_gain
 from cryosnake.errors import ConfigError
 from cryosnake.stage_args import (
     class2d_args,
+    class3d_args,
     command_line,
     ctf_args,
     curate_args,
@@ -343,9 +344,31 @@ def checkpoint_url(rule):
 
 
 def refine3d_reference():
-    """The map refine3d starts from: initial3d.reference if set, else the ab initio map."""
+    """The map class3d and refine3d start from: initial3d.reference if set, else the
+    ab initio map."""
     reference = config["initial3d"]["reference"]
     return reference if reference else f"{RESULTS}/initial3d/initial_model.mrc"
+
+
+def class3d_on():
+    """Whether 3D classification runs between the 2D selection and refine3d."""
+    return config["map3d"] and config["class3d"]["classes"] > 0
+
+
+def refine3d_particles():
+    """The particles refine3d refines: those of the kept 3D classes when class3d is
+    on, else every selected particle."""
+    if class3d_on():
+        return f"{RESULTS}/class3d/particles_kept.star"
+    return f"{RESULTS}/particles_selected.star"
+
+
+# What the class3d rule writes that the report and `rule all` ask for.
+CLASS3D_RESULTS = [
+    f"{RESULTS}/class3d/run_model.star",
+    f"{RESULTS}/class3d/particles_kept.star",
+    f"{RESULTS}/class3d/run_classes.png",
+]
 
 
 def config_yaml():
@@ -366,7 +389,8 @@ REPORT_PER_CHUNK = [
 
 def report_inputs():
     """Every file the report reads but the per-chunk folders (REPORT_PER_CHUNK): 2D
-    results, the rejected movies and micrographs, and 3D results when map3d is on."""
+    results, the rejected movies and micrographs, and 3D results when map3d is on
+    (with the 3D classes when class3d is on)."""
     files = [
         f"{RESULTS}/movies.star",
         REJECTED_MOVIES,
@@ -389,6 +413,8 @@ def report_inputs():
             f"{RESULTS}/postprocess/postprocess_guinier.png",
             f"{RESULTS}/postprocess/postprocess_slices.png",
         ]
+    if class3d_on():
+        files += CLASS3D_RESULTS
     return files
 
 
@@ -408,6 +434,7 @@ def final_targets():
             f"{RESULTS}/initial3d/initial_model.png",
             f"{RESULTS}/refine3d/run_angdist.png",
             f"{RESULTS}/postprocess/postprocess.mrc",
+            *(CLASS3D_RESULTS if class3d_on() else []),
         ]
         if config["map3d"]
         else []

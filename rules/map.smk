@@ -1,6 +1,6 @@
 # From the selected particles to a map: ab initio model (or the map named by
-# initial3d.reference), gold-standard refinement and post-processing. Switched off by
-# map3d: false (e.g. for data sets too small for 3D).
+# initial3d.reference), optional 3D classification, gold-standard refinement and
+# post-processing. Switched off by map3d: false (e.g. for data sets too small for 3D).
 
 
 rule initial3d:
@@ -33,9 +33,45 @@ rule initial3d:
         "--names-relative-to {params.root:q} > {log} 2>&1"
 
 
+# Optional (class3d.classes > 0): 3D classification of the selected particles from
+# the same starting map; refine3d then refines the particles of the kept classes.
+if class3d_on():
+
+    rule class3d:
+        input:
+            particles=f"{RESULTS}/particles_selected.star",
+            stacks=per_chunk(f"{RESULTS}/extract/{{chunk}}"),
+            reference=refine3d_reference(),
+        output:
+            model=f"{RESULTS}/class3d/run_model.star",
+            data=f"{RESULTS}/class3d/run_data.star",
+            kept=f"{RESULTS}/class3d/particles_kept.star",
+            plot=f"{RESULTS}/class3d/run_classes.png",
+        log:
+            f"{LOGS}/class3d.log",
+        benchmark:
+            f"{BENCHMARKS}/class3d.tsv"
+        container:
+            CONTAINER_GPU
+        threads: 8
+        resources:
+            mem_mb=28672,
+            runtime=720,
+            gpu=1,
+            _gpus=1,
+        params:
+            root=job_root(f"{RESULTS}/class3d/run_model.star"),
+            out_dir=output_dir,
+            options=command_line(class3d_args(config, checkpoint_url("class3d"))),
+        shell:
+            "CRYOSNAKE_THREADS={threads} cryosnake class3d --particles {input.particles:q} "
+            "--reference {input.reference:q} --out-dir {params.out_dir:q} {params.options} "
+            "--names-relative-to {params.root:q} > {log} 2>&1"
+
+
 rule refine3d:
     input:
-        particles=f"{RESULTS}/particles_selected.star",
+        particles=refine3d_particles(),
         stacks=per_chunk(f"{RESULTS}/extract/{{chunk}}"),
         reference=refine3d_reference(),
     output:

@@ -54,7 +54,10 @@ _SPECIMENS: dict[tuple[str, float, int, float], Specimen] = {}
 
 def specimen_of(params: SimulationParams) -> Specimen:
     """The specimen of ``params`` (cached: building the phantom takes about a second)."""
-    key = (params.specimen, params.particle_diameter, params.phantom_seed, params.pixel_size)
+    key = (
+        params.specimen, params.particle_diameter, params.phantom_seed, params.pixel_size,
+        params.partial_fraction > 0, params.partial_domain,
+    )  # fmt: skip
     if key not in _SPECIMENS:
         _SPECIMENS[key] = load_specimen(params)[0]
     return _SPECIMENS[key]

@@ -86,6 +86,8 @@ class ParticleStack:
     snr_stack: float
     snr_disc: float
     atoms: Atoms | None = None  # the specimen, when not the phantom of ``diameter``
+    states: np.ndarray | None = None  # (n,) state of each box (-1: junk) with ``specimens``
+    specimens: tuple[Atoms, ...] = ()  # the states' specimens, when several
 
     @property
     def good(self) -> np.ndarray:
@@ -95,8 +97,10 @@ class ParticleStack:
     def box(self) -> int:
         return int(self.images.shape[-1])
 
-    def volume(self, box: int | None = None) -> np.ndarray:
-        """The truth volume (V) at ``pixel_size`` on a ``box``³ grid."""
+    def volume(self, box: int | None = None, state: int | None = None) -> np.ndarray:
+        """The truth volume (V) at ``pixel_size`` on a ``box``³ grid (of ``state``)."""
+        if state is not None:
+            return render_volume(self.specimens[state], box or self.box, self.pixel_size)
         atoms = self.atoms if self.atoms is not None else phantom(self.diameter)
         return render_volume(atoms, box or self.box, self.pixel_size)
 
@@ -182,13 +186,22 @@ def simulate_particles(
     snr_pixel_size: float = 1.5,
     seed: int = 0,
     atoms: Atoms | None = None,
+    specimens: tuple[Atoms, ...] = (),
+    state_fractions: tuple[float, ...] = (),
 ) -> ParticleStack:
     """Simulate ``n`` extracted boxes (see the module docstring); ``atoms``: another
     specimen than the phantom (``diameter`` should be its extent; ``snr`` is then
-    calibrated on the phantom of that diameter)."""
+    calibrated on the phantom of that diameter). ``specimens``: several states (e.g.
+    :func:`cryosnake.simulate.phantom_states`), each particle one of them at random in
+    the proportions ``state_fractions`` (default equal); the noise is set from the
+    signal of them all."""
     rng = np.random.default_rng(seed)
     specimen = atoms
     atoms = phantom(diameter) if specimen is None else specimen
+    states = None
+    if specimens:
+        fractions = np.asarray(state_fractions or [1.0] * len(specimens), dtype=np.float64)
+        states = rng.choice(len(specimens), size=n, p=fractions / fractions.sum())
     d_px = diameter / pixel_size
     n_junk = int(round(junk_fraction * n))
     kinds = np.array(["particle"] * (n - n_junk) + [JUNK_KINDS[i % 4] for i in range(n_junk)])
@@ -197,6 +210,8 @@ def simulate_particles(
     centres = np.zeros((n, 2))
     clean = np.zeros((n, box, box))
     for i, kind in enumerate(kinds):
+        if states is not None:
+            atoms = specimens[states[i]]
         if kind == "particle":
             centres[i] = rng.uniform(-1, 1, 2) * 0.06 * d_px / math.sqrt(2)
             clean[i] = _projection(atoms, matrices[i], box, pixel_size, centres[i])
@@ -272,6 +287,8 @@ def simulate_particles(
         snr_stack=var_box / noise_var,
         snr_disc=var_disc / noise_var,
         atoms=specimen,
+        states=None if states is None else np.where(kinds == "particle", states, -1),
+        specimens=tuple(specimens),
     )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "MASK_DIAMETER_FACTOR",
     "acquisition_args",
     "class2d_args",
+    "class3d_args",
     "command_line",
     "ctf_args",
     "curate_args",
@@ -60,7 +61,8 @@ def _g(value: float) -> str:
 
 
 def mask_diameter(config: Config) -> str:
-    """Å, the mask diameter of class2d, initial3d and refine3d: 1.1 x pick.diameter."""
+    """Å, the mask diameter of class2d, initial3d, class3d and refine3d: 1.1 x
+    pick.diameter."""
     return _g(MASK_DIAMETER_FACTOR * config["pick"]["diameter"])
 
 
@@ -219,6 +221,23 @@ def initial3d_args(config: Config, checkpoint_url: str | None = None) -> list[st
         "--batch", str(c["batch"]), "--seed", str(c["seed"]),
         "--symmetry", str(c["symmetry"]), "--diameter", mask_diameter(config),
         "--device", str(c["device"]), *_checkpoint(checkpoint_url),
+    ]  # fmt: skip
+
+
+def class3d_args(config: Config, checkpoint_url: str | None = None) -> list[str]:
+    """``cryosnake class3d``: the class3d section (``--keep`` only when classes are
+    named, else the stage keeps the best-resolved one), initial3d's symmetry, the mask
+    diameter."""
+    c = config["class3d"]
+    keep = ["--keep", *map(str, c["keep"])] if c["keep"] else []
+    return [
+        "--classes", str(c["classes"]), "--initial-lowpass", _g(c["initial_lowpass"]),
+        "--iterations", str(c["iterations"]),
+        "--global-iterations", str(c["global_iterations"]),
+        "--tau2-fudge", _g(c["tau2_fudge"]), "--seed", str(c["seed"]),
+        "--symmetry", str(config["initial3d"]["symmetry"]),
+        "--diameter", mask_diameter(config), *keep, "--device", str(c["device"]),
+        *_checkpoint(checkpoint_url),
     ]  # fmt: skip
 
 

@@ -52,7 +52,7 @@ REGION = "us-east-1"
 STACK = "cryosnake-e2e"
 SECRET = "e2e-secret-access-key-value"
 WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles"]
-GPU_RULES = {"motioncor", "pick", "class2d", "initial3d", "refine3d"}
+GPU_RULES = {"motioncor", "pick", "class2d", "initial3d", "class3d", "refine3d"}
 
 
 @dataclass

@@ -43,6 +43,7 @@ def tiny_config(tmp: Path) -> Path:
             "n_movies": 2,
             "out_dir": str(tmp / "data"),
         },
+        "class3d": {"classes": 2},  # the optional rule too
     }
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -367,3 +367,68 @@ def test_a_live_ledger_that_is_not_one_is_said(tmp_path: Path, run_cli: RunCli) 
     code, _, err = run_cli(["report", "--results", results, "--out", out])
     assert code == 0, err
     assert "live/events.tsv: not readable" in _live(out.read_text())
+
+
+def _class3d_folder(results: Path) -> None:
+    """A 3D classification of 100 particles into 3 classes; refine3d keeps class 2."""
+    folder = results / "class3d"
+    general = {
+        "rlnNrClasses": 3, "rlnCurrentIteration": 25, "rlnPixelSize": 1.5,
+        "rlnOriginalImageSize": 64,
+    }  # fmt: skip
+    classes = pd.DataFrame(
+        {
+            "rlnReferenceImage": [f"results/class3d/run_class00{k}.mrc" for k in (1, 2, 3)],
+            "rlnClassDistribution": [0.25, 0.6, 0.15],
+            "rlnEstimatedResolution": [12.5, 6.4, np.inf],
+        }
+    )
+    write_star(
+        folder / "run_model.star",
+        {"model_general": pd.DataFrame([general]), "model_classes": classes},
+    )
+    kept = pd.DataFrame(
+        {"rlnImageName": [f"{i}@s.mrcs" for i in range(1, 61)], "rlnClassNumber": [2] * 60}
+    )
+    write_star(folder / "particles_kept.star", {"particles": kept})
+    _png(folder / "run_classes.png")
+
+
+def _rows(page: str) -> list[list[str]]:
+    section = page.split("<h2>3D classification</h2>")[1].split("<h2>")[0]
+    return [
+        re.findall(r"<td>(.*?)</td>", row)
+        for row in re.findall(r"<tr>(.*?)</tr>", section)
+        if "<td>" in row
+    ]
+
+
+def test_report_shows_the_3d_classes(tmp_path: Path, run_cli: RunCli) -> None:
+    results = tmp_path / "results"
+    _class3d_folder(results)
+    out = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--results", results, "--out", out])
+    assert code == 0, err
+    page = out.read_text()
+    # After the 2D classes, before the 3D maps.
+    assert page.index("<h2>2D classification</h2>") < page.index("<h2>3D classification</h2>")
+    assert page.index("<h2>3D classification</h2>") < page.index("<h2>3D</h2>")
+    # Number, share (%), resolution (Å; an unresolved class has none), kept.
+    assert _rows(page) == [
+        ["1", "25.0", "12.5", "no"],
+        ["2", "60.0", "6.4", "yes"],
+        ["3", "15.0", "–", "no"],
+    ]
+    section = page.split("<h2>3D classification</h2>")[1].split("<h2>")[0]
+    assert "60 particles in the kept classes" in section
+    assert section.count("data:image/png;base64,") == 1
+    assert "(run_classes.png)" in section
+
+
+def test_report_without_3d_classes_has_no_such_section(tmp_path: Path, run_cli: RunCli) -> None:
+    results = tmp_path / "results"
+    _class3d_folder(results)
+    (results / "class3d" / "run_model.star").unlink()
+    out = tmp_path / "report.html"
+    assert run_cli(["report", "--results", results, "--out", out])[0] == 0
+    assert "3D classification" not in out.read_text()

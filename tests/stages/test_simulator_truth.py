@@ -19,6 +19,7 @@ import scipy.fft
 import yaml
 from scipy import ndimage
 
+from cryosnake.errors import ConfigError
 from cryosnake.io import open_movie, read_mrc, read_star, read_star_block, write_mrc
 from cryosnake.ops import (
     ctf_2d,
@@ -35,6 +36,7 @@ from cryosnake.simulate import (
     atoms_from_model,
     make_params,
     phantom_atoms,
+    phantom_states,
     render_volume,
     simulate_dataset,
 )
@@ -527,3 +529,105 @@ def test_dose_per_frame_in_the_counts(clean_dataset: Path) -> None:
         noiseless, _ = read_mrc(clean_dataset / "truth" / f"{stem}_noiseless.mrc")
         total = noiseless.mean() / params.pixel_size**2
         assert total == pytest.approx(params.n_frames * params.dose_per_frame, rel=0.01)
+
+
+# ---- two-state specimen ------------------------------------------------------------------
+
+
+def test_two_state_specimen(tmp_path: Path) -> None:
+    """partial_fraction: about that share of the particles lacks domain 2 of the phantom;
+    truth/particles.star says which (rlnClassNumber 2), truth/volume_partial.mrc is that
+    state, and the noiseless micrographs show each particle in its saved state."""
+    params = make_params(
+        "tiny", n_movies=3, seed=4, particles_per_micrograph=8, partial_fraction=0.5, **CLEAN
+    )
+    out = tmp_path / "data"
+    simulate_dataset(params, out, log=lambda _: None)
+    volume, px = read_mrc(out / "truth" / "volume.mrc")
+    partial, ppx = read_mrc(out / "truth" / "volume_partial.mrc")
+    assert partial.shape == volume.shape and ppx == pytest.approx(px)
+    whole_atoms, partial_atoms = phantom_states(params.particle_diameter, domain=2)
+    share = partial_atoms.weights.sum() / whole_atoms.weights.sum()
+    assert 0.8 < share < 0.95  # domain 2: ~13 % of the mass
+    assert partial.sum() / volume.sum() == pytest.approx(share, rel=0.01)
+    record = yaml.safe_load((out / "simulation.yaml").read_text())
+    assert record["parameters"]["partial_fraction"] == 0.5
+    assert record["parameters"]["partial_domain"] == 2
+    assert sum(m["partial_particles"] for m in record["movies"]) > 0
+
+    particles = read_star_block(out / "truth" / "particles.star", "particles")
+    states = particles["rlnClassNumber"].to_numpy()
+    assert set(states) == {1, 2}
+    assert 0.25 < float(np.mean(states == 2)) < 0.75, states
+    ctfs = read_star_block(out / "truth" / "micrographs_ctf.star", "micrographs")
+    box = int(1.6 * params.particle_diameter / params.pixel_size)
+    sums: dict[int, list[float]] = {1: [], 2: []}
+    called = []
+    for _, ctf_row in ctfs.iterrows():
+        name = ctf_row.rlnMicrographName
+        noiseless, _ = read_mrc(out / "truth" / f"{Path(name).stem}_noiseless.mrc")
+        data = (
+            noiseless.astype(np.float64)
+            / (params.n_frames * params.dose_per_frame * params.pixel_size**2)
+            - 1.0
+        )
+        mine = particles[particles.rlnMicrographName == name]
+        coords = mine[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+        angles = mine[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
+        truth = mine["rlnClassNumber"].to_numpy()
+        # each particle alone, as either state (the forward model is linear)
+        single = {
+            s: [
+                forward_model(
+                    vol, data.shape, params, ctf_row, coords[k : k + 1], angles[k : k + 1]
+                )
+                for k in range(len(coords))
+            ]
+            for s, vol in ((1, volume), (2, partial))
+        }
+        model = sum(single[int(s)][k] for k, s in enumerate(truth))
+        assert ncc(model, data) > 0.95
+        for k, s in enumerate(truth):
+            rest = data - model + single[int(s)][k]
+            err = {c: float(((rest - single[c][k]) ** 2).sum()) for c in (1, 2)}
+            called.append(min(err, key=err.__getitem__) == s)
+            # the particle's contrast (amplitude contrast: darker for more mass), summed
+            # over a box around it
+            x, y = (int(round(v)) for v in coords[k])
+            ys = slice(max(0, y - box // 2), y + box // 2)
+            xs = slice(max(0, x - box // 2), x + box // 2)
+            sums[int(s)].append(-float(data[ys, xs].sum()))
+    assert all(called), called
+    ratio = np.mean(sums[2]) / np.mean(sums[1])
+    FIGURES["two_state"] = {
+        "partial_share": round(float(np.mean(states == 2)), 3),
+        "mass_share": round(float(share), 3),
+        "box_contrast_ratio": round(float(ratio), 3),
+    }
+    assert ratio < 0.97  # about the mass share, plus what the neighbours spill in
+
+
+def test_two_state_off_changes_nothing(tmp_path: Path) -> None:
+    """partial_fraction 0 (the default): no state column, no volume_partial.mrc, and the
+    same random stream as a two-state dataset up to the states (same coordinates, poses
+    and defocus: the states are drawn after them)."""
+    base = make_params("tiny", n_movies=1, seed=5, **CLEAN)
+    out = tmp_path / "off"
+    simulate_dataset(base, out, log=lambda _: None)
+    assert not (out / "truth" / "volume_partial.mrc").exists()
+    particles = read_star_block(out / "truth" / "particles.star", "particles")
+    assert "rlnClassNumber" not in particles.columns
+    two = tmp_path / "on"
+    simulate_dataset(
+        make_params("tiny", n_movies=1, seed=5, partial_fraction=0.4, **CLEAN),
+        two,
+        log=lambda _: None,
+    )
+    other = read_star_block(two / "truth" / "particles.star", "particles")
+    labels = ["rlnCoordinateX", "rlnCoordinateY", "rlnAngleRot", "rlnDefocusU"]
+    np.testing.assert_array_equal(particles[labels], other[labels])
+
+
+def test_two_state_needs_the_phantom(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="partial_fraction"):
+        make_params("tiny", specimen=str(tmp_path / "map.mrc"), partial_fraction=0.3)

@@ -59,10 +59,11 @@ def test_local_search_refines_and_is_batch_invariant(data: dict[str, np.ndarray]
         data["spectra"], data["ctf"], projector, BOX, PX, data["sigma2"], 12, start, shifts,
         4.0, 0.5, settings,
     )  # fmt: skip
-    m1, t1 = ps.local_search(*args)
-    m2, t2 = ps.local_search(*args, budget=1)
+    m1, t1, s1 = ps.local_search(*args)
+    m2, t2, s2 = ps.local_search(*args, budget=1)
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_array_equal(t1, t2)
+    np.testing.assert_allclose(s1, s2, rtol=1e-4)
     before = np.median(r3.angular_errors(start, data["matrices"]))
     after = np.median(r3.angular_errors(m1, data["matrices"]))
     assert after < 0.5 * before

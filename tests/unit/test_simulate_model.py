@@ -18,10 +18,12 @@ from cryosnake.simulate import (
     SimulationParams,
     atoms_from_model,
     load_specimen,
+    make_detector,
     make_params,
     phantom_atoms,
     render_projection,
     render_volume,
+    simulate_movie,
     volume_box,
 )
 
@@ -63,6 +65,13 @@ def test_overrides_are_coerced_from_strings() -> None:
         ({"movie_format": "png"}, "movie_format"),
         ({"width": 40, "height": 40}, "particle_diameter"),
         ({"n_frames": 2.5}, "n_frames"),
+        ({"partial_fraction": 1.2}, "partial_fraction"),
+        ({"partial_fraction": 1.0}, "partial_fraction"),
+        ({"partial_fraction": -0.1}, "partial_fraction"),
+        ({"partial_fraction": "half"}, "partial_fraction"),
+        ({"partial_domain": 0}, "partial_domain"),
+        ({"partial_domain": 4}, "partial_domain"),
+        ({"partial_fraction": 0.5, "specimen": "model.pdb"}, "partial_fraction"),
     ],
 )
 def test_bad_parameters_name_the_key(overrides: dict[str, object], key: str) -> None:
@@ -208,3 +217,50 @@ def test_user_map_gets_protein_contrast_whatever_its_units(tmp_path: Path, units
     write_mrc(empty, np.zeros((32, 32, 32), np.float32), 2.0)
     with pytest.raises(ConfigError, match=r"empty\.mrc: the specimen map has no positive density"):
         load_specimen(make_params("tiny", specimen=str(empty), pixel_size=2.0))
+
+
+# ---- two-state specimen ------------------------------------------------------------------
+
+
+def test_two_state_parameters_and_specimen() -> None:
+    p = make_params("tiny", partial_fraction="0.25", partial_domain="1")
+    assert p.partial_fraction == 0.25 and p.partial_domain == 1
+    assert p.as_dict()["partial_fraction"] == 0.25  # recorded in simulation.yaml
+    assert make_params("tiny").partial_fraction == 0.0  # off by default
+    specimen, volume = load_specimen(p)
+    assert specimen.partial is not None and specimen.atoms is not None
+    assert len(specimen.partial.weights) < len(specimen.atoms.weights)
+    # the whole state is exactly the one-state phantom
+    plain, plain_volume = load_specimen(make_params("tiny"))
+    assert plain.partial is None and plain.atoms is not None
+    np.testing.assert_array_equal(specimen.atoms.coords, plain.atoms.coords)
+    np.testing.assert_array_equal(volume, plain_volume)
+    # a partial particle has the mass of its state
+    mat = np.eye(3)
+    whole = specimen.project(mat, 96, 2.5, (0.0, 0.0))
+    part = specimen.project(mat, 96, 2.5, (0.0, 0.0), state=1)
+    share = specimen.partial.weights.sum() / specimen.atoms.weights.sum()
+    assert part.sum() / whole.sum() == pytest.approx(share, rel=0.01)
+    with pytest.raises(ValueError, match="partial"):
+        plain.project(mat, 96, 2.5, (0.0, 0.0), state=1)
+
+
+def test_movie_states() -> None:
+    """States are drawn per particle only for a two-state specimen: with the option off
+    the random stream, hence the movie, is what it was."""
+    off = make_params("tiny", n_movies=1, junk=False)
+    on = make_params("tiny", n_movies=1, junk=False, partial_fraction=0.5)
+    specimen, _ = load_specimen(on)
+    detector = make_detector(off, np.random.default_rng(0))
+    t_off, _ = simulate_movie(off, 0, specimen, detector, np.random.default_rng(7), noise=False)
+    assert t_off.states.shape == (len(t_off.coordinates),) and not t_off.states.any()
+    plain, _ = load_specimen(off)
+    t_plain, _ = simulate_movie(off, 0, plain, detector, np.random.default_rng(7), noise=False)
+    assert t_plain.noiseless is not None and t_off.noiseless is not None
+    np.testing.assert_array_equal(t_plain.noiseless, t_off.noiseless)
+    t_on, _ = simulate_movie(on, 0, specimen, detector, np.random.default_rng(7), noise=False)
+    np.testing.assert_array_equal(t_on.coordinates, t_off.coordinates)
+    assert set(t_on.states.tolist()) <= {0, 1} and len(t_on.states) == len(t_on.coordinates)
+    assert t_on.states.any()
+    with pytest.raises(ValueError, match="partial"):
+        simulate_movie(on, 0, plain, detector, np.random.default_rng(7))

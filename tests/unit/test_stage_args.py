@@ -62,6 +62,8 @@ DEMO = {
     sa.refine3d_args: "--initial-lowpass 30 --iterations 12 --seed 0 --symmetry C1 "
     "--diameter 165 --device auto",
     sa.postprocess_args: "",
+    sa.class3d_args: "--classes 0 --initial-lowpass 30 --iterations 25 --global-iterations 2 "
+    "--tau2-fudge 4 --seed 0 --symmetry C1 --diameter 165 --device auto",
 }
 
 
@@ -81,6 +83,10 @@ def test_demo_config_gives_todays_options(demo: dict[str, Any], build: Any) -> N
         (sa.class2d_args, "pick.diameter", 200, ["--diameter", "220"]),
         (sa.initial3d_args, "pick.diameter", 200, ["--diameter", "220"]),
         (sa.refine3d_args, "initial3d.symmetry", "D7", ["--symmetry", "D7"]),
+        (sa.class3d_args, "initial3d.symmetry", "D7", ["--symmetry", "D7"]),
+        (sa.class3d_args, "class3d.classes", 3, ["--classes", "3"]),
+        (sa.class3d_args, "class3d.tau2_fudge", 2.5, ["--tau2-fudge", "2.5"]),
+        (sa.class3d_args, "class3d.keep", [1, 3], ["--keep", "1", "3"]),
         (sa.extract_args, "extract.box", 96, ["--box", "96"]),
         (sa.select2d_args, "select2d.classes", [1, 4], ["--classes", "1,4"]),
         (sa.postprocess_args, "postprocess.bfactor", -50, ["--bfactor", "-50"]),
@@ -101,7 +107,7 @@ def test_a_config_key_changes_its_flag(
 
 def test_mask_diameter_is_computed_once(demo: dict[str, Any]) -> None:
     changed = _with(demo, "pick.diameter", 120)
-    for build in (sa.class2d_args, sa.initial3d_args, sa.refine3d_args):
+    for build in (sa.class2d_args, sa.initial3d_args, sa.class3d_args, sa.refine3d_args):
         argv = build(changed)
         assert argv[argv.index("--diameter") + 1] == sa.mask_diameter(changed) == "132"
 
@@ -117,6 +123,29 @@ def test_checkpoint_url_and_gain_are_parameters(demo: dict[str, Any]) -> None:
     assert "'my gain.mrc'" in sa.command_line(sa.gain_args(demo, "my gain.mrc"))
 
 
+def test_class3d_args_give_the_whole_command_line(demo: dict[str, Any]) -> None:
+    config = copy.deepcopy(demo)
+    config["class3d"].update(classes=4, keep=[2, 4], iterations=10, seed=7)
+    config["initial3d"]["symmetry"] = "C2"
+    url = "s3://bucket/scratch/checkpoints/class3d/"
+    assert sa.class3d_args(validate_config(config, SCHEMA), url) == [
+        "--classes", "4", "--initial-lowpass", "30", "--iterations", "10",
+        "--global-iterations", "2", "--tau2-fudge", "4", "--seed", "7", "--symmetry", "C2",
+        "--diameter", "165", "--keep", "2", "4", "--device", "auto",
+        "--checkpoint-url", url,
+    ]  # fmt: skip
+    # No --keep when none is named: the stage keeps the best-resolved class.
+    assert "--keep" not in sa.class3d_args(demo)
+
+
+def test_class3d_keep_must_name_classes(demo: dict[str, Any]) -> None:
+    for bad in ({"classes": -1}, {"keep": [0]}, {"tau2_fudge": 0}):
+        config = copy.deepcopy(demo)
+        config["class3d"].update(bad)
+        with pytest.raises(ConfigError, match=r"^class3d\."):
+            validate_config(config, SCHEMA)
+
+
 def test_every_option_parses_with_its_stage(demo: dict[str, Any]) -> None:
     stage = {
         sa.ctf_args: ("ctf", ["--micrograph", "m.mrc", "--out", "m.star"]),
@@ -129,6 +158,19 @@ def test_every_option_parses_with_its_stage(demo: dict[str, Any]) -> None:
         parser = stage_parser(name, module.__doc__)
         module.add_args(parser)
         parser.parse_args([*paths, *build(demo)])
+
+
+def test_class3d_options_parse_with_the_stage(demo: dict[str, Any]) -> None:
+    """As the workflow runs it: only with classes > 0 (0 switches the step off)."""
+    module = importlib.import_module(f"cryosnake.{STAGES['class3d']}")
+    parser = stage_parser("class3d", module.__doc__)
+    module.add_args(parser)
+    paths = ["--particles", "p", "--reference", "r", "--out-dir", "o"]
+    for keep in ([], [1, 3]):
+        config = copy.deepcopy(demo)
+        config["class3d"].update(classes=3, keep=keep)
+        args = parser.parse_args([*paths, *sa.class3d_args(config)])
+        assert args.classes == 3 and list(args.keep or []) == keep
 
 
 def test_schema_default_reads_the_schema() -> None:

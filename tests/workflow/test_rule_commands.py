@@ -1,16 +1,16 @@
 """Every rule's command line parses with its stage's own parser (a contract test).
 
-A dry run of the whole workflow with 3D on prints the shell command of every job;
-each ``cryosnake <stage> ...`` in it is split as the shell would split it and given to
-that stage's argument parser (:data:`cryosnake.cli.STAGES`), which exits on an unknown
-option, a missing required one or a value of the wrong type. Nothing is executed, so
-the 3D rules' command lines are checked in seconds. A rule must also give every option
-whose default is a configuration setting (:class:`SchemaDefault`: the workflow's value
-is the configuration's, and a job needs no schema), and ``--names-relative-to`` to
-every stage that writes or reads file names in STAR files. The per-movie stages run
-through ``cryosnake chunk STAGE ... -- OPTIONS``: the chunk's options are checked by
-the chunk command's parser, and the stage's by its own, with the file options the
-chunk command gives it for one movie.
+A dry run of the whole workflow with 3D (and 3D classification) on prints the shell
+command of every job; each ``cryosnake <stage> ...`` in it is split as the shell would
+split it and given to that stage's argument parser (:data:`cryosnake.cli.STAGES`), which
+exits on an unknown option, a missing required one or a value of the wrong type. Nothing
+is executed, so the 3D rules' command lines are checked in seconds. A rule must also
+give every option whose default is a configuration setting (:class:`SchemaDefault`: the
+workflow's value is the configuration's, and a job needs no schema), and
+``--names-relative-to`` to every stage that writes or reads file names in STAR files.
+The per-movie stages run through ``cryosnake chunk STAGE ... -- OPTIONS``: the chunk's
+options are checked by the chunk command's parser, and the stage's by its own, with the
+file options the chunk command gives it for one movie.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def _commands(workdir: Path) -> list[tuple[str, list[str]]]:
             "out_dir": str(workdir / "data"),
         },
         "map3d": True,
+        "class3d": {"classes": 2, "keep": [1, 2]},  # the optional step too
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -89,7 +90,8 @@ def test_every_stage_rule_is_in_the_dry_run(commands: list[tuple[str, list[str]]
     stages = {_per_movie(name, argv)[0] for name, argv in commands}
     assert stages >= {
         "simulate", "inspect", "import", "motioncor", "ctf", "curate", "pick", "extract",
-        "merge-particles", "class2d", "select2d", "initial3d", "refine3d", "postprocess",
+        "merge-particles", "class2d", "select2d", "initial3d", "class3d", "refine3d",
+        "postprocess",
         "report",
     }  # fmt: skip
 

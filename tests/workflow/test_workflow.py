@@ -108,6 +108,47 @@ def test_dry_run_of_the_default_config_lists_the_demo_jobs(tmp_path: Path) -> No
     assert not (tmp_path / "results" / "chunks.tsv").exists()
 
 
+def _shell_commands(stdout: str) -> dict[str, str]:
+    """{stage: its shell command} of a dry run's ``cryosnake <stage>`` jobs."""
+    commands = {}
+    for line in stdout.splitlines():
+        if line.startswith("Shell command: ") and " cryosnake " in line:
+            commands[line.split(" cryosnake ")[1].split()[0]] = line
+    return commands
+
+
+@pytest.mark.parametrize("classes", [0, 2])
+def test_class3d_feeds_refine3d_only_when_on(tmp_path: Path, classes: int) -> None:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["class3d"].update(classes=classes, keep=[2] if classes else [])
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    commands = _shell_commands(result.stdout)
+    refine = commands["refine3d"]
+    if not classes:
+        assert "class3d" not in counts and "results/class3d" not in result.stdout
+        assert "--particles results/particles_selected.star" in refine
+        return
+    assert counts["class3d"] == counts["refine3d"] == 1
+    assert counts["total"] == 17  # the demo's 16 jobs and class3d
+    assert "--particles results/class3d/particles_kept.star" in refine
+    class3d = commands["class3d"]
+    for option in (
+        "--particles results/particles_selected.star",
+        "--reference results/initial3d/initial_model.mrc",
+        "--out-dir results/class3d",
+        "--classes 2",
+        "--keep 2",
+        "--names-relative-to .",
+    ):
+        assert option in class3d, class3d
+    # The report and `all` ask for the classes.
+    report = result.stdout.split("rule report:")[1].split("reason:")[0]
+    assert "results/class3d/run_model.star" in report
+    assert "results/class3d/particles_kept.star" in report
+
+
 def test_lint_is_clean() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint", "--cores", "1"],

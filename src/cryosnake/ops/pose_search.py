@@ -31,6 +31,7 @@ __all__ = [
     "gather_rows",
     "global_search",
     "local_search",
+    "log_mean_likelihood",
     "plan_memory",
     "score_terms",
     "work_budget",
@@ -119,6 +120,17 @@ def score_terms(
     )
 
 
+def log_mean_likelihood(flat_score: Any) -> Any:
+    """(B,) ``log mean_j exp(s_j^2 / 2)`` over the candidate poses ``j`` of (B, J)
+    scores: the log-likelihood of each particle marginalised over the poses searched
+    (uniform prior), up to a constant of the particle (see
+    :mod:`cryosnake.ops.class3d`)."""
+    xp = get_array_module(flat_score)
+    ll = 0.5 * flat_score.astype(xp.float64) ** 2
+    top = ll.max(axis=1)
+    return top + xp.log(xp.exp(ll - top[:, None]).mean(axis=1))
+
+
 def gather_rows(flat_spectra: Any, start: int, stop: int, terms: ScoreTerms) -> Any:
     """(B, F) complex64 on the device: the kept frequencies of particles start:stop
     (gathered on the host first when the stack lives there: less to move)."""
@@ -200,9 +212,11 @@ def global_search(
     r_max: int,
     settings: RefineSettings,
     budget: int | None = None,
+    marginal: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best orientation (uniform grid of ``global_step``) and shift (pixel grid within
-    ``max_shift``) of each particle, and its score (normalised correlation).
+    ``max_shift``) of each particle, and its score (normalised correlation; with
+    ``marginal``, :func:`log_mean_likelihood` over all the poses instead).
 
     ``projector`` (of the reference, shells up to at least ``r_max``) decides the device;
     ``spectra`` (n, b, b//2+1) may live on the host or on it. Returns NumPy arrays.
@@ -243,7 +257,8 @@ def global_search(
         score /= xp.sqrt(xp.maximum(norm, 1e-30))[:, None, :]
         flat_score = score.reshape(nb, -1)
         idx = xp.argmax(flat_score, axis=1)
-        best_score[start:stop] = to_host(flat_score[xp.arange(nb), idx])
+        best = log_mean_likelihood(flat_score) if marginal else flat_score[xp.arange(nb), idx]
+        best_score[start:stop] = to_host(best)
         best_shift[start:stop], best_rot[start:stop] = np.divmod(to_host(idx), n_p)
     return rotations[best_rot], shifts[best_shift], best_score
 
@@ -262,9 +277,11 @@ def local_search(
     shift_step: float,
     settings: RefineSettings,
     budget: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    marginal: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best of the 27 rotations ``A dR`` x 25 shifts around each particle's pose (see
-    the module docstring); NumPy results, device as :func:`global_search`."""
+    the module docstring) and its score (with ``marginal``, :func:`log_mean_likelihood`
+    over the 675 poses instead); NumPy results, device as :func:`global_search`."""
     xp = get_array_module(projector.cube)
     plane = fs.half_plane(box, r_max, dc=False)
     terms = score_terms(plane, sigma2, box, pixel_size, xp)
@@ -284,6 +301,7 @@ def local_search(
         batch = min(batch, settings.batch)
     out_m = matrices.copy()
     out_t = shifts.copy()
+    out_s = np.zeros(n)
     flat = spectra.reshape(n, -1)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
@@ -303,8 +321,11 @@ def local_search(
         norm = (p2 @ (wc * c)[:, :, None])[:, :, 0]  # (B, J)
         # (B, M, J): shifts major, as the poses are numbered
         score = (cross / xp.sqrt(xp.maximum(norm, 1e-30))[:, :, None]).transpose(0, 2, 1)
-        idx = to_host(xp.argmax(score.reshape(nb, -1), axis=1))
-        m_idx, j_idx = np.divmod(idx, n_j)
+        flat_score = score.reshape(nb, -1)
+        best = xp.argmax(flat_score, axis=1)
+        top = log_mean_likelihood(flat_score) if marginal else flat_score[xp.arange(nb), best]
+        out_s[start:stop] = to_host(top)
+        m_idx, j_idx = np.divmod(to_host(best), n_j)
         out_m[start:stop] = cand.reshape(nb, n_j, 3, 3)[np.arange(nb), j_idx]
         out_t[start:stop] = shifts[start:stop] + offsets[m_idx]
-    return out_m, out_t
+    return out_m, out_t, out_s

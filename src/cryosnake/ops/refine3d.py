@@ -118,6 +118,8 @@ __all__ = [
     "plan_memory",
     "reconstruct_halves",
     "refine_iteration",
+    "residual_noise",
+    "resolution_shell",
     "soft_sphere",
     "spectra_moments",
 ]
@@ -252,11 +254,13 @@ def insert_particles(
     pixel_size: float,
     batch: int | None = None,
     symmetry: str = "C1",
+    weights: np.ndarray | None = None,
 ) -> None:
     """Insert ``C X / sigma2`` and ``C^2 / sigma2`` of the particles at their poses, once
     per element ``g`` of the point group (pose ``A g``: :mod:`cryosnake.ops.symmetry`),
-    on the back-projector's device (``spectra`` on the host or there). ``batch`` None:
-    planned from the free memory."""
+    on the back-projector's device (``spectra`` on the host or there), each times its
+    weight in ``weights`` (None: 1; a class posterior in 3D classification). ``batch``
+    None: planned from the free memory."""
     xp = get_array_module(bp.numerator)
     group = symmetry_group(symmetry)
     box = bp.n
@@ -274,11 +278,15 @@ def insert_particles(
         c = model_ctf(ctf_params[start:stop], kx_d, ky_d).reshape(stop - start, box, box // 2 + 1)
         x = xp.asarray(spectra[start:stop])
         weighted = (c * inv_s2 * x).astype(xp.complex64)
-        weights = (c * c * inv_s2).astype(xp.float32)
+        ctf2 = (c * c * inv_s2).astype(xp.float32)
         del c, x
+        if weights is not None:
+            w = xp.asarray(weights[start:stop].astype(np.float32))[:, None, None]
+            weighted *= w
+            ctf2 *= w
         for g in group:
             bp.insert(
-                weighted, matrices[start:stop] @ g, weights, shifts=shifts[start:stop], batch=batch
+                weighted, matrices[start:stop] @ g, ctf2, shifts=shifts[start:stop], batch=batch
             )
 
 
@@ -315,10 +323,12 @@ def reconstruct_halves(
     tau2_fudge: float = 1.0,
     batch: int | None = None,
     symmetry: str = "C1",
+    weights: np.ndarray | None = None,
     xp: Any = np,
 ) -> dict[str, Any]:
-    """Half maps and their FSC from particles at given poses, reconstructed on ``xp``'s
-    device (``spectra`` on the host or there).
+    """Half maps and their FSC from particles at given poses (each inserted times its
+    weight in ``weights``, None: 1), reconstructed on ``xp``'s device (``spectra`` on the
+    host or there).
 
     Returns ``fsc`` (FSC of the masked, lightly regularised half maps), ``halves`` (2,
     b, b, b) Wiener-filtered half maps (not masked), ``full`` the filtered map of all
@@ -332,7 +342,7 @@ def reconstruct_halves(
         bp = fs.BackProjector.zeros(box, xp=xp)
         insert_particles(
             bp, take_rows(spectra, sel), ctf_params[sel], matrices[sel], shifts[sel], sigma2,
-            pixel_size, batch, symmetry,
+            pixel_size, batch, symmetry, None if weights is None else weights[sel],
         )  # fmt: skip
         bps.append(bp)
     mask = soft_sphere(box, mask_diameter)
@@ -352,18 +362,19 @@ def reconstruct_halves(
     return {"fsc": curve, "halves": maps, "full": full, "resolution": resolution, "bp": bps}
 
 
-def _noise(
+def residual_noise(
     spectra: Any,
     ctf_params: np.ndarray,
     refs: np.ndarray,
-    halves: np.ndarray,
+    groups: np.ndarray,
     matrices: np.ndarray,
     shifts: np.ndarray,
     pixel_size: float,
     xp: Any = np,
     budget: int | None = None,
 ) -> np.ndarray:
-    """(b//2+1,) mean residual power per shell at the given poses."""
+    """(b//2+1,) mean residual power per shell at the given poses, particle ``i``
+    against the map ``refs[groups[i]]`` (its half set, or its class)."""
     box = int(spectra.shape[1])
     plane = fs.half_plane(box, box // 2, dc=False)
     terms = score_terms(plane, np.ones(1), box, pixel_size, xp)
@@ -373,9 +384,11 @@ def _noise(
     count = np.bincount(plane.shells, minlength=n_shells).astype(np.float64)
     n_f = len(plane.flat)
     batch = batch_size(300.0 * n_f, budget, xp)
-    for h in (0, 1):
+    for h in range(len(refs)):
+        sel = np.flatnonzero(groups == h)
+        if len(sel) == 0:
+            continue
         projector = fs.Projector.from_volume(xp.asarray(refs[h]), box // 2)
-        sel = np.flatnonzero(halves == h)
         part = take_rows(spectra, sel)
         flat = part.reshape(len(sel), -1)
         for start in range(0, len(sel), batch):
@@ -396,7 +409,8 @@ def _noise(
 # --------------------------------------------------------------------------- driver
 
 
-def _shell(resolution: float, box: int, pixel_size: float) -> int:
+def resolution_shell(resolution: float, box: int, pixel_size: float) -> int:
+    """The shell (cycles per box, rounded up) of ``resolution`` Å."""
     return int(math.ceil(box * pixel_size / resolution))
 
 
@@ -421,7 +435,7 @@ def initial_refine_state(
     total = np.bincount(shells, weights=noise, minlength=box // 2 + 1)
     sigma2 = total / np.maximum(np.bincount(shells, minlength=box // 2 + 1), 1)
     sigma2 = np.maximum(sigma2, 1e-6 * float(sigma2.max()))
-    r_max = min(box // 2 - 1, max(4, _shell(initial_lowpass, box, pixel_size)))
+    r_max = min(box // 2 - 1, max(4, resolution_shell(initial_lowpass, box, pixel_size)))
     return RefineState(
         matrices=np.tile(np.eye(3), (n, 1, 1)),
         shifts=np.zeros((n, 2)),
@@ -472,7 +486,7 @@ def refine_iteration(
     r_search = state.r_max
     if is_global:
         coarse = grid_resolution(settings.global_step, settings.mask_diameter * pixel_size)
-        r_search = min(state.r_max, max(4, _shell(coarse, box, pixel_size)))
+        r_search = min(state.r_max, max(4, resolution_shell(coarse, box, pixel_size)))
     for h in (0, 1):
         sel = np.flatnonzero(state.halves == h)
         projector = fs.Projector.from_volume(xp.asarray(state.references[h]), r_search)
@@ -483,7 +497,7 @@ def refine_iteration(
                 settings,
             )  # fmt: skip
         else:
-            m, t = local_search(
+            m, t, _ = local_search(
                 part, ctf_params[sel], projector, box, pixel_size, state.sigma2, state.r_max,
                 state.matrices[sel], state.shifts[sel], step, shift_step, settings,
             )  # fmt: skip
@@ -497,12 +511,12 @@ def refine_iteration(
     rec["bp"] = None  # the grids are not needed any more: free the device
     mask = soft_sphere(box, settings.mask_diameter)
     references = np.stack([rec["halves"][0] * mask, rec["halves"][1] * mask])
-    sigma2 = _noise(
+    sigma2 = residual_noise(
         spectra, ctf_params, references, state.halves, matrices, shifts, pixel_size, xp,
     )  # fmt: skip
     resolution = float(rec["resolution"])
     history = [*state.history, resolution]
-    r_max = min(box // 2 - 1, _shell(resolution, box, pixel_size) + settings.shell_margin)
+    r_max = min(box // 2 - 1, resolution_shell(resolution, box, pixel_size) + settings.shell_margin)
     r_max = max(r_max, state.r_max if is_global else 4)
     stalled = len(history) >= 3 and min(history[-2:]) >= 0.99 * min(history[:-2])
     converged = bool(not is_global and step <= target * 1.0001 and stalled)

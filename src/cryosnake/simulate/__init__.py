@@ -11,6 +11,7 @@ from cryosnake.simulate._atoms import (
     Atoms,
     atoms_from_model,
     phantom_atoms,
+    phantom_states,
     render_projection,
     render_volume,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "make_params",
     "matched_picks",
     "phantom_atoms",
+    "phantom_states",
     "render_projection",
     "render_volume",
     "simulate_dataset",

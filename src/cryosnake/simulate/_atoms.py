@@ -22,6 +22,7 @@ __all__ = [
     "Atoms",
     "atoms_from_model",
     "phantom_atoms",
+    "phantom_states",
     "render_projection",
     "render_volume",
 ]
@@ -95,6 +96,35 @@ def phantom_atoms(diameter: float = 150.0, *, seed: int = 2026, sigma: float = 1
     seed : the phantom is a pure function of (diameter, seed, sigma)
     sigma : Å, width of each pseudo-atom
     """
+    atoms, _ = _phantom(diameter, seed, sigma)
+    return atoms.centred()
+
+
+def phantom_states(
+    diameter: float = 150.0, *, domain: int = 2, seed: int = 2026, sigma: float = 1.2
+) -> tuple[Atoms, Atoms]:
+    """Two states of the phantom (:func:`phantom_atoms`, same arguments): the whole
+    particle, and the particle without its domain ``domain`` (1-3; the domains from the
+    largest, 0, to the smallest: 2 is 13 % of the atoms, 1 is 25 %), a partial complex. Both
+    are in the frame of the whole particle (centred on its centre of mass), so a map of
+    either lies where a reconstruction aligned to the whole particle puts it.
+    """
+    if domain not in (1, 2, 3):
+        raise ValueError("domain must be 1, 2 or 3 (0 is the core)")
+    atoms, lobes = _phantom(diameter, seed, sigma)
+    others = [lobe for i, lobe in enumerate(lobes) if i != domain]
+    x, y, z = atoms.coords.T
+    keep = _inside_lobes(others, x, y, z)
+    com = (atoms.coords * atoms.weights[:, None]).sum(axis=0) / atoms.weights.sum()
+    whole = Atoms(atoms.coords - com, atoms.weights, atoms.sigma)
+    partial = Atoms(atoms.coords[keep] - com, atoms.weights[keep], atoms.sigma[keep])
+    return whole, partial
+
+
+def _phantom(
+    diameter: float, seed: int, sigma: float
+) -> tuple[Atoms, list[tuple[np.ndarray, np.ndarray]]]:
+    """The phantom's atoms (not centred) and its domains (centre, semi-axes), Å."""
     rng = np.random.default_rng(seed)
     lobes = _lobes(diameter, rng)
     half = int(np.ceil(0.8 * diameter)) + 4
@@ -114,7 +144,7 @@ def phantom_atoms(diameter: float = 150.0, *, seed: int = 2026, sigma: float = 1
     n_target = int(inside.sum() / RESIDUE_VOLUME)
     coords = _fill_with_chain(inside, half, n_target, rng)
     weights = np.full(len(coords), RESIDUE_VOLUME * PROTEIN_CONTRAST_V)
-    return Atoms(coords, weights, np.full(len(coords), float(sigma))).centred()
+    return Atoms(coords, weights, np.full(len(coords), float(sigma))), lobes
 
 
 def _fill_with_chain(

@@ -20,6 +20,7 @@ from cryosnake.simulate._atoms import (
     PROTEIN_CONTRAST_V,
     atoms_from_model,
     phantom_atoms,
+    phantom_states,
     render_volume,
 )
 from cryosnake.simulate._engine import MovieTruth, Specimen, make_detector, simulate_movie
@@ -44,9 +45,22 @@ def volume_box(diameter: float, pixel_size: float) -> int:
 
 
 def load_specimen(params: SimulationParams) -> tuple[Specimen, np.ndarray]:
-    """The specimen to image and its volume (V) at the micrograph pixel size."""
+    """The specimen to image and its volume (V) at the micrograph pixel size.
+
+    With ``params.partial_fraction`` > 0 the specimen also carries its partial state
+    (``Specimen.partial``: the phantom without domain ``params.partial_domain``, in the
+    frame of the whole one).
+    """
     spec = params.specimen
     px = params.pixel_size
+    if spec == "phantom" and params.partial_fraction > 0:
+        atoms, partial = phantom_states(
+            params.particle_diameter, domain=params.partial_domain, seed=params.phantom_seed
+        )
+        box = volume_box(atoms.diameter, px)
+        return Specimen(
+            atoms=atoms, volume=None, diameter=atoms.diameter, partial=partial
+        ), render_volume(atoms, box, px)
     if spec == "phantom":
         atoms = phantom_atoms(params.particle_diameter, seed=params.phantom_seed)
     elif spec.lower().endswith((".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz")):
@@ -72,6 +86,13 @@ def load_specimen(params: SimulationParams) -> tuple[Specimen, np.ndarray]:
     return Specimen(atoms=atoms, volume=None, diameter=atoms.diameter), render_volume(
         atoms, box, px
     )
+
+
+def _partial_volume(specimen: Specimen, box: int, pixel_size: float) -> np.ndarray:
+    """The volume (V) of the specimen's partial state, rendered like the whole one."""
+    if specimen.partial is None:
+        raise ValueError("this specimen has no partial state")
+    return render_volume(specimen.partial, box, pixel_size)
 
 
 def _calibrate_map(volume: np.ndarray, pixel_size: float, source: str) -> np.ndarray:
@@ -206,6 +227,15 @@ def simulate_dataset(
     (hot pixels) and per movie ``<stem>_motion.star`` (global drift and the local
     deformation on a 5x5 grid), ``<stem>_ctf.star`` and ``<stem>_noiseless.mrc``
     (expected gain-corrected dose sum, no drift, no damage, no noise).
+
+    A two-state specimen (``params.partial_fraction`` > 0: that fraction of the
+    particles lacks the phantom's domain ``params.partial_domain``) adds
+    ``truth/volume_partial.mrc`` (the partial state, same box, pixel size and frame as
+    ``volume.mrc``) and the column ``rlnClassNumber`` to ``truth/particles.star``: the
+    state of each particle, 1 = whole (``volume.mrc``), 2 = partial
+    (``volume_partial.mrc``). Without it neither is written and the dataset is the same
+    as before the option existed (bar the two parameters in ``simulation.yaml``).
+    Junk (aggregates, ice) is the same in both cases.
     """
     start = time.perf_counter()
     out = Path(out_dir)
@@ -220,6 +250,13 @@ def simulate_dataset(
     (out / "movies").mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     write_mrc(out / "truth" / "volume.mrc", volume, px)
+    two_states = params.partial_fraction > 0
+    if two_states:
+        write_mrc(
+            out / "truth" / "volume_partial.mrc",
+            _partial_volume(specimen, volume.shape[0], px),
+            px,
+        )
     detector = make_detector(params, np.random.default_rng(seeds[0]))
     write_mrc(out / "gain.mrc", detector.gain, px)
     write_star(
@@ -279,6 +316,8 @@ def simulate_dataset(
                 }
             )
         )
+        if two_states:
+            particle_rows[-1]["rlnClassNumber"] = truth.states + 1
         for j in truth.junk:
             junk_rows.append(
                 {
@@ -294,6 +333,7 @@ def simulate_dataset(
             {
                 "movie": name,
                 "particles": n,
+                **({"partial_particles": int(truth.states.sum())} if two_states else {}),
                 "junk": len(truth.junk),
                 "defocus_u": round(truth.defocus_u, 1),
                 "defocus_v": round(truth.defocus_v, 1),
@@ -301,8 +341,9 @@ def simulate_dataset(
                 "total_drift_px": round(drift, 2),
             }
         )
+        partial = f" ({int(truth.states.sum())} partial)" if two_states else ""
         log(
-            f"simulate: {name}: {n} particles, {len(truth.junk)} junk, defocus "
+            f"simulate: {name}: {n} particles{partial}, {len(truth.junk)} junk, defocus "
             f"{truth.defocus_u:.0f}/{truth.defocus_v:.0f} Å @ {truth.defocus_angle:.1f}°, "
             f"drift {drift:.1f} px ({time.perf_counter() - t0:.1f} s)"
         )

@@ -41,16 +41,34 @@ ICE_INELASTIC_MFP = 1500.0  # Å, amplitude loss of contaminating ice (incl. Bra
 
 @dataclass(frozen=True)
 class Specimen:
-    """What is imaged: Gaussian atoms (exact projections) or a density map."""
+    """What is imaged: Gaussian atoms (exact projections) or a density map.
+
+    ``partial``: the atoms of a second, partial state (the phantom without one domain,
+    in the frame of ``atoms``), imaged for the particles whose state is 1.
+    """
 
     atoms: Atoms | None
     volume: np.ndarray | None  # (n, n, n) V, at the micrograph pixel size
     diameter: float  # Å
+    partial: Atoms | None = None
 
     def project(
-        self, matrix: np.ndarray, box: int, pixel_size: float, offset: tuple[float, float]
+        self,
+        matrix: np.ndarray,
+        box: int,
+        pixel_size: float,
+        offset: tuple[float, float],
+        *,
+        state: int = 0,
     ) -> np.ndarray:
-        """Projected potential (V·Å) in a box, model centre at box//2 + offset (dy, dx)."""
+        """Projected potential (V·Å) in a box, model centre at box//2 + offset (dy, dx).
+
+        ``state``: 0 the whole specimen, 1 the partial state (needs ``partial``).
+        """
+        if state:
+            if self.partial is None:
+                raise ValueError("this specimen has no partial state")
+            return render_projection(self.partial, matrix, box, pixel_size, offset=offset)
         if self.atoms is not None:
             return render_projection(self.atoms, matrix, box, pixel_size, offset=offset)
         assert self.volume is not None
@@ -88,6 +106,8 @@ class MovieTruth:
     angles: np.ndarray  # (n, 3) rot, tilt, psi, degrees
     junk: list[dict[str, Any]] = field(default_factory=list)
     noiseless: np.ndarray | None = None  # (ny, nx) expected counts of the dose sum
+    # (n,) state of each particle: 0 the whole specimen, 1 the partial one (Specimen.partial)
+    states: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def local_shift(
         self,
@@ -218,8 +238,11 @@ def simulate_movie(
     Returns the ground truth (with the noiseless dose-summed micrograph) and an iterator
     over frames. With ``noise`` the frames are raw uint16 counts (Poisson, gain, hot
     pixels); without, they are the expected gain-corrected counts (float32), which the
-    self-consistency tests use.
+    self-consistency tests use. With ``params.partial_fraction`` > 0, each particle is
+    the partial state of the specimen with that probability (``MovieTruth.states``).
     """
+    if params.partial_fraction > 0 and specimen.partial is None:
+        raise ValueError("partial_fraction > 0 needs a specimen with a partial state")
     ny, nx = params.shape
     px = params.pixel_size
     dose_px = params.dose_per_frame * px * px
@@ -277,10 +300,16 @@ def simulate_movie(
         diameter_px * 1.02,
     )
     mats = random_rotations(len(coords), rng)
+    # Drawn only for a two-state specimen, so that the random stream (and every dataset
+    # made without one) stays as it was.
+    if params.partial_fraction > 0:
+        states = (rng.random(len(coords)) < params.partial_fraction).astype(np.int64)
+    else:
+        states = np.zeros(len(coords), dtype=np.int64)
     box = int(math.ceil(diameter_px * 1.15 / 2)) * 2 + 4
-    for (x, y), mat in zip(coords, mats, strict=True):
+    for (x, y), mat, state in zip(coords, mats, states, strict=True):
         cx, cy = int(round(x)), int(round(y))
-        proj = specimen.project(mat, box, px, (y - cy, x - cx))
+        proj = specimen.project(mat, box, px, (y - cy, x - cx), state=int(state))
         y0, x0 = cy + oy - box // 2, cx + ox - box // 2
         projected[y0 : y0 + box, x0 : x0 + box] += proj
     rot, tilt, psi = matrix_to_euler(mats)
@@ -338,6 +367,7 @@ def simulate_movie(
         angles=angles,
         junk=junk,
         noiseless=noiseless.astype(np.float32),
+        states=states,
     )
 
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)

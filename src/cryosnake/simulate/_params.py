@@ -32,6 +32,10 @@ class SimulationParams:
     specimen: str = "phantom"  # "phantom", or a path to a map (.mrc) or a model (.pdb/.cif)
     particle_diameter: float = 150.0
     phantom_seed: int = 2026
+    # Two-state specimen (phantom only): this fraction of the particles, drawn per particle,
+    # lack the phantom's domain ``partial_domain`` (1-3; 2 is 13 % of its mass, 1 is 25 %).
+    partial_fraction: float = 0.0
+    partial_domain: int = 2
     particles_per_micrograph: int = 40
     solvent_noise: float = 0.07
     ice_thickness_variation: float = 0.08
@@ -83,6 +87,15 @@ class SimulationParams:
         if not 0 < self.defocus_min <= self.defocus_max:
             raise ConfigError(
                 "simulate parameters 'defocus_min'/'defocus_max': need 0 < min <= max"
+            )
+        if not 0 <= self.partial_fraction < 1:
+            raise ConfigError("simulate parameter 'partial_fraction': must be in [0, 1)")
+        if self.partial_domain not in (1, 2, 3):
+            raise ConfigError("simulate parameter 'partial_domain': must be 1, 2 or 3")
+        if self.partial_fraction > 0 and self.specimen != "phantom":
+            raise ConfigError(
+                "simulate parameter 'partial_fraction': a partial state needs the domains of "
+                "the built-in phantom (specimen 'phantom')"
             )
         if self.movie_format not in ("mrc", "tiff"):
             raise ConfigError("simulate parameter 'movie_format': expected 'mrc' or 'tiff'")

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import atomic_path, read_mrc_header, read_star
+from cryosnake.io import atomic_path, read_mrc, read_mrc_header, read_star
 from cryosnake.stages._common import (
     SchemaDefault,
     add_names_root_arg,
@@ -37,6 +38,7 @@ __all__ = [
     "add_resume_args",
     "add_symmetry_arg",
     "ctf_table",
+    "half_sets",
     "image_groups",
     "image_path",
     "load_checkpoint",
@@ -44,6 +46,7 @@ __all__ = [
     "open_run",
     "particle_diameter",
     "read_particles",
+    "read_reference",
     "save_checkpoint",
 ]
 
@@ -283,3 +286,40 @@ def load_checkpoint(path: Path, fingerprint: str, stage: str) -> dict[str, np.nd
         raise FileFormatError(
             f"{path}: unreadable checkpoint ({err}); rerun with --no-resume"
         ) from err
+
+
+def read_reference(path: str, box: int, pixel_size: float) -> np.ndarray:
+    """A reference map (MRC) resampled to ``pixel_size`` and padded or cropped to
+    ``box`` (one-line errors naming the file)."""
+    data, voxel = read_mrc(path)
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise FileFormatError(f"{path}: the reference must be a cubic 3D map, got {data.shape}")
+    if not np.isfinite(data).all():
+        raise FileFormatError(f"{path}: the reference holds NaN or infinite values")
+    vol = np.asarray(data, dtype=np.float64)
+    if abs(voxel - pixel_size) > 0.01 * pixel_size:
+        vol = ndimage.zoom(vol, voxel / pixel_size, order=3)
+    n = vol.shape[0]
+    out = np.zeros((box, box, box))
+    lo_in, lo_out = max(0, n // 2 - box // 2), max(0, box // 2 - n // 2)
+    m = min(n, box)
+    out[lo_out : lo_out + m, lo_out : lo_out + m, lo_out : lo_out + m] = vol[
+        lo_in : lo_in + m, lo_in : lo_in + m, lo_in : lo_in + m
+    ]
+    return out.astype(np.float32)
+
+
+def half_sets(particles: pd.DataFrame, star: Path, seed: int) -> np.ndarray:
+    """(n,) 0 or 1: the half set of each particle, from ``rlnRandomSubset`` or a seeded
+    random split."""
+    n = len(particles)
+    if "rlnRandomSubset" in particles.columns:
+        subset = particles["rlnRandomSubset"].astype(int).to_numpy()
+        if not set(np.unique(subset)) <= {1, 2}:
+            raise FileFormatError(f"{star}: rlnRandomSubset must be 1 or 2")
+        halves = subset - 1
+    else:
+        halves = np.random.default_rng(seed).permutation(n) % 2
+    if min(int((halves == 0).sum()), int((halves == 1).sum())) < 2:
+        raise CryosnakeError(f"{star}: each half set needs at least 2 particles (have {n})")
+    return halves

@@ -62,12 +62,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import array_module, resolve_device
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import read_mrc, save_figure, write_mrc, write_star
+from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import postprocess as pp
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.fsc import shell_resolution
@@ -79,9 +78,11 @@ from cryosnake.stages._particles import (
     add_particle_io_args,
     add_symmetry_arg,
     ctf_table,
+    half_sets,
     load_checkpoint,
     open_run,
     particle_diameter,
+    read_reference,
     save_checkpoint,
 )
 
@@ -108,25 +109,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_iterative_args(
         parser, "refine3d", iterations_help="at most", seed_help="seed of the half split"
     )
-
-
-def _reference(path: str, box: int, pixel_size: float) -> np.ndarray:
-    data, voxel = read_mrc(path)
-    if data.ndim != 3 or len(set(data.shape)) != 1:
-        raise FileFormatError(f"{path}: the reference must be a cubic 3D map, got {data.shape}")
-    if not np.isfinite(data).all():
-        raise FileFormatError(f"{path}: the reference holds NaN or infinite values")
-    vol = np.asarray(data, dtype=np.float64)
-    if abs(voxel - pixel_size) > 0.01 * pixel_size:
-        vol = ndimage.zoom(vol, voxel / pixel_size, order=3)
-    n = vol.shape[0]
-    out = np.zeros((box, box, box))
-    lo_in, lo_out = max(0, n // 2 - box // 2), max(0, box // 2 - n // 2)
-    m = min(n, box)
-    out[lo_out : lo_out + m, lo_out : lo_out + m, lo_out : lo_out + m] = vol[
-        lo_in : lo_in + m, lo_in : lo_in + m, lo_in : lo_in + m
-    ]
-    return out.astype(np.float32)
 
 
 def _fingerprint(args: argparse.Namespace, particles: pd.DataFrame, extra: dict[str, Any]) -> str:
@@ -189,20 +171,6 @@ def _load(path: Path, fingerprint: str) -> r3.RefineState | None:
         ) from err
 
 
-def _halves(particles: pd.DataFrame, star: Path, seed: int) -> np.ndarray:
-    n = len(particles)
-    if "rlnRandomSubset" in particles.columns:
-        subset = particles["rlnRandomSubset"].astype(int).to_numpy()
-        if not set(np.unique(subset)) <= {1, 2}:
-            raise FileFormatError(f"{star}: rlnRandomSubset must be 1 or 2")
-        halves = subset - 1
-    else:
-        halves = np.random.default_rng(seed).permutation(n) % 2
-    if min(int((halves == 0).sum()), int((halves == 1).sum())) < 2:
-        raise CryosnakeError(f"{star}: each half set needs at least 2 particles (have {n})")
-    return halves
-
-
 def _plot(path: Path, state: r3.RefineState, fsc: dict[str, np.ndarray], resolution: float) -> None:
     import matplotlib
 
@@ -244,8 +212,8 @@ def _run(args: argparse.Namespace) -> int:
         max_shift=max_shift,
         max_iterations=args.iterations,
     )
-    reference = _reference(args.reference, box, pixel_size)
-    halves = _halves(particles, star, args.seed)
+    reference = read_reference(args.reference, box, pixel_size)
+    halves = half_sets(particles, star, args.seed)
     n = len(particles)
     xp = array_module(device)
     try:

@@ -19,8 +19,9 @@ stays in ``rejected.tsv``); micrographs in full (motion plot, CTF fit, picks): e
 micrograph when there are at most ``--show-all``, else the ``--examples`` worst CTF
 fits, the ``--examples`` largest drifts and ``--examples`` more drawn at random (the
 same draw for the same table), their pictures re-encoded as JPEG (a third of the PNG's
-bytes), so the page stays a few MB at any session size; 2D classes; 3D (initial model,
-angular distribution and FSC, post-processing); provenance (the configuration, the
+bytes), so the page stays a few MB at any session size; 2D classes; 3D classes when
+class3d ran (:mod:`._report_class3d`); 3D (initial model, angular distribution and
+FSC, post-processing); provenance (the configuration, the
 cryosnake and library versions, the git commit of the workflow when it is a checkout,
 the date).
 
@@ -58,6 +59,7 @@ from cryosnake.errors import CryosnakeError
 from cryosnake.io import atomic_path, read_star, read_yaml
 from cryosnake.stages import _report_plots as plots
 from cryosnake.stages._common import positive_int, stage_main
+from cryosnake.stages._report_class3d import class3d_section
 from cryosnake.stages._report_live import live_section
 from cryosnake.stages.curate import THRESHOLDS
 
@@ -504,6 +506,7 @@ def _run(args: argparse.Namespace) -> int:
             "</p>"
         ) + "".join(_card(session.iloc[i], why, pictures) for i, why in chosen)
     live = live_section(results, session, rejected, _table, _embed, _missing, _movie_names)
+    class3d = class3d_section(results, _html_table, _figure, _missing)
     sections = [
         ("Summary", summary),
         *([("Live session", live)] if live is not None else []),
@@ -515,6 +518,7 @@ def _run(args: argparse.Namespace) -> int:
             _figure(results / "class2d" / "run_classes.png", "2D class averages")
             + _figure(results / "class2d" / "selection.png", "class selection"),
         ),
+        *([("3D classification", class3d)] if class3d is not None else []),
         (
             "3D",
             _figure(results / "initial3d" / "initial_model.png", "ab initio model")
