@@ -1,11 +1,11 @@
 """Particle images read on demand: the memory model of the particle stages.
 
-``class2d``, ``initial3d`` and ``refine3d`` work on the particles' Fourier transforms
-(spectra). A set of ``n`` spectra of ``b`` px takes ``8 n b (b/2 + 1)`` bytes (200,000
-particles of 256 px: 52 GB), so it is held in memory only when it takes less than
-:data:`IN_MEMORY_SHARE` of the memory budget (:func:`memory_budget`: the host's
-available memory, capped by ``CRYOSNAKE_MEMORY``, and on a GPU also the device's free
-memory). Otherwise the stage hands the ops a :class:`ParticleSpectra`: an object with
+``class2d``, ``initial3d``, ``class3d`` and ``refine3d`` work on the particles' Fourier
+transforms (spectra). A set of ``n`` spectra of ``b`` px takes ``8 n b (b/2 + 1)``
+bytes (200,000 particles of 256 px: 52 GB), so it is held in memory only when it takes
+less than :data:`IN_MEMORY_SHARE` of the memory budget (:func:`memory_budget`: the
+host's available memory, capped by ``CRYOSNAKE_MEMORY``, and on a GPU also the device's
+free memory). Otherwise the stage hands the ops a :class:`ParticleSpectra`: an object with
 the array interface the ops use (``shape``, ``len``, slices, integer index arrays,
 ``reshape(n, -1)``, :func:`cryosnake.backend.take_rows`) that reads the images of the
 rows asked for from their stacks and transforms them on the fly, so that each pass over
@@ -29,14 +29,17 @@ import mrcfile
 import numpy as np
 
 from cryosnake.backend import available_memory
-from cryosnake.errors import FileFormatError
+from cryosnake.errors import CryosnakeError, FileFormatError
+from cryosnake.ops import refine3d as r3
 
 __all__ = [
     "IN_MEMORY_SHARE",
     "ParticleSpectra",
     "StackReader",
+    "map_spectra",
     "memory_budget",
     "open_spectra",
+    "plan_map_memory",
     "spectra_bytes",
     "stream_particles",
 ]
@@ -98,6 +101,42 @@ def open_spectra(
     if device_transform is not None:
         return source.to_array(xp, device_transform), f"particles in memory ({size})"
     return source[:], f"particles in memory ({size})"
+
+
+def plan_map_memory(stage: str, device: str, box: int, n: int, xp: Any) -> r3.MemoryPlan:
+    """The memory plan of a stage that reconstructs maps (refine3d, class3d) on
+    ``device`` (:func:`cryosnake.ops.refine3d.plan_memory`); a one-line error with the
+    figures when the box's Fourier grids do not fit."""
+    try:
+        return r3.plan_memory(box, n, xp)
+    except MemoryError as err:
+        raise CryosnakeError(
+            f"{stage} on the {device}: {err}; extract the particles with a smaller box "
+            "(or binned)" + (", or run with --device cpu" if device == "gpu" else "")
+        ) from err
+
+
+def map_spectra(
+    stage: str,
+    groups: dict[Path, list[tuple[int, int]]],
+    n: int,
+    box: int,
+    xp: Any,
+    plan: r3.MemoryPlan,
+) -> Any:
+    """The spectra of a stage planned by :func:`plan_map_memory`: in memory (moved to
+    the device once when the plan says they fit there), or streamed from their stacks
+    (on a GPU, moved to it batch by batch); which, said on stdout."""
+    spectra, note = open_spectra(
+        groups, n, box, r3.particle_spectra, (box, box // 2 + 1), xp, reserved=plan.grids
+    )
+    if plan.stack_on_device and isinstance(spectra, np.ndarray):
+        spectra = xp.asarray(spectra)
+        note += ", moved to the device once"
+    elif xp is not np:
+        note += ", moved to the device batch by batch"
+    print(f"{stage}: {note}", flush=True)
+    return spectra
 
 
 def _on_device(xp: Any, transform: Callable[[Any], Any]) -> Transform:

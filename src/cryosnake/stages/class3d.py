@@ -58,7 +58,7 @@ from cryosnake.ops import class3d as c3
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.rotation import matrix_to_euler
 from cryosnake.stages._common import SchemaDefault, positive, positive_int, stage_main
-from cryosnake.stages._images import open_spectra
+from cryosnake.stages._images import map_spectra, plan_map_memory
 from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
@@ -317,13 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     halves = half_sets(particles, star, args.seed)
     n = len(particles)
     xp = array_module(device)
-    try:
-        plan = r3.plan_memory(box, n, xp)
-    except MemoryError as err:
-        raise CryosnakeError(
-            f"class3d on the {device}: {err}; extract the particles with a smaller box "
-            "(or binned)" + (", or run with --device cpu" if device == "gpu" else "")
-        ) from err
+    plan = plan_map_memory("class3d", device, box, n, xp)
     print(
         f"class3d: {n} particles of {box} px at {pixel_size:g} Å into {k} classes from "
         f"{len(references)} reference(s) low-passed to {args.initial_lowpass:g} Å, mask "
@@ -331,15 +325,7 @@ def _run(args: argparse.Namespace) -> int:
         f"({plan.available / 2**30:.1f} GiB free: grids {plan.grids / 2**30:.2f} GiB)",
         flush=True,
     )
-    spectra, note = open_spectra(
-        groups, n, box, r3.particle_spectra, (box, box // 2 + 1), xp, reserved=plan.grids
-    )
-    if plan.stack_on_device and isinstance(spectra, np.ndarray):
-        spectra = xp.asarray(spectra)
-        note += ", moved to the device once"
-    elif device == "gpu":
-        note += ", moved to the device batch by batch"
-    print(f"class3d: {note}", flush=True)
+    spectra = map_spectra("class3d", groups, n, box, xp, plan)
     ctf = ctf_table(particles, values)
     fingerprint = _fingerprint(
         args,

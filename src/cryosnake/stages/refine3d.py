@@ -65,14 +65,14 @@ import pandas as pd
 
 from cryosnake.aws.checkpoints import CheckpointMirror
 from cryosnake.backend import array_module, resolve_device
-from cryosnake.errors import CryosnakeError, FileFormatError
+from cryosnake.errors import FileFormatError
 from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import postprocess as pp
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.fsc import shell_resolution
 from cryosnake.ops.rotation import matrix_to_euler
 from cryosnake.stages._common import SchemaDefault, positive, stage_main
-from cryosnake.stages._images import open_spectra
+from cryosnake.stages._images import map_spectra, plan_map_memory
 from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
@@ -216,13 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     halves = half_sets(particles, star, args.seed)
     n = len(particles)
     xp = array_module(device)
-    try:
-        plan = r3.plan_memory(box, n, xp)
-    except MemoryError as err:
-        raise CryosnakeError(
-            f"refine3d on the {device}: {err}; extract the particles with a smaller box "
-            "(or binned)" + (", or run with --device cpu" if device == "gpu" else "")
-        ) from err
+    plan = plan_map_memory("refine3d", device, box, n, xp)
     print(
         f"refine3d: {n} particles of {box} px at {pixel_size:g} Å "
         f"({int((halves == 0).sum())} + {int((halves == 1).sum())} in the half sets), "
@@ -231,15 +225,7 @@ def _run(args: argparse.Namespace) -> int:
         f"grids {plan.grids / 2**30:.2f} GiB)",
         flush=True,
     )
-    spectra, note = open_spectra(
-        groups, n, box, r3.particle_spectra, (box, box // 2 + 1), xp, reserved=plan.grids
-    )
-    if plan.stack_on_device and isinstance(spectra, np.ndarray):
-        spectra = xp.asarray(spectra)
-        note += ", moved to the device once"
-    elif device == "gpu":
-        note += ", moved to the device batch by batch"
-    print(f"refine3d: {note}", flush=True)
+    spectra = map_spectra("refine3d", groups, n, box, xp, plan)
     ctf = ctf_table(particles, values)
     fingerprint = _fingerprint(
         args,
