@@ -15,7 +15,9 @@ One run, on one device, of three measurements on particles whose state is known:
 2. **A pure set**: the first ``--pure-particles`` particles of the whole state into
    K = 3; reported: the FSC at 0.5 between every two class maps (acceptance: better than
    15 Å) and the class shares. How well the maps can agree depends on the particles per
-   class (a third of the set each), so the figure goes with the set's size.
+   class (a third of the set each), so the figure goes with the set's size; as a
+   control, the same FSC between the maps of random thirds of the set at the same
+   poses (what the noise alone allows).
 
 ``--parts two`` or ``--parts pure`` runs one of them.
 3. Seconds per iteration and in all.
@@ -298,13 +300,35 @@ def _pure(
 ) -> dict[str, Any]:
     mask = r3.soft_sphere(spectra.shape[1], search.mask_diameter)
     pure = np.flatnonzero(states == 0)[: args.pure_particles]
+    spectra, ctf = spectra[pure], ctf[pure]
     tick = time.perf_counter()
     settings = c3.ClassSettings(classes=3, search=search, seed=args.seed + 1)
-    state, log = _classify(spectra[pure], ctf[pure], px, truths[0], settings, xp, "pure K=3")
+    state, log = _classify(spectra, ctf, px, truths[0], settings, xp, "pure K=3")
     pairs = {
         f"{a + 1}-{b + 1}": float(
             shell_resolution(fsc(state.references[a], state.references[b]), px, 0.5)
         )
+        for a, b in itertools.combinations(range(3), 2)
+    }
+    # Control: the same particles at the same poses (each at its class's), cut into
+    # random thirds of the classes' sizes; their maps agree only as well as the
+    # noise of a third of the set allows, so the classes can be judged against them.
+    n = len(pure)
+    best = state.classes
+    third = np.random.default_rng(args.seed + 2).permutation(
+        np.repeat(np.arange(3), n // 3 + 1)[:n]
+    )
+    controls = []
+    for c in range(3):
+        sel = np.flatnonzero(third == c)
+        rec = r3.reconstruct_halves(
+            spectra[sel], ctf[sel], state.matrices[best[sel], sel],
+            state.shifts[best[sel], sel], state.halves[sel], state.sigma2, px,
+            search.mask_diameter, tau2_fudge=search.tau2_fudge, xp=xp,
+        )  # fmt: skip
+        controls.append(rec["full"] * mask)
+    control_pairs = {
+        f"{a + 1}-{b + 1}": float(shell_resolution(fsc(controls[a], controls[b]), px, 0.5))
         for a, b in itertools.combinations(range(3), 2)
     }
     result = {
@@ -313,12 +337,13 @@ def _pure(
         "seconds": time.perf_counter() - tick,
         "shares": state.fractions.tolist(),
         "pairwise_fsc_0.5_angstrom": pairs,
+        "control_random_thirds_pairwise_fsc_0.5_angstrom": control_pairs,
         "vs_truth_fsc_0.5_angstrom": [
             _truth_resolution(state.references[c], truths[0], mask, px) for c in range(3)
         ],
         "log": log,
     }
-    print(f"pure: {pairs}", flush=True)
+    print(f"pure: {pairs}; random thirds at the same poses: {control_pairs}", flush=True)
     return result
 
 
