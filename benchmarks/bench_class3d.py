@@ -71,10 +71,10 @@ def _cryosnake_data(args: argparse.Namespace) -> dict[str, Any]:
 
     from cryosnake.simulate import phantom_states
 
-    whole, partial = phantom_states(150.0)
+    whole, partial = phantom_states(args.diameter)
     stack = simulate_particles(
         args.particles, box=args.box, pixel_size=args.pixel_size, junk_fraction=0.0,
-        snr=args.snr, seed=args.seed, specimens=(whole, partial),
+        snr=args.snr, seed=args.seed, specimens=(whole, partial), diameter=args.diameter,
     )  # fmt: skip
     n = args.particles
     ctf = np.column_stack(
@@ -89,8 +89,9 @@ def _cryosnake_data(args: argparse.Namespace) -> dict[str, Any]:
         "pixel_size": stack.pixel_size,
         "snr_stack": stack.snr_stack,
         "removed_mass": 1.0 - len(partial.coords) / len(whole.coords),
-        "diameter": 150.0,
-        "description": "tests/particles_sim.py, phantom_states(150) (domain 2 absent)",
+        "diameter": args.diameter,
+        "description": f"tests/particles_sim.py, phantom_states({args.diameter:g}) "
+        "(domain 2 absent)",
     }
 
 
@@ -356,6 +357,9 @@ def main() -> int:
     parser.add_argument("--box", type=int, default=64, help="px (64)")
     parser.add_argument("--pixel-size", type=float, default=3.0, help="Å/px (3.0)")
     parser.add_argument("--snr", type=float, default=0.05, help="at 1.5 Å/px (0.05; cryosnake)")
+    parser.add_argument(
+        "--diameter", type=float, default=150.0, help="Å, of the phantom (150; cryosnake)"
+    )
     parser.add_argument(
         "--snr-stack", type=float, default=0.2, help="per pixel of the stack (aspire; 0.2)"
     )
