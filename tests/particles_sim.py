@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -410,3 +411,58 @@ def symmetric_specimen(group: str, unit_diameter: float = 60.0) -> tuple[Atoms, 
         coords=coords, weights=np.tile(unit.weights, copies), sigma=np.tile(unit.sigma, copies)
     )
     return atoms, float(2.0 * np.sqrt((coords**2).sum(axis=1)).max())
+
+
+def simulate_star_images(
+    star: Path, root: Path, *, box: int = 32, snr: float = 1.0, seed: int = 0
+) -> None:
+    """Write, below ``root``, the image stacks that the particles file ``star`` names
+    (for real STAR files whose stacks are not public): each particle a CTF image of the
+    phantom (extent 70 % of the box) at its pose (``rlnAngleRot/Tilt/Psi``, 0 when
+    absent) and origin (within an eighth of the box), with its own defocus, voltage,
+    Cs, amplitude contrast and pixel size, plus white noise of ``snr`` per pixel,
+    normalised. Stacks hold as many images as the largest number named; those not named
+    stay zero (sparse files)."""
+    from cryosnake.io import read_particles
+
+    rng = np.random.default_rng(seed)
+    _, particles, values = read_particles(star)
+    n = len(particles)
+    angles = [
+        particles[f"rlnAngle{a}"].astype(float).to_numpy()
+        if f"rlnAngle{a}" in particles.columns else np.zeros(n)
+        for a in ("Rot", "Tilt", "Psi")
+    ]  # fmt: skip
+    matrices = euler_to_matrix(*angles)
+    origins = np.column_stack(
+        [
+            particles[c].astype(float).to_numpy() if c in particles.columns else np.zeros(n)
+            for c in ("rlnOriginXAngst", "rlnOriginYAngst")
+        ]
+    )
+    names = particles["rlnImageName"].astype(str).str.partition("@")
+    index, paths = names[0].astype(int).to_numpy() - 1, names[2].to_numpy()
+    images: dict[str, dict[int, np.ndarray]] = {}
+    pad, lo = 2 * box, box // 2
+    for i in range(n):
+        px = float(values["rlnImagePixelSize"].iloc[i])
+        centre = np.clip(-origins[i] / px, -box / 8, box / 8)  # large boxes' origins
+        proj = _projection(phantom(0.7 * box * px), matrices[i], box, px, centre)
+        ctf = ctf_2d(
+            (pad, pad), px, float(particles["rlnDefocusU"].iloc[i]),
+            float(particles["rlnDefocusV"].iloc[i]), float(particles["rlnDefocusAngle"].iloc[i]),
+            voltage=float(values["rlnVoltage"].iloc[i]),
+            cs=float(values["rlnSphericalAberration"].iloc[i]),
+            amplitude_contrast=float(values["rlnAmplitudeContrast"].iloc[i]),
+        )  # fmt: skip
+        padded = np.zeros((pad, pad))
+        padded[lo : lo + box, lo : lo + box] = proj
+        signal = -np.fft.irfft2(np.fft.rfft2(padded) * ctf, s=(pad, pad))[lo:-lo, lo:-lo]
+        noisy = signal + rng.normal(size=signal.shape) * signal.std() / math.sqrt(snr)
+        images.setdefault(paths[i], {})[int(index[i])] = (noisy - noisy.mean()) / noisy.std()
+    for name, stack in images.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with mrcfile.new_mmap(path, shape=(max(stack) + 1, box, box), mrc_mode=2) as mrc:
+            for k, image in stack.items():
+                mrc.data[k] = image

@@ -7,6 +7,7 @@ import pytest
 import scipy.fft
 
 from cryosnake.ops import fourier_crop, phase_ramp, register_translation, shift_image
+from cryosnake.ops.fourier import resample_size, rescale_images
 
 
 def gaussian(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
@@ -134,3 +135,31 @@ def test_shift_uses_rfft_consistent_with_phase_ramp() -> None:
     np.testing.assert_allclose(
         scipy.fft.irfft2(f, s=img.shape), shift_image(img, (1.25, -2.5)), atol=1e-5
     )
+
+
+def _blob(box: int, pixel: float, offset: tuple[float, float] = (3.0, -5.0)) -> np.ndarray:
+    """A Gaussian of 6 Å sigma at ``offset`` Å from pixel box // 2, sampled at ``pixel``."""
+    centre = (box // 2 + offset[0] / pixel, box // 2 + offset[1] / pixel)
+    return gaussian((box, box), centre, 6.0 / pixel)[None].astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("box", "pixel", "new_pixel", "new_box"),
+    [(64, 1.25, 1.24, 64), (64, 1.24, 1.25, 64), (50, 2.0, 1.5, 72), (64, 1.5, 2.0, 48),
+     (63, 1.0599, 1.0, 64), (64, 1.0, 1.0, 80), (64, 1.0, 1.0, 40)],
+)  # fmt: skip
+def test_rescale_images_samples_the_same_image_on_the_new_grid(
+    box: int, pixel: float, new_pixel: float, new_box: int
+) -> None:
+    out = rescale_images(_blob(box, pixel), pixel, new_pixel, new_box)
+    assert out.shape == (1, new_box, new_box) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _blob(new_box, new_pixel), atol=3e-4)
+
+
+def test_resample_size_finds_an_exact_ratio_or_the_closest() -> None:
+    size, new = resample_size(64, 1.25 / 1.24)
+    assert size >= 64 and abs(new / size / (1.25 / 1.24) - 1) <= 1e-4
+    assert resample_size(64, 2.0) == (64, 128)
+    size, new = resample_size(10, np.pi)  # no size up to 40 within 1e-4: the closest
+    errors = [abs(round(n * np.pi) / n / np.pi - 1) for n in range(10, 41)]
+    assert 10 <= size <= 40 and abs(new / size / np.pi - 1) == pytest.approx(min(errors))

@@ -15,6 +15,7 @@ from particles_sim import simulate_particles, write_particles
 from cryosnake.backend import take_rows
 from cryosnake.errors import FileFormatError
 from cryosnake.ops import refine3d as r3
+from cryosnake.ops.fourier import rescale_images
 from cryosnake.stages._images import (
     ParticleSpectra,
     StackReader,
@@ -119,14 +120,15 @@ def test_streamed_when_the_spectra_exceed_half_the_budget(
     nbytes = 7 * BOX * tail[1] * 8
     assert stream_particles(nbytes, 2 * nbytes) and not stream_particles(nbytes, 2 * nbytes + 1)
     monkeypatch.setenv("CRYOSNAKE_MEMORY", str(2 * nbytes))
-    lazy, note = open_spectra(groups, 7, BOX, _spectra, tail, np)
+    lazy, note = open_spectra(StackReader(groups, 7, BOX), _spectra, tail, np)
     assert isinstance(lazy, ParticleSpectra) and "streamed" in note
     monkeypatch.setenv("CRYOSNAKE_MEMORY", "1G")
-    held, note = open_spectra(groups, 7, BOX, _spectra, tail, np)
+    held, note = open_spectra(StackReader(groups, 7, BOX), _spectra, tail, np)
     assert isinstance(held, np.ndarray) and "in memory" in note and "1.00 GiB" in note
     np.testing.assert_array_equal(held, _spectra(images))
     # Memory the stage's grids take is not the particles'
-    lazy, note = open_spectra(groups, 7, BOX, _spectra, tail, np, reserved=(1 << 30) - nbytes)
+    reader = StackReader(groups, 7, BOX)
+    lazy, note = open_spectra(reader, _spectra, tail, np, reserved=(1 << 30) - nbytes)
     assert isinstance(lazy, ParticleSpectra) and "streamed" in note
 
 
@@ -166,3 +168,21 @@ def test_refinement_on_streamed_particles_equals_the_in_memory_one(tmp_path: Pat
     np.testing.assert_array_equal(a.sigma2, b.sigma2)
     # Batches of the searches and insertions (8 x 4 at most), the noise pass per half
     assert 0 < _CountingReader.most <= n // 2
+
+
+def test_reader_rescales_the_stacks_of_other_grids(tmp_path: Path) -> None:
+    """A stack of another pixel and box size is brought to the working grid as it is
+    read (:func:`cryosnake.ops.fourier.rescale_images`); the others are read as they are."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, BOX, BOX)).astype(np.float32)
+    b = rng.standard_normal((3, 20, 20)).astype(np.float32)
+    _write(tmp_path / "a.mrcs", a)
+    _write(tmp_path / "b.mrcs", b)
+    groups = {tmp_path / "a.mrcs": [(0, 1), (2, 2)], tmp_path / "b.mrcs": [(1, 3)]}
+    rescaled = {tmp_path / "a.mrcs": 1.0, tmp_path / "b.mrcs": 1.1}  # a: on the grid
+    reader = StackReader(groups, 3, BOX, 1.0, rescaled)
+    images = reader.read(np.arange(3))
+    np.testing.assert_array_equal(images[[0, 2]], a)
+    np.testing.assert_allclose(images[1], rescale_images(b[2:3], 1.1, 1.0, BOX)[0], atol=1e-6)
+    with pytest.raises(FileFormatError, match=r"b.mrcs: images of \(20, 20\) px, expected 16"):
+        StackReader(groups, 3, BOX)

@@ -1,8 +1,8 @@
 """File input and output: the only package in cryosnake that touches files.
 
 MRC/MRCS through :mod:`mrcfile`, TIFF movies through :mod:`tifffile`, STAR files in
-RELION 3.1+ layout (read and written as :mod:`starfile` does, faster), atomic writes
-for everything. A missing, truncated or corrupt file raises
+RELION 3.1+ layout (read and written as :mod:`starfile` does, faster; particle files of
+RELION 3.0 read as 3.1), atomic writes for everything. A missing, truncated or corrupt file raises
 :class:`cryosnake.errors.FileFormatError` with a one-line message that names the file
 and the problem.
 """
@@ -14,6 +14,7 @@ from cryosnake.io._model import read_atomic_model
 from cryosnake.io._mrc import read_mrc, read_mrc_header, write_mrc
 from cryosnake.io._tiff import write_tiff_movie
 from cryosnake.io.movie import MOVIE_SUFFIXES, Movie, open_movie, write_movie
+from cryosnake.io.particles import read_particles
 from cryosnake.io.star import (
     StarStack,
     optics_table,
@@ -35,6 +36,7 @@ __all__ = [
     "read_json",
     "read_mrc",
     "read_mrc_header",
+    "read_particles",
     "read_star",
     "read_star_block",
     "read_star_stack",

@@ -1,4 +1,4 @@
-"""Fourier-space helpers: sub-pixel shifts, cropping, upsampled registration."""
+"""Fourier-space helpers: sub-pixel shifts, cropping, rescaling, upsampled registration."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ __all__ = [
     "phase_ramp",
     "phase_ramps_1d",
     "register_translation",
+    "resample_size",
+    "rescale_images",
     "shift_image",
 ]
 
@@ -121,6 +123,62 @@ def fourier_crop(array: Any, shape: tuple[int, ...]) -> Any:
     scale = float(np.prod(shape)) / float(np.prod(a.shape))
     out = fft.ifftn(f, **kw).real * scale
     return out.astype(xp.float32)
+
+
+def _spectrum_rows(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """(output, input) indices of the frequencies that an FFT of ``n_in`` samples and
+    one of ``n_out`` share, in FFT order (the Nyquist frequency of an even smaller
+    size left out: it cannot be told from its negative)."""
+    n = min(n_out, n_in)
+    low = np.arange(0, (n + 1) // 2)
+    high = np.arange(1, n // 2 + (n % 2))  # -1 ... -(n // 2 - 1) or -(n // 2)
+    return np.concatenate([low, n_out - high]), np.concatenate([low, n_in - high])
+
+
+def resample_size(box: int, ratio: float, tolerance: float = 1e-4) -> tuple[int, int]:
+    """(L, L'): the smallest size L >= ``box`` (up to 4 ``box``) at which ``ratio`` * L
+    is within ``tolerance`` (relative) of an integer L'; the closest in that range when
+    none is."""
+    sizes = np.arange(box, 4 * box + 1)
+    scaled = sizes * ratio
+    error = np.abs(np.round(scaled) - scaled) / scaled
+    good = np.flatnonzero(error <= tolerance)
+    i = int(good[0]) if len(good) else int(np.argmin(error))
+    return int(sizes[i]), int(round(scaled[i]))
+
+
+def rescale_images(images: Any, pixel_size: float, new_pixel_size: float, box: int) -> Any:
+    """(m, b, b) images of ``pixel_size`` Å/px resampled in Fourier space to
+    ``new_pixel_size`` and cut or zero-padded to (m, ``box``, ``box``) about their
+    centre (pixel b // 2 goes to ``box`` // 2).
+
+    Each image, zero-padded to L px (:func:`resample_size`: L p / p' an integer L', to
+    1e-4), has its spectrum cropped or zero-padded to L' px: the same band-limited image
+    sampled at p L / L' = p' (to 1e-4). How RELION brings particles of optics groups of
+    other pixel or box sizes to one grid.
+    """
+    xp = get_array_module(images)
+    fft = fft_module(xp)
+    kw = fft_kwargs(xp)
+    a = xp.asarray(images, dtype=xp.float32)
+    m, b = a.shape[0], a.shape[-1]
+    ratio = float(pixel_size) / float(new_pixel_size)
+    if abs(ratio - 1.0) > 1e-6:
+        size, new = resample_size(b, ratio)
+        padded = xp.zeros((m, size, size), dtype=xp.float32)
+        lo = size // 2 - b // 2
+        padded[:, lo : lo + b, lo : lo + b] = a
+        f = fft.fft2(xp.fft.ifftshift(padded, axes=(-2, -1)), **kw)
+        g = xp.zeros((m, new, new), dtype=f.dtype)
+        out_rows, in_rows = _spectrum_rows(new, size)
+        g[:, out_rows[:, None], out_rows[None, :]] = f[:, in_rows[:, None], in_rows[None, :]]
+        a = xp.fft.fftshift(fft.ifft2(g, **kw).real, axes=(-2, -1)) * (new / size) ** 2
+        b = new
+    out = xp.zeros((m, box, box), dtype=xp.float32)
+    n = min(b, box)
+    src, dst = b // 2 - n // 2, box // 2 - n // 2
+    out[:, dst : dst + n, dst : dst + n] = a[:, src : src + n, src : src + n]
+    return out
 
 
 def _upsampled_dft(data: Any, region: int, upsample: float, offset: tuple[float, float]) -> Any:

@@ -14,14 +14,17 @@ sizes (planned from the budget), not on the particle count. Each image's transfo
 independent of its batch: both paths give the same numbers.
 
 The stacks are read with positioned reads (``os.pread``) of contiguous runs of images,
-not through memory maps, whose pages count in the process's resident memory.
+not through memory maps, whose pages count in the process's resident memory. Stacks of
+another pixel or box size than the working one (optics groups that differ) are
+rescaled in Fourier space as they are read
+(:func:`cryosnake.ops.fourier.rescale_images`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import numpy as np
 from cryosnake.backend import available_memory
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.ops import refine3d as r3
+from cryosnake.ops.fourier import rescale_images
 
 __all__ = [
     "IN_MEMORY_SHARE",
@@ -71,16 +75,15 @@ def stream_particles(nbytes: int, budget: int) -> bool:
 
 
 def open_spectra(
-    groups: dict[Path, list[tuple[int, int]]],
-    n: int,
-    box: int,
+    reader: StackReader,
     transform: Transform,
     tail: tuple[int, ...],
     xp: Any,
     device_transform: Callable[[Any], Any] | None = None,
     reserved: int = 0,
 ) -> tuple[Any, str]:
-    """The particles' spectra for a stage computing with ``xp``, and a note for its log.
+    """The spectra of ``reader``'s particles for a stage computing with ``xp``, and a
+    note for its log.
 
     ``transform`` maps (m, box, box) float32 images to (m, *tail) complex64 spectra
     (NumPy). When the spectra take less than :data:`IN_MEMORY_SHARE` of
@@ -89,7 +92,7 @@ def open_spectra(
     an ``xp`` array, when given); otherwise the result is a :class:`ParticleSpectra`
     that reads them when indexed (through ``device_transform`` on a GPU, when given).
     """
-    source = ParticleSpectra(StackReader(groups, n, box), transform, tail)
+    source = ParticleSpectra(reader, transform, tail)
     budget = max(0, memory_budget(xp) - reserved)
     size = f"{source.nbytes / 2**30:.2f} GiB of spectra, memory budget {budget / 2**30:.2f} GiB"
     if stream_particles(source.nbytes, budget):
@@ -116,19 +119,13 @@ def plan_map_memory(stage: str, device: str, box: int, n: int, xp: Any) -> r3.Me
         ) from err
 
 
-def map_spectra(
-    stage: str,
-    groups: dict[Path, list[tuple[int, int]]],
-    n: int,
-    box: int,
-    xp: Any,
-    plan: r3.MemoryPlan,
-) -> Any:
+def map_spectra(stage: str, reader: StackReader, xp: Any, plan: r3.MemoryPlan) -> Any:
     """The spectra of a stage planned by :func:`plan_map_memory`: in memory (moved to
     the device once when the plan says they fit there), or streamed from their stacks
     (on a GPU, moved to it batch by batch); which, said on stdout."""
+    box = reader.box
     spectra, note = open_spectra(
-        groups, n, box, r3.particle_spectra, (box, box // 2 + 1), xp, reserved=plan.grids
+        reader, r3.particle_spectra, (box, box // 2 + 1), xp, reserved=plan.grids
     )
     if plan.stack_on_device and isinstance(spectra, np.ndarray):
         spectra = xp.asarray(spectra)
@@ -154,9 +151,13 @@ class _Stack:
     offset: int  # bytes before the first image
     dtype: np.dtype[Any]
     count: int  # images in the file
+    box: int  # px of its images
+    pixel_size: float | None  # Å/px of its images, when they are to be rescaled
 
 
-def _open_stack(path: Path, box: int) -> _Stack:
+def _open_stack(path: Path, box: int, pixel_size: float | None = None) -> _Stack:
+    """A stack's header; images of another size than ``box`` are an error unless their
+    ``pixel_size`` is given (they are then rescaled)."""
     try:
         with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
             header = mrc.header
@@ -165,12 +166,12 @@ def _open_stack(path: Path, box: int) -> _Stack:
             offset = 1024 + int(header.nsymbt)
     except (OSError, ValueError) as err:
         raise FileFormatError(f"{path}: not a readable MRC stack ({err})") from err
-    if nx != box or ny != box:
+    if nx != ny or (pixel_size is None and nx != box):
         raise FileFormatError(f"{path}: images of {(ny, nx)} px, expected {box}")
     size = path.stat().st_size
     if offset + nz * nx * ny * dtype.itemsize > size:
-        raise FileFormatError(f"{path}: truncated ({size} bytes for {nz} images of {box} px)")
-    return _Stack(path=path, offset=offset, dtype=np.dtype(dtype), count=nz)
+        raise FileFormatError(f"{path}: truncated ({size} bytes for {nz} images of {nx} px)")
+    return _Stack(path, offset, np.dtype(dtype), nz, nx, pixel_size)
 
 
 class StackReader:
@@ -178,18 +179,32 @@ class StackReader:
 
     groups : stack -> [(row, image number)] (:func:`cryosnake.stages._particles.image_groups`)
     n : number of particles (rows); box : image size (px)
+    pixel_size, rescaled : the working pixel size (Å/px) and the native pixel size of
+        the stacks whose images are to be brought to it and to ``box``
 
     Every stack's header is checked (image size, enough images) when the reader is made.
     """
 
-    def __init__(self, groups: dict[Path, list[tuple[int, int]]], n: int, box: int) -> None:
+    def __init__(
+        self,
+        groups: dict[Path, list[tuple[int, int]]],
+        n: int,
+        box: int,
+        pixel_size: float | None = None,
+        rescaled: dict[Path, float] | None = None,
+    ) -> None:
         self.box = box
         self.n = n
+        self.pixel_size = pixel_size
+        rescaled = rescaled or {}
         self._stacks: list[_Stack] = []
         self._stack_of = np.full(n, -1, dtype=np.int64)
         self._index_of = np.zeros(n, dtype=np.int64)
         for number, (path, items) in enumerate(groups.items()):
-            stack = _open_stack(path, box)
+            stack = _open_stack(path, box, rescaled.get(path))
+            if stack.pixel_size is not None and stack.box == box and pixel_size is not None:
+                if abs(stack.pixel_size - pixel_size) <= 1e-6 * pixel_size:
+                    stack = replace(stack, pixel_size=None)  # already on the working grid
             rows = np.array([r for r, _ in items], dtype=np.int64)
             index = np.array([i for _, i in items], dtype=np.int64) - 1
             if index.min() < 0 or index.max() >= stack.count:
@@ -224,15 +239,16 @@ class StackReader:
                 stack = self._stacks[sid]
                 if sid not in handles:
                     handles[sid] = os.open(stack.path, os.O_RDONLY)
-                per = self.box * self.box * stack.dtype.itemsize
+                per = stack.box * stack.box * stack.dtype.itemsize
                 nbytes = (b - a) * per
                 buf = os.pread(handles[sid], nbytes, stack.offset + int(index[a]) * per)
                 if len(buf) != nbytes:
                     raise FileFormatError(f"{stack.path}: truncated")
-                images[a:b] = np.frombuffer(buf, dtype=stack.dtype).reshape(
-                    b - a, self.box, self.box
-                )
-                del buf
+                run = np.frombuffer(buf, dtype=stack.dtype).reshape(b - a, stack.box, stack.box)
+                if stack.pixel_size is not None and self.pixel_size is not None:
+                    run = rescale_images(run, stack.pixel_size, self.pixel_size, self.box)
+                images[a:b] = run
+                del buf, run
         finally:
             for fd in handles.values():
                 os.close(fd)

@@ -1,7 +1,9 @@
 """Particle STAR files and their image stacks: shared by the stages that read particles.
 
-``read_particles`` checks a RELION 3.1 particles file (an optics table, or the optics
-labels in the particle rows) and returns the per-particle optics values;
+:func:`open_particles` reads a particles file in any form RELION or cryoSPARC exports
+write (:func:`cryosnake.io.read_particles`: RELION 3.0 or 3.1+, as RELION 3.1) and
+settles the working grid: the pixel size and box of the first particle's optics group;
+the stacks of other pixel or box sizes are rescaled to it as they are read.
 ``image_groups`` resolves ``rlnImageName`` (``000001@stack.mrcs``, relative to the
 ``--names-relative-to`` folder, default the working directory, or else to the STAR
 file's folder) and groups the particles by stack (read by
@@ -21,7 +23,7 @@ import pandas as pd
 from scipy import ndimage
 
 from cryosnake.errors import CryosnakeError, FileFormatError
-from cryosnake.io import atomic_path, read_mrc, read_mrc_header, read_star
+from cryosnake.io import atomic_path, read_mrc, read_mrc_header, read_particles
 from cryosnake.stages._common import (
     SchemaDefault,
     add_names_root_arg,
@@ -29,6 +31,7 @@ from cryosnake.stages._common import (
     positive_int,
     resolve_name,
 )
+from cryosnake.stages._images import StackReader
 
 __all__ = [
     "ParticleSet",
@@ -45,7 +48,6 @@ __all__ = [
     "open_particles",
     "open_run",
     "particle_diameter",
-    "read_particles",
     "read_reference",
     "save_checkpoint",
 ]
@@ -53,11 +55,13 @@ __all__ = [
 
 @dataclass
 class ParticleSet:
-    """A particles STAR file checked for one pixel size and one even box.
+    """A particles STAR file and the working grid of its images.
 
-    optics, particles, values : as :func:`read_particles` returns them
-    pixel_size : Å per pixel of the images; box : their size (px)
+    optics, particles, values : as :func:`cryosnake.io.read_particles` returns them
+        (RELION 3.1; ``optics`` with each group's ``rlnImageSize`` read from its stacks)
+    pixel_size : Å per pixel of the working grid; box : its size (px, even)
     groups : stack -> [(row, image number)] (:func:`image_groups`)
+    rescaled : stack -> its pixel size, for the stacks not on the working grid
     """
 
     star: Path
@@ -67,28 +71,65 @@ class ParticleSet:
     pixel_size: float
     box: int
     groups: dict[Path, list[tuple[int, int]]]
+    rescaled: dict[Path, float]
 
     def __len__(self) -> int:
         return len(self.particles)
 
+    def reader(self) -> StackReader:
+        """The images of the particles on the working grid, by row."""
+        return StackReader(self.groups, len(self), self.box, self.pixel_size, self.rescaled)
 
-def open_particles(star: Path, root: str | None = None) -> ParticleSet:
-    """Read ``star`` and check that its images share one pixel size and an even box
-    (one-line errors naming the file); image names are relative to ``root``
+    def describe(self) -> str:
+        """One line on the optics groups and the working grid, for the log."""
+        groups = self.optics.sort_values("rlnOpticsGroup")
+        sizes = ", ".join(
+            f"{float(p):g} Å/px × {int(b)} px"
+            for p, b in zip(groups["rlnImagePixelSize"], groups["rlnImageSize"], strict=True)
+        )
+        line = f"{len(self)} particles in {len(groups)} optics group(s) ({sizes})"
+        if self.rescaled:
+            line += (
+                f"; working at {self.pixel_size:g} Å/px × {self.box} px (the first particle's "
+                f"group), {len(self.rescaled)} stack(s) rescaled in Fourier space"
+            )
+        return line
+
+
+def open_particles(
+    star: Path, root: str | None = None, pixel_size: float | None = None
+) -> ParticleSet:
+    """Read ``star`` (``pixel_size``: see :func:`cryosnake.io.read_particles`) and settle
+    the working grid: the pixel size and box of the first particle's optics group, an
+    even box (one-line errors naming the file); image names are relative to ``root``
     (:func:`~cryosnake.stages._common.resolve_name`)."""
-    optics, particles, values = read_particles(star)
-    sizes = values["rlnImagePixelSize"].unique()
-    if len(sizes) != 1:
-        raise CryosnakeError(f"{star}: particles of different pixel sizes {sorted(sizes)}")
-    pixel_size = float(sizes[0])
-    if not pixel_size > 0:
-        raise FileFormatError(f"{star}: rlnImagePixelSize must be positive")
+    optics, particles, values = read_particles(star, pixel_size)
     groups = image_groups(star, particles, root)
-    first = next(iter(groups))
-    box = int(read_mrc_header(first)["shape"][-1])  # type: ignore[index]
+    native = values["rlnImagePixelSize"].to_numpy()
+    group_of = particles["rlnOpticsGroup"].astype(int).to_numpy()
+    grid: dict[Path, tuple[float, int]] = {}  # stack -> (its pixel size, its group's box)
+    group_box: dict[int, int] = {}
+    for path, items in groups.items():
+        rows = [r for r, _ in items]
+        sizes = np.unique(native[rows])
+        if len(sizes) != 1:
+            raise FileFormatError(f"{path}: holds particles of pixel sizes {sorted(sizes)}")
+        group = int(group_of[rows[0]])
+        if group not in group_box:
+            group_box[group] = int(read_mrc_header(path)["shape"][-1])  # type: ignore[index]
+        grid[path] = (float(sizes[0]), group_box[group])
+    work_pixel, box = float(native[0]), group_box[int(group_of[0])]
     if box % 2:
+        first = next(iter(groups))
         raise CryosnakeError(f"{first}: odd box ({box} px); extract with an even box")
-    return ParticleSet(star, optics, particles, values, pixel_size, box, groups)
+    optics = optics.copy()  # each group's image size as its stacks have it
+    stated = optics.get("rlnImageSize", pd.Series(np.zeros(len(optics)))).astype(int).tolist()
+    optics["rlnImageSize"] = np.array(
+        [group_box.get(int(g), s) for g, s in zip(optics["rlnOpticsGroup"], stated, strict=True)],
+        dtype=np.int64,
+    )
+    rescaled = {p: px for p, (px, b) in grid.items() if (px, b) != (work_pixel, box)}
+    return ParticleSet(star, optics, particles, values, work_pixel, box, groups, rescaled)
 
 
 def particle_diameter(diameter: float | None, box: int, pixel_size: float) -> float:
@@ -107,47 +148,6 @@ def image_path(name: str, star: Path, root: str | None = None) -> tuple[int, Pat
     if not sep or not index.strip().isdigit():
         raise FileFormatError(f"{star}: rlnImageName {name!r} is not of the form 000001@stack")
     return int(index), resolve_name(path, root, star)
-
-
-def read_particles(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(optics, particles, per-particle optics values) of a particles STAR file."""
-    blocks = read_star(path)
-    if "particles" not in blocks:
-        raise FileFormatError(
-            f"{path}: no data_particles block (found: {', '.join(sorted(blocks))})"
-        )
-    particles = blocks["particles"].reset_index(drop=True)
-    if len(particles) == 0:
-        raise FileFormatError(f"{path}: data_particles is empty")
-    required = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
-    missing = [c for c in required if c not in particles.columns]
-    if missing:
-        raise FileFormatError(f"{path}: data_particles lacks label(s) {', '.join(missing)}")
-    optics = blocks.get("optics")
-    acq = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-    if optics is None:
-        if not all(c in particles.columns for c in (*acq, "rlnImagePixelSize")):
-            raise FileFormatError(f"{path}: no data_optics block")
-        values = particles[[*acq, "rlnImagePixelSize"]].astype(float)
-        return pd.DataFrame(), particles, values
-    for label in (*acq, "rlnImagePixelSize"):
-        if label not in optics.columns:
-            raise FileFormatError(f"{path}: data_optics lacks label {label}")
-    group = (
-        particles["rlnOpticsGroup"].astype(int)
-        if "rlnOpticsGroup" in particles.columns
-        else pd.Series(np.ones(len(particles), dtype=int))
-    )
-    table = optics.set_index(
-        optics["rlnOpticsGroup"].astype(int) if "rlnOpticsGroup" in optics else pd.Index([1])
-    )
-    unknown = sorted(set(group) - set(table.index))
-    if unknown:
-        raise FileFormatError(
-            f"{path}: particles refer to optics group(s) {unknown} not in data_optics"
-        )
-    values = table.loc[group.to_numpy(), [*acq, "rlnImagePixelSize"]].astype(float)
-    return optics, particles, values.reset_index(drop=True)
 
 
 def ctf_table(particles: pd.DataFrame, values: pd.DataFrame) -> np.ndarray:
@@ -186,8 +186,19 @@ def image_groups(
 def add_particle_io_args(parser: argparse.ArgumentParser, *, out_help: str) -> None:
     """``--particles``, ``--out-dir`` and ``--names-relative-to`` of the stages that
     read a particles STAR file."""
-    parser.add_argument("--particles", required=True, help="particles STAR file (RELION 3.1)")
+    parser.add_argument(
+        "--particles",
+        required=True,
+        help="particles STAR file (RELION 3.0 to 5, cryoSPARC through csparc2star)",
+    )
     parser.add_argument("--out-dir", required=True, help=out_help)
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        help="Å/px of the images, for a particles file without data_optics (RELION 3.0); "
+        "overrides its rlnDetectorPixelSize and rlnMagnification",
+    )
     add_names_root_arg(parser)
 
 
@@ -231,7 +242,9 @@ def open_run(args: argparse.Namespace) -> tuple[Path, Path, ParticleSet]:
     """(particles STAR, output folder, particle set) of a stage that
     :func:`add_particle_io_args` gave its options."""
     star = Path(args.particles)
-    return star, Path(args.out_dir), open_particles(star, args.names_root)
+    pset = open_particles(star, args.names_root, args.pixel_size)
+    print(f"{star}: {pset.describe()}", flush=True)
+    return star, Path(args.out_dir), pset
 
 
 def add_resume_args(parser: argparse.ArgumentParser) -> None:

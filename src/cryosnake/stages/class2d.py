@@ -70,7 +70,7 @@ from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import save_figure, write_mrc, write_star
 from cryosnake.ops import class2d as c2
 from cryosnake.stages._common import file_name, positive, positive_int, stage_main
-from cryosnake.stages._images import open_spectra
+from cryosnake.stages._images import StackReader, open_spectra
 from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
@@ -150,23 +150,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- input
 
 
-def _load_spectra(
-    groups: dict[Path, list[tuple[int, int]]],
-    n: int,
-    pixel_size: float,
-    box: int,
-    big: int,
-    xp: Any,
-) -> tuple[Any, str]:
+def _load_spectra(reader: StackReader, pixel_size: float, box: int, xp: Any) -> tuple[Any, str]:
     """The particle images masked by the box and cropped to ``box``: the (n, box,
     box//2+1) spectra on ``xp``'s device, or streamed when they do not fit the memory
     budget (:func:`~cryosnake.stages._images.open_spectra`); and the log's note."""
-    mask = (big - 2 * c2.MASK_EDGE) * pixel_size
+    mask = (reader.box - 2 * c2.MASK_EDGE) * pixel_size
 
     def prepare(images: Any) -> Any:
         return c2.prepare_spectra(images, pixel_size, box, mask)
 
-    return open_spectra(groups, n, big, prepare, (box, box // 2 + 1), xp, device_transform=prepare)
+    return open_spectra(reader, prepare, (box, box // 2 + 1), xp, device_transform=prepare)
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -360,7 +353,7 @@ def _write_outputs(
     data["rlnOriginYAngst"] = -state.shift[:, 1] * work_pixel
     data["rlnMaxValueProbDistribution"] = state.max_prob
     data["rlnLogLikeliContribution"] = state.loglik
-    blocks_out = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
+    blocks_out = {"optics": optics, "particles": data}
     write_star(out / "run_data.star", blocks_out)
     _gallery(out / "run_classes.png", classes, model_classes)
     return model_classes
@@ -382,7 +375,7 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     _, out, pset = open_run(args)
     optics, particles, values = pset.optics, pset.particles, pset.values
-    pixel_size, big, groups = pset.pixel_size, pset.box, pset.groups
+    pixel_size, big = pset.pixel_size, pset.box
     box = min(big, args.box - args.box % 2)
     if box < 16:
         raise CryosnakeError(f"--box: a working box of {box} px is too small (>= 16)")
@@ -422,7 +415,7 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     xp = array_module(device)
-    spectra, note = _load_spectra(groups, n, pixel_size, box, big, xp)
+    spectra, note = _load_spectra(pset.reader(), pixel_size, box, xp)
     print(f"class2d: {note}", flush=True)
     data = c2.ParticleData(
         spectra=spectra, ctf=ctf_table(particles, values), pixel_size=work_pixel, device=xp

@@ -255,7 +255,7 @@ def _write_iteration(
             ),
         },
     )
-    blocks = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
+    blocks = {"optics": optics, "particles": data}
     write_star(out / f"{prefix}_data.star", blocks)
 
 
@@ -291,7 +291,7 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     star, out, pset = open_run(args)
     optics, particles, values = pset.optics, pset.particles, pset.values
-    pixel_size, box, groups = pset.pixel_size, pset.box, pset.groups
+    pixel_size, box = pset.pixel_size, pset.box
     k = int(args.classes)
     if len(args.reference) not in (1, k):
         raise CryosnakeError(
@@ -325,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
         f"({plan.available / 2**30:.1f} GiB free: grids {plan.grids / 2**30:.2f} GiB)",
         flush=True,
     )
-    spectra = map_spectra("class3d", groups, n, box, xp, plan)
+    spectra = map_spectra("class3d", pset.reader(), xp, plan)
     ctf = ctf_table(particles, values)
     fingerprint = _fingerprint(
         args,
@@ -368,7 +368,7 @@ def _run(args: argparse.Namespace) -> int:
     chosen = data[data["rlnClassNumber"].isin(kept)]
     if chosen.empty:
         raise CryosnakeError(f"class3d: the kept classes {kept} hold no particles")
-    blocks = {"optics": optics, "particles": chosen} if len(optics) else {"particles": chosen}
+    blocks = {"optics": optics, "particles": chosen}
     write_star(out / "particles_kept.star", blocks)
     _plot(out / "run_classes.png", state, kept)
     mirror.clear()

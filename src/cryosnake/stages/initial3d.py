@@ -173,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     star, out, pset = open_run(args)
     optics, particles, values = pset.optics, pset.particles, pset.values
-    pixel_size, box, groups = pset.pixel_size, pset.box, pset.groups
+    pixel_size, box = pset.pixel_size, pset.box
     n = len(particles)
     if n < 10:
         raise CryosnakeError(f"{star}: {n} particles; ab initio needs at least 10")
@@ -199,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     xp = array_module(device)
-    spectra, note = open_spectra(groups, n, box, r3.particle_spectra, (box, box // 2 + 1), xp)
+    spectra, note = open_spectra(pset.reader(), r3.particle_spectra, (box, box // 2 + 1), xp)
     print(f"initial3d: {note}", flush=True)
     ctf = ctf_table(particles, values)
 
@@ -238,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     data["rlnAnglePsi"] = psi
     data["rlnOriginXAngst"] = -poses["shifts"][:, 0] * pixel_size
     data["rlnOriginYAngst"] = -poses["shifts"][:, 1] * pixel_size
-    blocks = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
+    blocks = {"optics": optics, "particles": data}
     write_star(out / "initial_model_data.star", blocks)
     mirror.clear()
     print(

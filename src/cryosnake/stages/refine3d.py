@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     star, out, pset = open_run(args)
     optics, particles, values = pset.optics, pset.particles, pset.values
-    pixel_size, box, groups = pset.pixel_size, pset.box, pset.groups
+    pixel_size, box = pset.pixel_size, pset.box
     diameter = particle_diameter(args.diameter, box, pixel_size)
     max_shift = (0.1 * diameter if args.max_shift is None else args.max_shift) / pixel_size
     settings = r3.RefineSettings(
@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
         f"grids {plan.grids / 2**30:.2f} GiB)",
         flush=True,
     )
-    spectra = map_spectra("refine3d", groups, n, box, xp, plan)
+    spectra = map_spectra("refine3d", pset.reader(), xp, plan)
     ctf = ctf_table(particles, values)
     fingerprint = _fingerprint(
         args,
@@ -298,7 +298,7 @@ def _run(args: argparse.Namespace) -> int:
     data["rlnOriginXAngst"] = -state.shifts[:, 0] * pixel_size
     data["rlnOriginYAngst"] = -state.shifts[:, 1] * pixel_size
     data["rlnRandomSubset"] = state.halves + 1
-    blocks = {"optics": optics, "particles": data} if len(optics) else {"particles": data}
+    blocks = {"optics": optics, "particles": data}
     write_star(out / "run_data.star", blocks)
     _plot(
         out / "run_angdist.png",
