@@ -141,6 +141,7 @@ def test_stages_run_on_the_file(
     _check_output(folder / "r3d" / "run_data.star", star)
     if form == "relion31":  # 1.24 and 1.25 Å/px: the second brought to the first's grid
         assert "rescaled in Fourier space" in stdout
+        assert "not modelled: beam tilt, odd Zernike terms, even Zernike terms" in stdout
 
 
 def test_pixel_size_given_on_the_command_line(

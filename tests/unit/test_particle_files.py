@@ -153,6 +153,9 @@ def test_relion31_optics_groups_per_particle(tmp_path: Path) -> None:
         (RELION31.replace("10000 10000 0 2", "10000 10000 0 3"), None,
          r"optics group\(s\) \[3\] not in data_optics"),
         (RELION30, -1.0, "--pixel-size must be positive"),
+        (RELION31.replace("_rlnImageDimensionality #8", "_rlnImageDimensionality #8\n"
+                          "_rlnCtfDataAreCtfPremultiplied #9").replace(" 64 2\n", " 64 2 1\n"),
+         None, "rlnCtfDataAreCtfPremultiplied is 1"),
     ],
 )  # fmt: skip
 def test_bad_particle_files_get_one_line_naming_the_label(

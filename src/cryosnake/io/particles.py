@@ -33,12 +33,22 @@ import pandas as pd
 from cryosnake.errors import FileFormatError
 from cryosnake.io.star import read_star
 
-__all__ = ["ACQUISITION", "read_particles"]
+__all__ = ["ACQUISITION", "NOT_MODELLED", "read_particles"]
 
 ACQUISITION = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 CTF_LABELS = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 BLOCKS = ("particles", "images", "")  # in the order looked for
 PIXEL_LABELS = ("rlnImagePixelSize", "rlnDetectorPixelSize", "rlnMagnification")
+# Labels of RELION's optics refinement that the image model here leaves out: read,
+# written back unchanged, and named in the stages' logs.
+NOT_MODELLED = {
+    "rlnBeamTiltX": "beam tilt",
+    "rlnOddZernike": "odd Zernike terms",
+    "rlnEvenZernike": "even Zernike terms",
+    "rlnMagMat00": "anisotropic magnification",
+    "rlnCtfBfactor": "CTF B-factors",
+    "rlnCtfScalefactor": "CTF scale factors",
+}
 
 
 def read_particles(
@@ -80,6 +90,13 @@ def read_particles(
             if len(optics) != 1:
                 raise FileFormatError(f"{path}: {block} lacks label rlnOpticsGroup")
             particles["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
+    premultiplied = optics.get("rlnCtfDataAreCtfPremultiplied", pd.Series([0]))
+    if (premultiplied.astype(int) != 0).any():
+        raise FileFormatError(
+            f"{path}: data_optics: rlnCtfDataAreCtfPremultiplied is 1 (images multiplied "
+            "by their CTF, as RELION's subtomogram or Bayesian-polishing exports write "
+            "them); extract the particles without it"
+        )
     group = particles["rlnOpticsGroup"].astype(int).to_numpy()
     table = optics.set_index(optics["rlnOpticsGroup"].astype(int))
     unknown = sorted(set(group.tolist()) - set(table.index.tolist()))

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.io import atomic_path, read_mrc, read_mrc_header, read_particles
+from cryosnake.io.particles import NOT_MODELLED
 from cryosnake.stages._common import (
     SchemaDefault,
     add_names_root_arg,
@@ -88,6 +89,10 @@ class ParticleSet:
             for p, b in zip(groups["rlnImagePixelSize"], groups["rlnImageSize"], strict=True)
         )
         line = f"{len(self)} particles in {len(groups)} optics group(s) ({sizes})"
+        labels = {*self.optics.columns, *self.particles.columns}
+        left_out = [what for label, what in NOT_MODELLED.items() if label in labels]
+        if left_out:
+            line += f"; not modelled: {', '.join(left_out)}"
         if self.rescaled:
             line += (
                 f"; working at {self.pixel_size:g} Å/px × {self.box} px (the first particle's "
