@@ -13,7 +13,7 @@ import pytest
 from particles_sim import simulate_particles, write_particles
 
 from cryosnake.backend import take_rows
-from cryosnake.errors import FileFormatError
+from cryosnake.errors import CryosnakeError, FileFormatError
 from cryosnake.ops import refine3d as r3
 from cryosnake.ops.fourier import rescale_images
 from cryosnake.stages._images import (
@@ -186,3 +186,10 @@ def test_reader_rescales_the_stacks_of_other_grids(tmp_path: Path) -> None:
     np.testing.assert_allclose(images[1], rescale_images(b[2:3], 1.1, 1.0, BOX)[0], atol=1e-6)
     with pytest.raises(FileFormatError, match=r"b.mrcs: images of \(20, 20\) px, expected 16"):
         StackReader(groups, 3, BOX)
+
+
+def test_odd_box_is_one_line_naming_the_stack(tmp_path: Path) -> None:
+    stack = simulate_particles(4, box=33, pixel_size=6.0, junk_fraction=0.0, seed=2)
+    star = write_particles(stack, tmp_path)
+    with pytest.raises(CryosnakeError, match=r"particles.mrcs: odd box \(33 px\); extract with"):
+        open_particles(star)

@@ -125,7 +125,7 @@ def open_particles(
         grid[path] = (float(sizes[0]), group_box[group])
     work_pixel, box = float(native[0]), group_box[int(group_of[0])]
     if box % 2:
-        first = next(iter(groups))
+        first = next(path for path, items in groups.items() if items[0][0] == 0)
         raise CryosnakeError(f"{first}: odd box ({box} px); extract with an even box")
     optics = optics.copy()  # each group's image size as its stacks have it
     stated = optics.get("rlnImageSize", pd.Series(np.zeros(len(optics)))).astype(int).tolist()
