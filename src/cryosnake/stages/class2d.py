@@ -1,6 +1,6 @@
 """Reference-free 2D classification of particle images (maximum likelihood, RELION-style).
 
-Reads ``particles.star`` (RELION 3.1: ``optics`` + ``particles`` blocks, images named
+Reads ``particles.star`` (RELION 3.0 to 5, :func:`cryosnake.io.read_particles`; images named
 ``000001@stack.mrcs`` relative to ``--names-relative-to`` (default the working
 directory), or else to the STAR file's folder; RELION-normalised, contrast-inverted),
 and classifies the particles into
