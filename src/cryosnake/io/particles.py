@@ -93,9 +93,9 @@ def read_particles(
     premultiplied = optics.get("rlnCtfDataAreCtfPremultiplied", pd.Series([0]))
     if (premultiplied.astype(int) != 0).any():
         raise FileFormatError(
-            f"{path}: data_optics: rlnCtfDataAreCtfPremultiplied is 1 (images multiplied "
-            "by their CTF, as RELION's subtomogram or Bayesian-polishing exports write "
-            "them); extract the particles without it"
+            f"{path}: data_optics: rlnCtfDataAreCtfPremultiplied is 1 (images already "
+            "multiplied by their CTF, as RELION's pseudo-subtomograms are); give images "
+            "without the CTF applied"
         )
     group = particles["rlnOpticsGroup"].astype(int).to_numpy()
     table = optics.set_index(optics["rlnOpticsGroup"].astype(int))
