@@ -14,6 +14,8 @@ particle in the order of :data:`cryosnake.ops.ctf.CTF_COLUMNS`.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,9 @@ __all__ = [
     "add_particle_io_args",
     "add_resume_args",
     "add_symmetry_arg",
+    "checkpoint_fingerprint",
     "ctf_table",
+    "file_digest",
     "half_sets",
     "image_groups",
     "image_path",
@@ -270,6 +274,26 @@ def add_checkpoint_url_arg(parser: argparse.ArgumentParser) -> None:
         "resume from it when the output folder holds none (a spot instance reclaimed); "
         "deleted once the outputs are written",
     )
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-1 of a file's content (not its path: a job resubmitted after a spot reclaim
+    reads the same inputs from another folder, :mod:`cryosnake.aws.checkpoints`)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def checkpoint_fingerprint(version: int, particles: pd.DataFrame, fields: dict[str, Any]) -> str:
+    """The fingerprint of an iterative stage's checkpoint (:func:`save_checkpoint`):
+    its format ``version``, the particles (their count and image names) and the
+    stage's ``fields`` (inputs and options the state depends on), as sorted JSON."""
+    names = "\n".join(map(str, particles["rlnImageName"])).encode()
+    record = {
+        "version": version,
+        "n": len(particles),
+        "images": hashlib.sha1(names).hexdigest(),
+        **fields,
+    }
+    return json.dumps(record, sort_keys=True, default=str)
 
 
 def save_checkpoint(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) -> None:

@@ -53,7 +53,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import time
@@ -74,7 +73,9 @@ from cryosnake.stages._images import StackReader, open_spectra
 from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
+    checkpoint_fingerprint,
     ctf_table,
+    file_digest,
     load_checkpoint,
     open_run,
     particle_diameter,
@@ -227,18 +228,8 @@ def _load_checkpoint(
 def _fingerprint(
     args: argparse.Namespace, particles: pd.DataFrame, settings: dict[str, Any]
 ) -> str:
-    names = "\n".join(map(str, particles["rlnImageName"])).encode()
-    record = {
-        "version": CHECKPOINT_VERSION,
-        # the file's content, not its path: a job resubmitted after a spot reclaim reads
-        # the same particles from another folder (aws.checkpoints)
-        "particles": hashlib.sha1(Path(args.particles).read_bytes()).hexdigest(),
-        "n": len(particles),
-        "images": hashlib.sha1(names).hexdigest(),
-        "seed": int(args.seed),
-        **settings,
-    }
-    return json.dumps(record, sort_keys=True)
+    fields = {"particles": file_digest(args.particles), "seed": int(args.seed), **settings}
+    return checkpoint_fingerprint(CHECKPOINT_VERSION, particles, fields)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -41,8 +41,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +61,9 @@ from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
     add_symmetry_arg,
+    checkpoint_fingerprint,
     ctf_table,
+    file_digest,
     half_sets,
     load_checkpoint,
     open_run,
@@ -133,13 +133,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _fingerprint(args: argparse.Namespace, particles: pd.DataFrame, extra: dict[str, Any]) -> str:
-    names = "\n".join(map(str, particles["rlnImageName"])).encode()
-    references = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in args.reference]
-    record = {
-        "version": CHECKPOINT_VERSION,
-        "n": len(particles),
-        "images": hashlib.sha1(names).hexdigest(),
-        "references": references,
+    fields = {
+        "references": [file_digest(p) for p in args.reference],
         "classes": int(args.classes),
         "initial_lowpass": float(args.initial_lowpass),
         "global_iterations": int(args.global_iterations),
@@ -147,7 +142,7 @@ def _fingerprint(args: argparse.Namespace, particles: pd.DataFrame, extra: dict[
         "seed": int(args.seed),
         **extra,
     }
-    return json.dumps(record, sort_keys=True)
+    return checkpoint_fingerprint(CHECKPOINT_VERSION, particles, fields)
 
 
 _ARRAYS = ("matrices", "shifts", "posteriors", "halves", "references", "fractions", "sigma2")

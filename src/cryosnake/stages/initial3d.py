@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -63,6 +62,7 @@ from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
     add_symmetry_arg,
+    checkpoint_fingerprint,
     ctf_table,
     load_checkpoint,
     open_run,
@@ -100,16 +100,8 @@ CHECKPOINT_VERSION = 1
 def _fingerprint(
     particles: pd.DataFrame, settings: ai.AbInitioSettings, box: int, px: float
 ) -> str:
-    names = "\n".join(map(str, particles["rlnImageName"])).encode()
-    record = {
-        "version": CHECKPOINT_VERSION,
-        "n": len(particles),
-        "images": hashlib.sha1(names).hexdigest(),
-        "settings": dataclasses.asdict(settings),
-        "box": box,
-        "pixel_size": px,
-    }
-    return json.dumps(record, sort_keys=True, default=str)
+    fields = {"settings": dataclasses.asdict(settings), "box": box, "pixel_size": px}
+    return checkpoint_fingerprint(CHECKPOINT_VERSION, particles, fields)
 
 
 def _save(path: Path, state: ai.AbInitioState, fingerprint: str) -> None:

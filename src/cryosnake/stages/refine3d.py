@@ -54,8 +54,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -77,7 +75,9 @@ from cryosnake.stages._particles import (
     add_iterative_args,
     add_particle_io_args,
     add_symmetry_arg,
+    checkpoint_fingerprint,
     ctf_table,
+    file_digest,
     half_sets,
     load_checkpoint,
     open_run,
@@ -112,18 +112,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _fingerprint(args: argparse.Namespace, particles: pd.DataFrame, extra: dict[str, Any]) -> str:
-    names = "\n".join(map(str, particles["rlnImageName"])).encode()
-    reference = hashlib.sha1(Path(args.reference).read_bytes()).hexdigest()
-    record = {
-        "version": CHECKPOINT_VERSION,
-        "n": len(particles),
-        "images": hashlib.sha1(names).hexdigest(),
-        "reference": reference,
+    fields = {
+        "reference": file_digest(args.reference),
         "initial_lowpass": float(args.initial_lowpass),
         "seed": int(args.seed),
         **extra,
     }
-    return json.dumps(record, sort_keys=True)
+    return checkpoint_fingerprint(CHECKPOINT_VERSION, particles, fields)
 
 
 def _save(path: Path, state: r3.RefineState, fingerprint: str) -> None:
